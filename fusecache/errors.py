@@ -1,0 +1,45 @@
+"""Error types shared by every layer.
+
+`FsError` carries an errno and crosses layer boundaries unchanged until `fuse/ops.py`
+turns it into `pyfuse3.FUSEError`. `CliError` is a user-facing failure: the CLI prints
+its message as one line on stderr and exits with `exit_code`.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+
+class FsError(Exception):
+    """A filesystem operation failed with a POSIX errno."""
+
+    def __init__(self, err: int, detail: str = "") -> None:
+        super().__init__(err, detail or os.strerror(err))
+        self.errno = err
+        self.detail = detail
+
+    def __str__(self) -> str:
+        name = errno.errorcode.get(self.errno, str(self.errno))
+        return f"{name}: {self.detail or os.strerror(self.errno)}"
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line on stderr, then exit(exit_code)."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.message = message
+        self.exit_code = exit_code
+
+
+class ObjectNotFound(Exception):
+    """The object store has no object under the requested key."""
+
+
+class ObjectStoreError(Exception):
+    """The object store failed a request (after retries where they apply)."""
+
+
+class MetaError(Exception):
+    """The metadata engine is unreachable or misconfigured (not an errno condition)."""

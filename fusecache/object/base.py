@@ -1,0 +1,56 @@
+"""The object store interface: a flat key → bytes namespace (S3, MinIO, a local directory).
+
+Every call is blocking (run it from a worker thread) and idempotent. Implementations retry
+temporary failures themselves; what escapes is `ObjectNotFound` for a missing key and
+`ObjectStoreError` for anything else, with a message that names the cause but never a
+credential.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    key: str
+    size: int
+    mtime: float
+
+
+class ObjectStore(ABC):
+    @abstractmethod
+    def get(self, key: str, off: int = 0, limit: int = -1) -> bytes:
+        """Bytes [off, off+limit) of the object (limit -1: to the end)."""
+
+    @abstractmethod
+    def put(self, key: str, data: bytes | bytearray | memoryview) -> None: ...
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Delete; a missing key is not an error."""
+
+    @abstractmethod
+    def head(self, key: str) -> ObjectInfo: ...
+
+    @abstractmethod
+    def list(self, prefix: str = "", start_after: str = "", limit: int = 1000) -> list[ObjectInfo]:
+        """Up to `limit` objects under `prefix` with keys > `start_after`, in key order."""
+
+    def list_all(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        marker = ""
+        while True:
+            page = self.list(prefix, marker, 1000)
+            yield from page
+            if len(page) < 1000:
+                return
+            marker = page[-1].key
+
+    @abstractmethod
+    def describe(self) -> str:
+        """A human-readable location (no credentials), e.g. 's3://host:port/bucket'."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""

