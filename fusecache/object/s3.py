@@ -1,0 +1,307 @@
+"""`S3Store`: the object store on an S3-compatible server (AWS S3, MinIO, `rclone serve s3`) via boto3.
+
+One boto3 client is shared by every thread (botocore clients are thread-safe); its urllib3
+pool is sized for the worker threads that call in. botocore's own retries are switched off
+so that this module is the only place that retries, with one policy: temporary failures
+(connection errors, timeouts, throttling, 5xx, a body cut short) are retried with jittered
+exponential backoff; everything else is translated at once into `ObjectNotFound` or an
+`ObjectStoreError` whose message names the cause without any credential.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import boto3
+import botocore.exceptions as bexc
+from botocore.config import Config
+
+from fusecache.errors import ObjectNotFound, ObjectStoreError
+from fusecache.object.base import ObjectInfo, ObjectStore
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_REGION = "us-east-1"
+S3_MAX_PAGE = 1000
+
+# `bucket.s3.region.amazonaws.com`, `bucket.s3-region.amazonaws.com`, `bucket.s3.amazonaws.com`.
+_AWS_VHOST = re.compile(
+    r"^(?P<bucket>[a-z0-9][a-z0-9.-]*?)\.s3(?:[.-](?P<region>[a-z]{2}(?:-[a-z]+)+-\d+))?"
+    r"\.amazonaws\.com(?P<cn>\.cn)?$"
+)
+
+_THROTTLE_CODES = frozenset({
+    "SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",
+    "RequestTimeout", "RequestTimeTooSkewed", "InternalError", "ServiceUnavailable",
+})
+_AUTH_CODES = frozenset({
+    "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
+    "ExpiredToken", "AuthorizationHeaderMalformed", "403",
+})
+_NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+
+
+@dataclass(frozen=True, slots=True)
+class BucketLocation:
+    """Where a bucket URL points: the endpoint boto3 talks to, the bucket and a key prefix."""
+
+    endpoint: str
+    bucket: str
+    prefix: str  # "" or ends with "/"
+    addressing_style: str  # "path" or "virtual"
+    region: str | None  # region named by an AWS hostname, if any
+
+
+def parse_bucket_url(url: str) -> BucketLocation:
+    """Parse `http(s)://host[:port]/bucket[/prefix]` (path style) or
+    `https://bucket.s3.region.amazonaws.com[/prefix]` (AWS virtual-host style)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ObjectStoreError(
+            f"bucket URL must look like http(s)://host:port/bucket[/prefix], got {_redact_url(url)!r}"
+        )
+    if parts.username or parts.password:
+        raise ObjectStoreError("bucket URL must not carry credentials; pass access and secret keys apart")
+    path = parts.path.strip("/")
+    aws = _AWS_VHOST.match(parts.hostname.lower())
+    if aws:
+        region = aws["region"]
+        host = f"s3.{region}.amazonaws.com" if region else "s3.amazonaws.com"
+        endpoint = f"{parts.scheme}://{host}{aws['cn'] or ''}"
+        return BucketLocation(endpoint, aws["bucket"], _as_prefix(path), "virtual", region)
+    bucket, _, prefix = path.partition("/")
+    if not bucket:
+        raise ObjectStoreError(f"bucket URL {_redact_url(url)!r} names no bucket (expected .../bucket)")
+    return BucketLocation(f"{parts.scheme}://{parts.netloc}", bucket, _as_prefix(prefix), "path", None)
+
+
+def _as_prefix(path: str) -> str:
+    path = path.strip("/")
+    return f"{path}/" if path else ""
+
+
+def _redact_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]).geturl()
+
+
+def is_temporary(exc: BaseException) -> bool:
+    """Whether a failed request may succeed if simply tried again."""
+    if isinstance(exc, bexc.ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        code = exc.response.get("Error", {}).get("Code", "")
+        return status >= 500 or status == 429 or code in _THROTTLE_CODES
+    # Connection refused/reset, DNS, TLS, connect and read timeouts, a body cut short.
+    return isinstance(
+        exc, bexc.HTTPClientError | bexc.IncompleteReadError | bexc.ResponseStreamingError | ConnectionError
+    )
+
+
+class S3Store(ObjectStore):
+    def __init__(
+        self,
+        bucket_url: str,
+        access_key: str = "",
+        secret_key: str = "",
+        *,
+        region: str | None = None,
+        max_pool_connections: int = 64,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
+        max_attempts: int = 10,
+        backoff_base: float = 0.1,
+        backoff_max: float = 10.0,
+        list_page_size: int = S3_MAX_PAGE,
+    ) -> None:
+        """Empty access/secret keys fall back to boto3's own credential chain (env, instance role).
+
+        Retrying stops after `max_attempts` tries; the waits between them double from
+        `backoff_base` up to `backoff_max` seconds (defaults: about 35 s in all), so an
+        outage shorter than that is invisible to callers.
+        """
+        self._loc = parse_bucket_url(bucket_url)
+        self._secret = secret_key
+        self._max_attempts = max(1, max_attempts)
+        self._backoff_base = backoff_base
+        self._backoff_max = backoff_max
+        self._page_size = max(1, min(S3_MAX_PAGE, list_page_size))
+        region = region or self._loc.region or os.environ.get("AWS_REGION") or DEFAULT_REGION
+        config = Config(
+            region_name=region,
+            signature_version="s3v4",
+            s3={"addressing_style": self._loc.addressing_style},
+            max_pool_connections=max_pool_connections,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            retries={"total_max_attempts": 1},  # retries happen in _call, once, with one policy
+            # Servers such as `rclone serve s3` reject the CRC trailers newer botocore sends by default.
+            response_checksum_validation="when_required",
+            request_checksum_calculation="when_required",
+        )
+        # A private Session: boto3's default session is not safe to share while creating clients.
+        session = boto3.session.Session()
+        self._client = session.client(
+            "s3",
+            endpoint_url=self._loc.endpoint,
+            aws_access_key_id=access_key or None,
+            aws_secret_access_key=secret_key or None,
+            config=config,
+        )
+
+    # -- ObjectStore -------------------------------------------------------------------------
+
+    def get(self, key: str, off: int = 0, limit: int = -1) -> bytes:
+        if limit == 0:
+            return b""
+        params: dict[str, Any] = {"Bucket": self._loc.bucket, "Key": self._key(key)}
+        ranged = off > 0 or limit > 0
+        if ranged:
+            params["Range"] = f"bytes={off}-{off + limit - 1}" if limit > 0 else f"bytes={off}-"
+
+        def attempt() -> bytes:
+            try:
+                resp = self._client.get_object(**params)
+            except bexc.ClientError as e:
+                if _code(e) == "InvalidRange":  # the range starts at or past the end
+                    return b""
+                raise
+            body = resp["Body"]
+            try:
+                # read() with no size pulls Content-Length bytes in one buffer and checks the count.
+                data: bytes = body.read()
+            finally:
+                body.close()
+            if ranged and "ContentRange" not in resp:  # a server that ignored Range sent it all
+                data = data[off : off + limit] if limit > 0 else data[off:]
+            return data
+
+        return self._call("get", key, attempt)
+
+    def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
+        body = _as_body(data)
+        params = {"Bucket": self._loc.bucket, "Key": self._key(key), "Body": body}
+        self._call("put", key, lambda: self._client.put_object(**params))
+
+    def delete(self, key: str) -> None:
+        params = {"Bucket": self._loc.bucket, "Key": self._key(key)}
+        try:
+            self._call("delete", key, lambda: self._client.delete_object(**params))
+        except ObjectNotFound:
+            pass
+
+    def head(self, key: str) -> ObjectInfo:
+        params = {"Bucket": self._loc.bucket, "Key": self._key(key)}
+        # HEAD responses have no body, so a missing bucket also reads as a missing key here.
+        resp = self._call("head", key, lambda: self._client.head_object(**params))
+        return ObjectInfo(key, int(resp["ContentLength"]), resp["LastModified"].timestamp())
+
+    def list(self, prefix: str = "", start_after: str = "", limit: int = 1000) -> list[ObjectInfo]:
+        base: dict[str, Any] = {"Bucket": self._loc.bucket, "Prefix": self._key(prefix)}
+        if start_after:
+            base["StartAfter"] = self._key(start_after)
+        strip = len(self._loc.prefix)
+        out: list[ObjectInfo] = []
+        token = ""
+        while len(out) < limit:
+            params = dict(base, MaxKeys=min(self._page_size, limit - len(out)))
+            if token:
+                params["ContinuationToken"] = token
+            resp = self._call("list", prefix, lambda p=params: self._client.list_objects_v2(**p))
+            for item in resp.get("Contents", ()):
+                mtime = item["LastModified"].timestamp()
+                out.append(ObjectInfo(item["Key"][strip:], int(item["Size"]), mtime))
+            token = resp.get("NextContinuationToken", "")
+            if not resp.get("IsTruncated") or not token:
+                break
+        return out[:limit]
+
+    def describe(self) -> str:
+        host = urlsplit(self._loc.endpoint).netloc
+        return f"s3://{host}/{self._loc.bucket}/{self._loc.prefix}".rstrip("/")
+
+    def close(self) -> None:
+        self._client.close()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    @property
+    def bucket(self) -> str:
+        return self._loc.bucket
+
+    @property
+    def endpoint(self) -> str:
+        return self._loc.endpoint
+
+    def _key(self, key: str) -> str:
+        return self._loc.prefix + key
+
+    def _call(self, op: str, key: str, fn: Callable[[], T]) -> T:
+        """Run one request, retrying temporary failures; translate what finally escapes."""
+        attempt = 1
+        while True:
+            try:
+                return fn()
+            except Exception as e:
+                if not is_temporary(e) or attempt >= self._max_attempts:
+                    raise self._translate(op, key, e, attempt) from None
+                delay = min(self._backoff_max, self._backoff_base * 2 ** (attempt - 1))
+                delay *= random.uniform(0.5, 1.0)  # jitter keeps many threads from retrying in step
+                log.info("S3 %s %r failed (%s), retry %d in %.2fs", op, key, _short(e), attempt, delay)
+                time.sleep(delay)
+                attempt += 1
+
+    def _translate(self, op: str, key: str, exc: Exception, attempts: int) -> Exception:
+        where = f"at {self._loc.endpoint}"
+        if isinstance(exc, bexc.ClientError):
+            code = _code(exc)
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if code in _NOT_FOUND_CODES:
+                return ObjectNotFound(key)
+            if code == "NoSuchBucket":
+                return ObjectStoreError(f"bucket {self._loc.bucket!r} does not exist {where}")
+            if code in _AUTH_CODES or status == 403:
+                return ObjectStoreError(
+                    f"access denied to bucket {self._loc.bucket!r} {where} ({code}): "
+                    "check access key and secret key"
+                )
+            msg = f"S3 {op} of {key!r} in {self.describe()} failed: {code} (HTTP {status})"
+        elif isinstance(exc, bexc.EndpointConnectionError | bexc.ConnectTimeoutError):
+            msg = f"cannot reach S3 endpoint {self._loc.endpoint} after {attempts} attempt(s): {_short(exc)}"
+        elif isinstance(exc, bexc.NoCredentialsError | bexc.PartialCredentialsError):
+            msg = "no S3 credentials: give an access key and a secret key"
+        else:
+            msg = f"S3 {op} of {key!r} in {self.describe()} failed after {attempts} attempt(s): {_short(exc)}"
+        return ObjectStoreError(self._scrub(msg))
+
+    def _scrub(self, text: str) -> str:
+        # Belt and braces: no message built from server or library text may carry the secret.
+        return text.replace(self._secret, "***") if self._secret else text
+
+
+def _code(exc: bexc.ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _short(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _as_body(data: bytes | bytearray | memoryview) -> bytes | bytearray:
+    """botocore accepts bytes or bytearray bodies (sent straight from the buffer) but not memoryview."""
+    if not isinstance(data, memoryview):
+        return data
+    if data.c_contiguous and isinstance(data.obj, bytes | bytearray) and data.nbytes == len(data.obj):
+        return data.obj  # a view of a whole buffer: send the buffer itself
+    return data.tobytes()  # a partial view: one copy, which botocore needs for signing and retries
