@@ -99,8 +99,22 @@ class S3Server:
         return f"{self.endpoint}/{bucket}"
 
     def make_bucket(self, bucket: str) -> str:
-        # Both MinIO (in fs mode) and rclone's local backend treat top-level dirs as buckets.
-        (self.datadir / bucket).mkdir(exist_ok=True)
+        # Through the S3 API, not mkdir: `rclone serve s3` caches its directory listings, so a
+        # bucket made as a directory after the first request stays invisible for minutes.
+        import boto3
+        from botocore.config import Config
+
+        config = Config(response_checksum_validation="when_required",
+                        request_checksum_calculation="when_required", s3={"addressing_style": "path"})
+        client = boto3.session.Session().client(
+            "s3", endpoint_url=self.endpoint, region_name="us-east-1", config=config,
+            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key)
+        try:
+            client.create_bucket(Bucket=bucket)
+        except (client.exceptions.BucketAlreadyExists, client.exceptions.BucketAlreadyOwnedByYou):
+            pass
+        finally:
+            client.close()
         self.buckets.add(bucket)
         return self.bucket_url(bucket)
 
