@@ -1,0 +1,109 @@
+"""`fusecache format META_URL NAME`: create a volume (settings in Redis, data in a bucket)."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import re
+import time
+import uuid
+
+from ..errors import CliError, FsError, MetaError, ObjectStoreError
+from ..layout import CHUNK_SIZE
+from ..types import VolumeSettings
+from ..units import format_size, parse_size
+from .common import connect_meta
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("format", help="create a volume", description=__doc__)
+    p.add_argument("meta_url", metavar="META_URL", help="redis://[:PASSWORD@]HOST:PORT/DB (password also from env META_PASSWORD)")
+    p.add_argument("name", metavar="NAME", help="volume name: 3-63 of a-z, 0-9 and '-'")
+    p.add_argument("--storage", choices=("s3", "file"), default="file", help="object store kind (default: file)")
+    p.add_argument("--bucket", help="S3 endpoint URL with bucket (http://host:9000/bucket), or a local directory for 'file'")
+    p.add_argument("--access-key", help="S3 access key (better: env ACCESS_KEY)")
+    p.add_argument("--secret-key", help="S3 secret key (better: env SECRET_KEY, keeps it out of ps)")
+    p.add_argument("--block-size", default="4M", help="block (object) size, 64K..16M (default 4M)")
+    p.add_argument("--capacity", default="0", help="volume capacity limit, e.g. 100G (default: unlimited)")
+    p.add_argument("--inodes", type=int, default=0, help="inode limit (default: unlimited)")
+    p.add_argument("--force", action="store_true", help="replace the settings of an existing volume (data is kept)")
+    p.set_defaults(run=run)
+
+
+def _settings(args: argparse.Namespace) -> VolumeSettings:
+    if not NAME_RE.match(args.name):
+        raise CliError(f"invalid volume name {args.name!r}: use 3-63 of a-z, 0-9 and '-'", 2)
+    try:
+        block_size = parse_size(args.block_size)
+        capacity = parse_size(args.capacity)
+    except ValueError as exc:
+        raise CliError(str(exc), 2) from None
+    if not (64 << 10) <= block_size <= (16 << 20) or CHUNK_SIZE % block_size:
+        raise CliError(f"block size {args.block_size} must be a power of two between 64K and 16M", 2)
+    if args.inodes < 0:
+        raise CliError("--inodes must not be negative", 2)
+    bucket = args.bucket
+    if not bucket:
+        if args.storage == "s3":
+            raise CliError("--storage s3 needs --bucket http(s)://HOST:PORT/BUCKET", 2)
+        bucket = os.path.join(os.path.expanduser("~"), ".fusecache", "objects")
+    access = args.access_key or os.environ.get("ACCESS_KEY", "")
+    secret = args.secret_key or os.environ.get("SECRET_KEY", "")
+    if args.storage == "s3" and not (access and secret):
+        raise CliError("--storage s3 needs credentials: set env ACCESS_KEY and SECRET_KEY (or the flags)", 2)
+    if args.storage == "file":
+        bucket = os.path.abspath(os.path.expanduser(bucket))
+    return VolumeSettings(
+        name=args.name, uuid=str(uuid.uuid4()), storage=args.storage, bucket=bucket,
+        access_key=access, secret_key=secret, block_size=block_size, capacity=capacity,
+        inodes=args.inodes, created=time.time(),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..object import create_store, probe_store
+
+    settings = _settings(args)
+    meta = connect_meta(args.meta_url)
+    try:
+        try:
+            existing = meta.load()
+        except MetaError:
+            existing = None
+        if existing is not None and not args.force:
+            raise CliError(
+                f"a volume named {existing.name!r} already exists at this META_URL; "
+                "use --force to replace its settings (its data is kept)"
+            )
+        if existing is not None:
+            if existing.name != settings.name:
+                raise CliError(f"--force cannot rename volume {existing.name!r} to {settings.name!r}", 2)
+            # Data already stored keeps its layout: keep identity and block size.
+            settings = VolumeSettings(**{**settings.__dict__, "uuid": existing.uuid,
+                                         "block_size": existing.block_size, "created": existing.created})
+        if args.storage == "file":
+            os.makedirs(settings.bucket, exist_ok=True)
+        try:
+            store = create_store(settings.storage, settings.bucket, settings.access_key, settings.secret_key)
+            probe_store(store)
+        except (ObjectStoreError, ValueError) as exc:
+            raise CliError(str(exc)) from None
+        except OSError as exc:
+            raise CliError(f"cannot use {settings.bucket}: {exc.strerror}") from None
+        try:
+            meta.format(settings, force=args.force)
+        except FsError as exc:
+            if exc.errno == errno.EEXIST:
+                raise CliError("a volume already exists at this META_URL; use --force") from None
+            raise CliError(f"cannot format: {exc}") from None
+        except MetaError as exc:
+            raise CliError(str(exc)) from None
+    finally:
+        meta.shutdown()
+    limit = format_size(settings.capacity) if settings.capacity else "unlimited"
+    print(f"volume {settings.name!r} formatted: storage {settings.storage} {store.describe()}, "
+          f"block size {format_size(settings.block_size)}, capacity {limit}")
+    return 0

@@ -1,0 +1,300 @@
+"""`fusecache mount META_URL MOUNTPOINT`: serve a volume through FUSE.
+
+The one place that wires the layers: meta → object store → block cache → chunk store →
+vfs → fuse ops. With `-d` the command starts itself again as a detached process and
+returns once that process reports the mount ready (or prints why it failed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+from .. import __version__
+from ..errors import CliError, FsError, ObjectStoreError
+from ..types import ROOT_INO
+from .common import connect_meta, load_volume
+from .mountinfo import is_mounted
+
+log = logging.getLogger(__name__)
+READY_FD_ENV = "FUSECACHE_READY_FD"
+HEARTBEAT = 10.0
+STALE_SESSION = 60.0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("mount", help="mount a volume", description=__doc__)
+    p.add_argument("meta_url", metavar="META_URL")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument("-d", "--background", action="store_true", help="run in the background; return once mounted")
+    p.add_argument("--subdir", default="", help="mount this directory of the volume as the root")
+    p.add_argument("--read-only", action="store_true", help="mount read-only (writes fail with EROFS)")
+    p.add_argument("-o", dest="fuse_options", action="append", default=[],
+                   help="FUSE mount options, comma separated (e.g. allow_other)")
+    p.add_argument("--attr-timeout", type=float, default=1.0, help="kernel attribute cache seconds (default 1)")
+    p.add_argument("--entry-timeout", type=float, default=1.0, help="kernel name cache seconds (default 1)")
+    p.add_argument("--readahead", type=int, default=4, help="blocks prefetched for sequential reads (0: off)")
+    p.add_argument("--buffer-blocks", type=int, default=32, help="blocks buffered for upload at once")
+    p.add_argument("--mem-cache", default="256M", help="in-memory block cache size (default 256M)")
+    p.add_argument("--io-threads", type=int, default=32, help="object store worker threads")
+    p.add_argument("--log", help="log file (default with -d: /var/log/fusecache/<name>.log or ~/.fusecache/)")
+    p.set_defaults(run=run)
+
+
+@dataclass
+class Volume:
+    """Everything `serve` needs, opened and checked before the mount is attempted."""
+
+    meta: object
+    settings: object
+    store: object
+    root: int
+
+
+def _check_mountpoint(path: str) -> str:
+    path = os.path.abspath(path)
+    if is_mounted(path):
+        raise CliError(f"mountpoint {path} is already mounted (unmount it first)")
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise CliError(f"mountpoint {path} does not exist") from None
+    except OSError as exc:
+        raise CliError(f"mountpoint {path} is not usable: {exc.strerror}") from None
+    import stat as stat_mod
+
+    if not stat_mod.S_ISDIR(st.st_mode):
+        raise CliError(f"mountpoint {path} is not a directory")
+    return path
+
+
+def _fuse_options(args: argparse.Namespace, name: str) -> set[str]:
+    options = {f"fsname=fusecache:{name}", "subtype=fusecache", "default_permissions"}
+    for group in args.fuse_options:
+        options.update(o.strip() for o in group.split(",") if o.strip())
+    if args.read_only:
+        options.add("ro")
+    options.discard("rw") if args.read_only else None
+    return options
+
+
+def _resolve_subdir(meta, subdir: str) -> int:  # type: ignore[no-untyped-def]
+    ino = ROOT_INO
+    for part in [p for p in subdir.split("/") if p]:
+        try:
+            attr = meta.lookup(ino, part.encode())
+        except FsError:
+            raise CliError(f"subdirectory {subdir!r} does not exist in the volume") from None
+        if not attr.is_dir:
+            raise CliError(f"subdirectory {subdir!r} is not a directory")
+        ino = attr.ino
+    return ino
+
+
+def open_volume(args: argparse.Namespace) -> Volume:
+    from ..object import create_store, probe_store
+
+    meta = connect_meta(args.meta_url)
+    try:
+        settings = load_volume(meta)
+        root = _resolve_subdir(meta, args.subdir)
+        try:
+            store = create_store(settings.storage, settings.bucket, settings.access_key, settings.secret_key)
+            if args.read_only:
+                store.list("", "", 1)
+            else:
+                probe_store(store)
+        except (ObjectStoreError, ValueError) as exc:
+            raise CliError(str(exc)) from None
+    except BaseException:
+        meta.shutdown()
+        raise
+    return Volume(meta, settings, store, root)
+
+
+def run(args: argparse.Namespace) -> int:
+    args.mountpoint = _check_mountpoint(args.mountpoint)
+    if args.background:
+        return _start_background(args)
+    return serve(args)
+
+
+def _split_password(url: str) -> tuple[str, str]:
+    """Take the password out of a URL so it can travel in the environment, not argv."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url, ""
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    user = f"{parts.username}@" if parts.username else ""
+    return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment)), unquote(parts.password)
+
+
+def _start_background(args: argparse.Namespace) -> int:
+    """Start `mount` again detached, and wait for its verdict on a pipe."""
+    url, password = _split_password(args.meta_url)
+    env = dict(os.environ)
+    if password and "META_PASSWORD" not in env:
+        env["META_PASSWORD"] = password
+    argv = [a for a in sys.argv[1:] if a not in ("-d", "--background")]
+    argv = [url if a == args.meta_url else a for a in argv]
+    read_fd, write_fd = os.pipe()
+    env[READY_FD_ENV] = str(write_fd)
+    log_path = args.log or _default_log_path(args)
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    with open(log_path, "ab") as logfile:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fusecache.cli.main", *argv, "--log", log_path],
+            stdin=subprocess.DEVNULL, stdout=logfile, stderr=logfile,
+            env=env, pass_fds=(write_fd,), start_new_session=True,
+        )
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        verdict = pipe.read().decode(errors="replace").strip()
+    if verdict == "ready":
+        print(f"mounted {args.mountpoint} (pid {proc.pid}, log {log_path})")
+        return 0
+    proc.wait(timeout=30)
+    raise CliError(verdict.removeprefix("error: ") or f"mount process exited with code {proc.returncode}; see {log_path}")
+
+
+def _default_log_path(args: argparse.Namespace) -> str:
+    base = "/var/log/fusecache" if os.geteuid() == 0 else os.path.expanduser("~/.fusecache/log")
+    name = args.mountpoint.strip("/").replace("/", "-") or "root"
+    return os.path.join(base, f"{name}.log")
+
+
+def _report(message: str) -> None:
+    """Tell a waiting `mount -d` parent how the mount went (no-op in the foreground)."""
+    fd = os.environ.pop(READY_FD_ENV, None)
+    if fd is None:
+        return
+    try:
+        os.write(int(fd), message.encode())
+        os.close(int(fd))
+    except OSError:
+        pass
+
+
+def serve(args: argparse.Namespace) -> int:
+    if args.log:
+        handler = logging.FileHandler(args.log)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger().addHandler(handler)
+        logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
+    try:
+        volume = open_volume(args)
+    except CliError as exc:
+        _report(f"error: {exc.message}")
+        raise
+    try:
+        return _serve_volume(args, volume)
+    except CliError as exc:
+        _report(f"error: {exc.message}")
+        raise
+    finally:
+        volume.meta.shutdown()  # type: ignore[attr-defined]
+
+
+def _serve_volume(args: argparse.Namespace, volume: Volume) -> int:
+    import pyfuse3
+    import trio
+
+    from ..chunk.store import ChunkStore, SmallLru
+    from ..fuse.ops import FuseOps
+    from ..units import parse_size
+    from ..vfs.vfs import Vfs, VfsOptions
+    from ..workers import Workers
+
+    meta, settings = volume.meta, volume.settings
+    try:
+        cache = SmallLru(parse_size(args.mem_cache))
+    except ValueError as exc:
+        raise CliError(str(exc), 2) from None
+    chunks = ChunkStore(volume.store, settings.name, settings.block_size, cache)  # type: ignore[arg-type]
+    workers = Workers(meta_threads=16, io_threads=args.io_threads)
+    options = VfsOptions(read_only=args.read_only, readahead_blocks=max(0, args.readahead),
+                         upload_slots=max(2, args.buffer_blocks))
+    vfs = Vfs(meta, chunks, settings, workers, options)  # type: ignore[arg-type]
+    ops = FuseOps(vfs, volume.root, args.attr_timeout, args.entry_timeout)
+
+    meta.clean_stale_sessions(STALE_SESSION)  # type: ignore[attr-defined]
+    sid = meta.new_session(socket.gethostname(), os.getpid(), args.mountpoint, __version__)  # type: ignore[attr-defined]
+    try:
+        pyfuse3.init(ops, args.mountpoint, _fuse_options(args, settings.name))  # type: ignore[attr-defined]
+    except RuntimeError as exc:
+        meta.close_session(sid)  # type: ignore[attr-defined]
+        raise CliError(f"cannot mount {args.mountpoint}: {exc}") from None
+    log.info("mounted volume %s at %s (session %d)", settings.name, args.mountpoint, sid)  # type: ignore[attr-defined]
+    _report("ready")
+    unmounted = False
+    try:
+        trio.run(_main, vfs, meta, sid, args.mountpoint)
+        unmounted = True
+    finally:
+        pyfuse3.close(unmount=not unmounted)
+        meta.close_session(sid)  # type: ignore[attr-defined]
+        volume.store.close()  # type: ignore[attr-defined]
+    return 0
+
+
+async def _main(vfs, meta, sid: int, mountpoint: str) -> None:  # type: ignore[no-untyped-def]
+    import pyfuse3
+    import trio
+
+    async with trio.open_nursery() as nursery:
+        vfs.start(nursery)
+        nursery.start_soon(_heartbeat, vfs, meta, sid)
+        nursery.start_soon(_janitor, vfs)
+        nursery.start_soon(_on_signal, mountpoint)
+        await pyfuse3.main()
+        await vfs.flush_all()
+        nursery.cancel_scope.cancel()
+
+
+async def _heartbeat(vfs, meta, sid: int) -> None:  # type: ignore[no-untyped-def]
+    import trio
+
+    while True:
+        await trio.sleep(HEARTBEAT)
+        try:
+            await vfs.workers.meta(meta.heartbeat, sid)
+            await vfs.workers.meta(meta.clean_stale_sessions, STALE_SESSION)
+        except Exception as exc:
+            log.warning("session heartbeat failed: %s", exc)
+
+
+async def _janitor(vfs) -> None:  # type: ignore[no-untyped-def]
+    """Commit idle buffered writes and delete objects no file references any more."""
+    import trio
+
+    while True:
+        await trio.sleep(1.0)
+        try:
+            await vfs.flush_idle()
+            while await vfs.collect_garbage() > 0:
+                pass
+        except Exception as exc:
+            log.warning("background cleanup failed: %s", exc)
+
+
+async def _on_signal(mountpoint: str) -> None:
+    """SIGTERM/SIGINT: unmount lazily; the session loop then ends and buffers are flushed."""
+    import trio
+
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("signal %d: unmounting %s", signum, mountpoint)
+            await trio.to_thread.run_sync(
+                lambda: subprocess.run(["fusermount3", "-u", "-z", mountpoint], capture_output=True)
+            )
+
+

@@ -1,0 +1,47 @@
+"""Keeping credentials out of `ps` and out of printed text."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+SECRET_FLAGS = ("--secret-key", "--access-key")
+_URL_PASSWORD = re.compile(r"(\w[\w+.-]*://[^:/@\s]*:)([^@\s]+)(@)")
+
+
+def mask_url(text: str) -> str:
+    """redis://user:pw@host → redis://user:****@host."""
+    return _URL_PASSWORD.sub(r"\1****\3", text)
+
+
+def masked_argv(argv: list[str]) -> list[str]:
+    out: list[str] = []
+    hide_next = False
+    for arg in argv:
+        if hide_next:
+            out.append("****")
+            hide_next = False
+            continue
+        flag, eq, _value = arg.partition("=")
+        if flag in SECRET_FLAGS:
+            if eq:
+                out.append(f"{flag}=****")
+            else:
+                out.append(arg)
+                hide_next = True
+            continue
+        out.append(mask_url(arg))
+    return out
+
+
+def hide_secrets_from_ps() -> None:
+    """Rewrite this process's command line as `ps` shows it, with secrets masked."""
+    masked = masked_argv(sys.argv)
+    if masked == sys.argv:
+        return
+    try:
+        import setproctitle
+    except ImportError:
+        return
+    setproctitle.setproctitle(" ".join([os.path.basename(sys.executable), *masked]))

@@ -1,0 +1,233 @@
+"""The pyfuse3 adapter: the only module that speaks the kernel's FUSE protocol.
+
+It converts between kernel and volume inode numbers (a `--subdir` mount shows a volume
+directory as its root), `Attr` ↔ `EntryAttributes`, and `FsError` → `FUSEError`.
+Everything else is delegated to `Vfs`.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec, TypeVar
+
+import pyfuse3
+
+from ..errors import FsError
+from ..types import ROOT_INO, Attr, SetAttr
+from ..vfs.vfs import Ctx, Vfs
+
+log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+BLKSIZE = 1 << 20  # st_blksize: tools like cp size their I/O by it; large I/O is cheap here
+
+
+def fs_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Turn FsError into FUSEError; anything unexpected is logged and becomes EIO."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except FsError as exc:
+            raise pyfuse3.FUSEError(exc.errno) from None
+        except pyfuse3.FUSEError:
+            raise
+        except Exception:
+            log.exception("unexpected error in %s", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+def _ctx(ctx: pyfuse3.RequestContext) -> Ctx:
+    return Ctx(ctx.uid, ctx.gid, ctx.pid)
+
+
+class FuseOps(pyfuse3.Operations):
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+
+    def __init__(self, vfs: Vfs, root: int = ROOT_INO, attr_timeout: float = 1.0, entry_timeout: float = 1.0):
+        super().__init__()
+        self.vfs = vfs
+        self.root = root
+        self.attr_timeout = attr_timeout
+        self.entry_timeout = entry_timeout
+
+    # Kernel inode 1 is always the mount's root; with --subdir that is another volume inode.
+    def _vol(self, ino: int) -> int:
+        return self.root if ino == pyfuse3.ROOT_INODE else ino
+
+    def _kernel(self, ino: int) -> int:
+        return pyfuse3.ROOT_INODE if ino == self.root else ino
+
+    def _entry(self, attr: Attr) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = self._kernel(attr.ino)
+        e.generation = 0
+        e.entry_timeout = self.entry_timeout
+        e.attr_timeout = self.attr_timeout
+        e.st_mode = attr.mode
+        e.st_nlink = attr.nlink
+        e.st_uid = attr.uid
+        e.st_gid = attr.gid
+        e.st_rdev = attr.rdev
+        e.st_size = attr.size
+        e.st_blksize = BLKSIZE
+        e.st_blocks = (attr.size + 511) // 512
+        e.st_atime_ns = attr.atime_ns
+        e.st_mtime_ns = attr.mtime_ns
+        e.st_ctime_ns = attr.ctime_ns
+        return e
+
+    @fs_errors
+    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._entry(await self.vfs.lookup(self._vol(parent_inode), name))
+
+    async def forget(self, inode_list: Any) -> None:
+        pass  # inodes live in the metadata engine; nothing is pinned per lookup
+
+    @fs_errors
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._entry(await self.vfs.getattr(self._vol(inode)))
+
+    @fs_errors
+    async def setattr(
+        self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
+        fh: int | None, ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        changes = SetAttr(
+            mode=attr.st_mode & 0o7777 if fields.update_mode else None,
+            uid=attr.st_uid if fields.update_uid else None,
+            gid=attr.st_gid if fields.update_gid else None,
+            size=attr.st_size if fields.update_size else None,
+            atime_ns=attr.st_atime_ns if fields.update_atime else None,
+            mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+        )
+        return self._entry(await self.vfs.setattr(self._vol(inode), changes))
+
+    @fs_errors
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        return await self.vfs.readlink(self._vol(inode))
+
+    @fs_errors
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        return self._entry(await self.vfs.mknod(self._vol(parent_inode), name, mode, rdev, _ctx(ctx)))
+
+    @fs_errors
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._entry(await self.vfs.mkdir(self._vol(parent_inode), name, mode, _ctx(ctx)))
+
+    @fs_errors
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self.vfs.unlink(self._vol(parent_inode), name)
+
+    @fs_errors
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self.vfs.rmdir(self._vol(parent_inode), name)
+
+    @fs_errors
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        return self._entry(await self.vfs.symlink(self._vol(parent_inode), name, target, _ctx(ctx)))
+
+    @fs_errors
+    async def rename(
+        self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
+        flags: int, ctx: pyfuse3.RequestContext,
+    ) -> None:
+        await self.vfs.rename(self._vol(parent_inode_old), name_old, self._vol(parent_inode_new), name_new, flags)
+
+    @fs_errors
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        return self._entry(await self.vfs.link(self._vol(inode), self._vol(new_parent_inode), new_name))
+
+    @fs_errors
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        return pyfuse3.FileInfo(fh=await self.vfs.open(self._vol(inode), flags))
+
+    @fs_errors
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        fh, attr = await self.vfs.create(self._vol(parent_inode), name, mode, flags, _ctx(ctx))
+        return pyfuse3.FileInfo(fh=fh), self._entry(attr)
+
+    @fs_errors
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return await self.vfs.read(fh, off, size)
+
+    @fs_errors
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        return await self.vfs.write(fh, off, buf)
+
+    @fs_errors
+    async def flush(self, fh: int) -> None:
+        await self.vfs.flush(fh)
+
+    @fs_errors
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await self.vfs.fsync(fh)
+
+    @fs_errors
+    async def release(self, fh: int) -> None:
+        await self.vfs.release(fh)
+
+    @fs_errors
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        return await self.vfs.opendir(self._vol(inode))
+
+    @fs_errors
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        for i, entry in enumerate(self.vfs.readdir(fh, start_id)):
+            if not pyfuse3.readdir_reply(token, entry.name, self._entry(entry.attr), start_id + i + 1):
+                break
+
+    async def releasedir(self, fh: int) -> None:
+        self.vfs.releasedir(fh)
+
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        pass  # metadata commits are synchronous: nothing is buffered for directories
+
+    @fs_errors
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        st = await self.vfs.statfs(self.root)
+        out = pyfuse3.StatvfsData()
+        out.f_bsize = 4096
+        out.f_frsize = 4096
+        out.f_blocks = st.total_bytes // 4096
+        out.f_bfree = st.avail_bytes // 4096
+        out.f_bavail = st.avail_bytes // 4096
+        out.f_files = st.used_inodes + st.avail_inodes
+        out.f_ffree = st.avail_inodes
+        out.f_favail = st.avail_inodes
+        out.f_namemax = 255
+        return out
+
+    @fs_errors
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        return await self.vfs.getxattr(self._vol(inode), name)
+
+    @fs_errors
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+        # pyfuse3 checks XATTR_CREATE/XATTR_REPLACE itself (via getxattr) before calling us.
+        await self.vfs.setxattr(self._vol(inode), name, value)
+
+    @fs_errors
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        return await self.vfs.listxattr(self._vol(inode))
+
+    @fs_errors
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self.vfs.removexattr(self._vol(inode), name)
+

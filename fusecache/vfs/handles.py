@@ -1,0 +1,43 @@
+"""Per-client state of open files and directories."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..chunk.writer import FileWriter
+from ..types import Attr, DirEntry, Slice
+
+
+@dataclass
+class OpenInode:
+    """A file this client holds open through one or more handles."""
+
+    ino: int
+    attr: Attr
+    opens: int = 0
+    writer: FileWriter | None = None
+    slices: dict[int, list[Slice]] = field(default_factory=dict)  # chunk index → slices
+
+    @property
+    def size(self) -> int:
+        """The length readers see: committed length, or more if writes are still buffered."""
+        if self.writer is not None:
+            return max(self.attr.size, self.writer.end)
+        return self.attr.size
+
+
+@dataclass
+class FileHandle:
+    fh: int
+    ino: int
+    flags: int
+    next_offset: int = 0  # where a sequential reader would read next
+    sequential: int = 0  # consecutive sequential reads seen
+    readahead_to: int = 0  # file offset up to which blocks were prefetched
+
+
+@dataclass
+class DirHandle:
+    fh: int
+    ino: int
+    entries: list[DirEntry]

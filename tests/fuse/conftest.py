@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fuse.helpers import Volume, format_volume
+from tests.servers import S3Server
+
+
+@pytest.fixture(params=["file", "s3"])
+def volume(request: pytest.FixtureRequest, meta_url: str, tmp_path: Path, s3_server: S3Server) -> Iterator[Volume]:
+    """A freshly formatted volume on both object stores; every mount made is cleaned up."""
+    bucket = None
+    if request.param == "s3":
+        bucket = request.getfixturevalue("bucket_url")
+    vol = format_volume(meta_url, tmp_path, request.param, s3_server, bucket)
+    try:
+        yield vol
+    finally:
+        vol.cleanup()
+
+
+@pytest.fixture
+def mnt(volume: Volume) -> Path:
+    """The path of one mount of a fresh volume."""
+    return volume.mount().path
