@@ -1,0 +1,223 @@
+"""The tiered block cache: an optional MEM tier over zero or more SSD tiers.
+
+Synchronous and thread-safe: the chunk store calls it from many worker threads at once
+(never from the trio loop). Reads go MEM → SSD tiers; admissions go to the top tier, and
+blocks the MEM tier evicts are demoted to the first SSD tier that takes them. Writeback
+staging, the states of a block and the crash rules are described in docs/cache.md.
+
+Nothing here raises because a cache disk is full or failing: that tier is skipped for a
+while and the caller falls back to the object store.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Sequence
+
+from fusecache.cache.blockfile import Buffer
+from fusecache.cache.config import TierConfig
+from fusecache.cache.disk import DiskTier
+from fusecache.cache.mem import Evicted, MemTier
+from fusecache.cache.stats import CacheStats
+
+log = logging.getLogger(__name__)
+
+
+def check_volume_id(volume_id: str) -> None:
+    """A volume id becomes one directory name under every cache directory."""
+    if (not volume_id or volume_id in (".", "..") or "/" in volume_id or "\0" in volume_id
+            or len(volume_id) > 200):
+        raise ValueError(f"volume id {volume_id!r} cannot name a cache directory")
+
+
+class TieredCache:
+    """Block cache over `tiers` for one volume.
+
+    Construction rebuilds the SSD index from disk (blocking: it lists the cache
+    directories), so blocks cached by an earlier process are found again.
+    `promote`: an SSD hit is also admitted to the MEM tier (costs memory, no copy and no
+    disk write: the SSD copy stays, so a later MEM eviction needs no rewrite).
+    """
+
+    def __init__(self, tiers: Sequence[TierConfig], volume_id: str, *, checksum: bool = True,
+                 promote: bool = True) -> None:
+        check_volume_id(volume_id)
+        mems = [t for t in tiers if t.medium == "mem"]
+        if len(mems) > 1:
+            raise ValueError("at most one mem cache tier can be configured")
+        self.volume_id = volume_id
+        self._mem = MemTier(mems[0]) if mems else None
+        self._disks = [DiskTier(t, volume_id, verify=checksum) for t in tiers if t.medium == "ssd"]
+        self._promote = promote
+        self._lock = threading.Lock()
+        # Blocks between leaving the MEM tier and landing on disk: still served to readers.
+        self._demoting: dict[str, bytes] = {}
+        self._hits = self._misses = 0
+        for disk in self._disks:
+            disk.load()
+
+    @classmethod
+    def open(cls, tiers: Sequence[TierConfig], volume_id: str, *, checksum: bool = True,
+             promote: bool = True) -> TieredCache:
+        """Open the cache of a volume, finding the blocks earlier processes left on disk."""
+        return cls(tiers, volume_id, checksum=checksum, promote=promote)
+
+    @property
+    def can_stage(self) -> bool:
+        """Whether writeback staging is possible at all (there is an SSD tier)."""
+        return bool(self._disks)
+
+    # ----------------------------------------------------------------- reads
+
+    def get(self, key: str) -> bytes | None:
+        """The block, or None if no tier has a valid copy (never bad data)."""
+        data = self._lookup(key)
+        with self._lock:
+            if data is None:
+                self._misses += 1
+            else:
+                self._hits += 1
+        return data
+
+    def _lookup(self, key: str) -> bytes | None:
+        if self._mem is not None:
+            data = self._mem.get(key)
+            if data is not None:
+                return data
+            with self._lock:
+                data = self._demoting.get(key)
+            if data is not None:
+                return data
+        for disk in self._disks:
+            data = disk.get(key)
+            if data is not None:
+                if self._promote and self._mem is not None:
+                    self._admit_mem(key, data)
+                return data
+        return None
+
+    def contains(self, key: str) -> str | None:
+        """The medium of the first tier holding the block ("mem" or "ssd"), or None."""
+        if self._mem is not None:
+            if self._mem.contains(key):
+                return "mem"
+            with self._lock:
+                if key in self._demoting:
+                    return "mem"
+        for disk in self._disks:
+            if disk.contains(key):
+                return "ssd"
+        return None
+
+    # ----------------------------------------------------------------- writes
+
+    def put(self, key: str, data: Buffer) -> None:
+        """Admit a clean block (bytes the object store has) to the top tier that takes it."""
+        if self._mem is not None and self._admit_mem(key, data):
+            return
+        for disk in self._disks:
+            if disk.put(key, data):
+                return
+
+    def _admit_mem(self, key: str, data: Buffer) -> bool:
+        assert self._mem is not None
+        admitted, evicted = self._mem.put(key, data)
+        if evicted:
+            self._demote(evicted)
+        return admitted
+
+    def _demote(self, evicted: Evicted) -> None:
+        """Hand blocks evicted from MEM down to the SSD tiers (they are not dropped)."""
+        if not self._disks:
+            return
+        assert self._mem is not None
+        with self._lock:
+            self._demoting.update(evicted)
+        demoted = 0
+        try:
+            for key, data in evicted:
+                if any(disk.contains(key) for disk in self._disks):
+                    continue  # a promoted block: its SSD copy is still there
+                if any(disk.put(key, data) for disk in self._disks):
+                    demoted += 1
+        finally:
+            with self._lock:
+                for key, data in evicted:
+                    if self._demoting.get(key) is data:
+                        del self._demoting[key]
+            self._mem.note_demoted(demoted)
+
+    def stage(self, key: str, data: Buffer) -> bool:
+        """Write a dirty block durably to an SSD tier (fsync'ed file and directory).
+
+        True: the block survives a crash and stays listed by `pending_staged()` until
+        `uploaded(key)`; it is never evicted. False: it could not be staged (no SSD tier, no
+        room, disk failing) and the caller must upload it synchronously.
+        """
+        return any(disk.stage(key, data) for disk in self._disks)
+
+    def uploaded(self, key: str) -> None:
+        """The store has the staged block now: it becomes an ordinary clean cached block."""
+        for disk in self._disks:
+            if disk.uploaded(key):
+                return
+
+    def pending_staged(self) -> list[str]:
+        """Keys of staged blocks not yet uploaded, including those found at start-up."""
+        keys: set[str] = set()
+        for disk in self._disks:
+            keys.update(disk.pending_staged())
+        return sorted(keys)
+
+    # ----------------------------------------------------------------- removal
+
+    def remove(self, key: str) -> None:
+        """Forget the block in every tier and state (staged too: its slice is gone)."""
+        if self._mem is not None:
+            self._mem.remove(key)
+        with self._lock:
+            self._demoting.pop(key, None)
+        for disk in self._disks:
+            disk.remove(key)
+
+    def evict(self, keys: Iterable[str]) -> int:
+        """Drop clean copies of these blocks from every tier (staged blocks stay).
+        Returns the number of copies dropped."""
+        keys = list(keys)
+        n = self._mem.evict(keys) if self._mem is not None else 0
+        return n + sum(disk.evict(keys) for disk in self._disks)
+
+    def evict_prefix(self, prefix: str) -> int:
+        """Drop clean copies of every block whose key starts with `prefix`."""
+        keys: set[str] = set(self._mem.keys_with_prefix(prefix)) if self._mem is not None else set()
+        for disk in self._disks:
+            keys.update(disk.keys_with_prefix(prefix))
+        return self.evict(keys)
+
+    def flush_mem(self) -> None:
+        """Move every MEM block down to the SSD tiers, so a restart finds them there."""
+        if self._mem is not None and self._disks:
+            self._demote(self._mem.drain())
+
+    def close(self) -> None:
+        """Keep what the MEM tier holds by demoting it to disk (the cache stays usable)."""
+        self.flush_mem()
+
+    def clean(self, *, force: bool = False) -> int:
+        """Delete this volume's cached blocks and cache directories. Staged blocks (never
+        uploaded) are kept unless `force`; returns how many were kept."""
+        if self._mem is not None:
+            self._mem.drain()
+        kept = sum(disk.clean(force=force) for disk in self._disks)
+        if kept:
+            log.warning("cache of volume %s: kept %d staged blocks that were never uploaded",
+                        self.volume_id, kept)
+        return kept
+
+    # ----------------------------------------------------------------- stats
+
+    def stats(self) -> CacheStats:
+        tiers = ([self._mem.stats()] if self._mem is not None else []) + [d.stats() for d in self._disks]
+        with self._lock:
+            return CacheStats(tiers=tuple(tiers), hits=self._hits, misses=self._misses)
