@@ -103,10 +103,11 @@ def is_temporary(exc: BaseException) -> bool:
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         code = exc.response.get("Error", {}).get("Code", "")
         return status >= 500 or status == 429 or code in _THROTTLE_CODES
-    # Connection refused/reset, DNS, TLS, connect and read timeouts, a body cut short.
-    return isinstance(
-        exc, bexc.HTTPClientError | bexc.IncompleteReadError | bexc.ResponseStreamingError | ConnectionError
-    )
+    if isinstance(exc, bexc.SSLError):
+        return False  # a certificate problem is configuration, not bad luck
+    # Connection refused/reset, DNS, connect and read timeouts, a body cut short.
+    # (botocore's ConnectionError is its own class, not the builtin one.)
+    return isinstance(exc, bexc.ConnectionError | bexc.HTTPClientError | bexc.IncompleteReadError | OSError)
 
 
 class S3Store(ObjectStore):

