@@ -1,0 +1,84 @@
+"""Binary encodings of metadata values, shared by the Python side and the Lua scripts.
+
+Attributes are one fixed-size little-endian record so that a getattr is one GET and one
+`struct.unpack`, and Lua can patch single fields in place (see `lua.py`, which uses the
+same offsets). Timestamps are opaque to Lua: it only ever copies 8-byte values packed
+here, because Lua numbers are doubles and would round nanosecond timestamps.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from ..types import Attr, Slice
+
+# mode, uid, gid, nlink, size, rdev, atime_ns, mtime_ns, ctime_ns, parent
+ATTR = struct.Struct("<IIIIQIqqqQ")
+ATTR_OFFSETS = {
+    "mode": 0,
+    "uid": 4,
+    "gid": 8,
+    "nlink": 12,
+    "size": 16,
+    "rdev": 24,
+    "atime": 28,
+    "mtime": 36,
+    "ctime": 44,
+    "parent": 52,
+}
+ATTR_SIZE = ATTR.size  # 60
+
+# pos, id, size, off, length — one element of a chunk's slice list.
+SLICE = struct.Struct("<IQIII")
+SLICE_SIZE = SLICE.size  # 24
+# A garbage item is bytes 4..16 of a packed slice: the id and the slice object size.
+GARBAGE = struct.Struct("<QI")
+
+_TIME = struct.Struct("<q")
+
+# Largest file length the Lua scripts can do exact arithmetic on (Lua numbers are doubles).
+MAX_EXACT_SIZE = 1 << 53
+
+
+def pack_attr(a: Attr) -> bytes:
+    return ATTR.pack(a.mode, a.uid, a.gid, a.nlink, a.size, a.rdev,
+                     a.atime_ns, a.mtime_ns, a.ctime_ns, a.parent)
+
+
+def unpack_attr(ino: int, raw: bytes) -> Attr:
+    return Attr(ino, *ATTR.unpack(raw))
+
+
+def pack_time(ns: int) -> bytes:
+    return _TIME.pack(ns)
+
+
+def pack_slice(s: Slice) -> bytes:
+    return SLICE.pack(s.pos, s.id, s.size, s.off, s.length)
+
+
+def unpack_slice(raw: bytes) -> Slice:
+    return Slice(*SLICE.unpack(raw))
+
+
+def pack_garbage(slice_id: int, size: int) -> bytes:
+    return GARBAGE.pack(slice_id, size)
+
+
+def unpack_garbage(raw: bytes) -> tuple[int, int]:
+    slice_id, size = GARBAGE.unpack(raw)
+    return slice_id, size
+
+
+def pack_entry(mode: int, ino: int) -> bytes:
+    """A directory entry: one byte of file type (S_IFMT >> 12), then the decimal inode
+    number, which Lua appends to a key prefix without any number conversion."""
+    return bytes((mode >> 12,)) + str(ino).encode()
+
+
+def entry_ino(raw: bytes) -> int:
+    return int(raw[1:])
+
+
+def entry_type(raw: bytes) -> int:
+    return raw[0] << 12

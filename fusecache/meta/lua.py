@@ -1,0 +1,621 @@
+"""Lua scripts of the Redis engine: each multi-key namespace change is one script, so it is
+atomic and costs one round trip.
+
+Conventions shared by every script:
+- ARGV[1] is the key prefix (the volume's hash tag, e.g. "{fc}"); KEYS[1] is always a key
+  of that tag, so Redis Cluster routes the call to the slot that holds every key touched.
+- A script returns a table whose first element is 0 on success or a positive errno;
+  -1 asks the caller to retry with fresh information (used by rename under quotas).
+- A script validates everything before its first write: Lua scripts are not rolled back
+  when they return an error, so a failing call must leave Redis untouched.
+- Integers handed to redis.call go through num() ('%d'): a raw Lua number could be
+  formatted in exponent notation, and timestamps never become Lua numbers at all.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from ..layout import CHUNK_SIZE
+from .codec import ATTR_OFFSETS, MAX_EXACT_SIZE
+
+_ERRNOS = ("ENOENT", "EEXIST", "ENOTDIR", "EISDIR", "EINVAL", "ENOSPC", "ENOTEMPTY",
+           "EPERM", "EDQUOT", "ENODATA", "EFBIG")
+
+PRELUDE = "\n".join(
+    [f"local {name} = {getattr(errno, name)}" for name in _ERRNOS]
+    + [f"local OFF_{field.upper()} = {off}" for field, off in ATTR_OFFSETS.items()]
+    + [f"local CHUNK = {CHUNK_SIZE}", f"local MAXSIZE = {MAX_EXACT_SIZE}"]
+) + r"""
+local P = ARGV[1]
+local CK = P .. 'counters'
+local QK = P .. 'quota'
+local QU = P .. 'qused'
+local GK = P .. 'garbage'
+local DELK = P .. 'delfiles'
+local S_IFMT, S_IFDIR, S_IFREG, S_IFLNK = 61440, 16384, 32768, 40960
+
+local function num(v) return string.format('%d', v) end
+local function ik(i) return P .. 'i' .. num(i) end
+local function dk(i) return P .. 'd' .. num(i) end
+local function xk(i) return P .. 'x' .. num(i) end
+local function sk(i) return P .. 's' .. num(i) end
+local function kk(i) return P .. 'k' .. num(i) end
+local function ck(i, idx) return P .. 'c' .. num(i) .. '_' .. num(idx) end
+
+local function u32(a, off) return (struct.unpack('<I4', a, off + 1)) end
+local function u64(a, off) return (struct.unpack('<I8', a, off + 1)) end
+local function put(a, off, b) return string.sub(a, 1, off) .. b .. string.sub(a, off + 1 + #b) end
+local function p32(v) return struct.pack('<I4', v) end
+local function p64(v) return struct.pack('<I8', v) end
+local function ftype(a) return bit.band(u32(a, OFF_MODE), S_IFMT) end
+local function isdir(a) return ftype(a) == S_IFDIR end
+local function fsize(a) if ftype(a) == S_IFREG then return u64(a, OFF_SIZE) end return 0 end
+local function touch(a, now) return put(put(a, OFF_MTIME, now), OFF_CTIME, now) end
+local function add_nlink(a, d) return put(a, OFF_NLINK, p32(u32(a, OFF_NLINK) + d)) end
+
+local function counter(name) return tonumber(redis.call('HGET', CK, name) or '0') end
+
+-- Quota directories at or above directory `start`, nearest first: {ino string, limits}.
+local function quota_chain(start)
+  local out = {}
+  if redis.call('HLEN', QK) == 0 then return out end
+  local ino = tonumber(start)
+  local depth = 0
+  while ino and ino > 0 and depth < 100000 do
+    local q = redis.call('HGET', QK, num(ino))
+    if q then out[#out + 1] = {num(ino), q} end
+    if ino == 1 then break end
+    local a = redis.call('GET', ik(ino))
+    if not a then break end
+    ino = u64(a, OFF_PARENT)
+    depth = depth + 1
+  end
+  return out
+end
+
+local function quota_check(chain, db, di)
+  for _, q in ipairs(chain) do
+    local mb, mi = struct.unpack('<I8I8', q[2])
+    if db > 0 and mb > 0 and tonumber(redis.call('HGET', QU, q[1] .. 'b') or '0') + db > mb then
+      return EDQUOT
+    end
+    if di > 0 and mi > 0 and tonumber(redis.call('HGET', QU, q[1] .. 'i') or '0') + di > mi then
+      return EDQUOT
+    end
+  end
+  return 0
+end
+
+local function quota_add(chain, db, di)
+  for _, q in ipairs(chain) do
+    if db ~= 0 then redis.call('HINCRBY', QU, q[1] .. 'b', num(db)) end
+    if di ~= 0 then redis.call('HINCRBY', QU, q[1] .. 'i', num(di)) end
+  end
+end
+
+-- Volume capacity and quota checks for `db` more bytes in a file whose parent is `parent`.
+local function space_check(parent, db)
+  if db <= 0 then return 0, {} end
+  local cap = counter('capacity')
+  if cap > 0 and counter('usedspace') + db > cap then return ENOSPC, {} end
+  local chain = {}
+  if parent > 0 then chain = quota_chain(parent) end
+  return quota_check(chain, db, 0), chain
+end
+
+-- Move every slice of chunk `idx` of `ino` to the garbage set and drop the chunk.
+local function drop_chunk(ino, idx)
+  local key = ck(ino, idx)
+  for _, s in ipairs(redis.call('LRANGE', key, 0, -1)) do
+    if u64(s, 4) ~= 0 then redis.call('SADD', GK, string.sub(s, 5, 16)) end
+  end
+  redis.call('DEL', key)
+  redis.call('SREM', kk(ino), idx)
+end
+
+-- Delete an inode whose last link (and last opener) is gone. File data is released
+-- lazily: the inode joins the deleted-files set that take_garbage expands chunk by chunk.
+local function free_inode(ino, a)
+  local t = ftype(a)
+  redis.call('DEL', ik(ino), xk(ino))
+  if t == S_IFREG then
+    redis.call('HINCRBY', CK, 'usedspace', num(-u64(a, OFF_SIZE)))
+    if redis.call('EXISTS', kk(ino)) == 1 then redis.call('SADD', DELK, ino) end
+  elseif t == S_IFLNK then
+    redis.call('DEL', sk(ino))
+  elseif t == S_IFDIR then
+    redis.call('DEL', dk(ino))
+    redis.call('HDEL', QK, ino)
+    redis.call('HDEL', QU, ino .. 'b', ino .. 'i')
+  end
+  redis.call('HINCRBY', CK, 'usedinodes', -1)
+end
+
+-- Remove one link of non-directory `ino` (attributes `a`) from directory `dir`. The last
+-- link frees the inode, unless `sid` ~= '0': then the session keeps it (nlink 0) until its
+-- last close. Returns 0 (links remain), 1 (kept by the session) or 2 (freed).
+local function drop_link(ino, a, dir, now, sid)
+  local n = u32(a, OFF_NLINK) - 1
+  local parent = u64(a, OFF_PARENT)
+  a = put(a, OFF_CTIME, now)
+  if n > 0 then
+    if parent == tonumber(dir) then
+      -- The link that quota usage was attributed to goes; the others are not tracked.
+      quota_add(quota_chain(dir), -fsize(a), -1)
+      a = put(a, OFF_PARENT, p64(0))
+    end
+    redis.call('SET', ik(ino), put(a, OFF_NLINK, p32(n)))
+    return 0
+  end
+  if parent ~= 0 then quota_add(quota_chain(parent), -fsize(a), -1) end
+  if sid ~= '0' then
+    a = put(put(a, OFF_NLINK, p32(0)), OFF_PARENT, p64(0))
+    redis.call('SET', ik(ino), a)
+    redis.call('SADD', P .. 'sustained' .. sid, ino)
+    return 1
+  end
+  free_inode(ino, a)
+  return 2
+end
+
+-- Whether directory `root` is `start` or one of its ancestors.
+local function in_subtree(start, root)
+  local ino = tonumber(start)
+  root = tonumber(root)
+  local depth = 0
+  while ino and depth < 100000 do
+    if ino == root then return true end
+    if ino == 1 then return false end
+    local a = redis.call('GET', ik(ino))
+    if not a then return false end
+    ino = u64(a, OFF_PARENT)
+    depth = depth + 1
+  end
+  return false
+end
+
+-- The attributes of directory `ino`: ENOENT / ENOTDIR when it is not one.
+local function get_dir(ino)
+  local a = redis.call('GET', ik(ino))
+  if not a then return nil, ENOENT end
+  if not isdir(a) then return nil, ENOTDIR end
+  return a, 0
+end
+"""
+
+# KEYS: dir(parent)  ARGV: P, parent, name
+LOOKUP = r"""
+local v = redis.call('HGET', KEYS[1], ARGV[3])
+if not v then
+  local _, err = get_dir(ARGV[2])
+  if err ~= 0 then return {err} end
+  return {ENOENT}
+end
+local ino = string.sub(v, 2)
+local a = redis.call('GET', P .. 'i' .. ino)
+if not a then return {ENOENT} end
+return {0, ino, a}
+"""
+
+# KEYS: dir(parent)  ARGV: P, parent, name, ino, attr, entry, now, symlink target
+CREATE = r"""
+local pa, err = get_dir(ARGV[2])
+if err ~= 0 then return {err} end
+if redis.call('HEXISTS', KEYS[1], ARGV[3]) == 1 then return {EEXIST} end
+local maxi = counter('maxinodes')
+if maxi > 0 and counter('usedinodes') + 1 > maxi then return {ENOSPC} end
+local chain = quota_chain(ARGV[2])
+err = quota_check(chain, 0, 1)
+if err ~= 0 then return {err} end
+local a = ARGV[5]
+redis.call('SET', P .. 'i' .. ARGV[4], a)
+redis.call('HSET', KEYS[1], ARGV[3], ARGV[6])
+if ARGV[8] ~= '' then redis.call('SET', P .. 's' .. ARGV[4], ARGV[8]) end
+pa = touch(pa, ARGV[7])
+if isdir(a) then pa = add_nlink(pa, 1) end
+redis.call('SET', ik(ARGV[2]), pa)
+redis.call('HINCRBY', CK, 'usedinodes', 1)
+quota_add(chain, 0, 1)
+return {0}
+"""
+
+# KEYS: dir(parent)  ARGV: P, parent, name, now, sid ('0': free the inode at once)
+UNLINK = r"""
+local pa, err = get_dir(ARGV[2])
+if err ~= 0 then return {err} end
+local v = redis.call('HGET', KEYS[1], ARGV[3])
+if not v then return {ENOENT} end
+local ino = string.sub(v, 2)
+local a = redis.call('GET', P .. 'i' .. ino)
+if a and isdir(a) then return {EISDIR} end
+redis.call('HDEL', KEYS[1], ARGV[3])
+redis.call('SET', ik(ARGV[2]), touch(pa, ARGV[4]))
+local r = 2
+if a then r = drop_link(ino, a, ARGV[2], ARGV[4], ARGV[5]) end
+return {0, ino, r}
+"""
+
+# KEYS: dir(parent)  ARGV: P, parent, name, now
+RMDIR = r"""
+local pa, err = get_dir(ARGV[2])
+if err ~= 0 then return {err} end
+local v = redis.call('HGET', KEYS[1], ARGV[3])
+if not v then return {ENOENT} end
+local ino = string.sub(v, 2)
+local a = redis.call('GET', P .. 'i' .. ino)
+if a and not isdir(a) then return {ENOTDIR} end
+if redis.call('HLEN', P .. 'd' .. ino) > 0 then return {ENOTEMPTY} end
+redis.call('HDEL', KEYS[1], ARGV[3])
+redis.call('SET', ik(ARGV[2]), add_nlink(touch(pa, ARGV[4]), -1))
+if a then
+  quota_add(quota_chain(ARGV[2]), 0, -1)
+  free_inode(ino, a)
+end
+return {0}
+"""
+
+# KEYS: dir(new parent)  ARGV: P, ino, new parent, name, entry, now
+LINK = r"""
+local a = redis.call('GET', ik(ARGV[2]))
+if not a then return {ENOENT} end
+if isdir(a) then return {EPERM} end
+if u32(a, OFF_NLINK) == 0 then return {ENOENT} end
+local pa, err = get_dir(ARGV[3])
+if err ~= 0 then return {err} end
+if redis.call('HEXISTS', KEYS[1], ARGV[4]) == 1 then return {EEXIST} end
+redis.call('HSET', KEYS[1], ARGV[4], ARGV[5])
+a = put(add_nlink(a, 1), OFF_CTIME, ARGV[6])
+redis.call('SET', ik(ARGV[2]), a)
+redis.call('SET', ik(ARGV[3]), touch(pa, ARGV[6]))
+return {0, a}
+"""
+
+# KEYS: dir(src parent)
+# ARGV: P, src parent, src name, dst parent, dst name, flags, now, sid,
+#       quota_ok ('1' once the caller measured what moves), src ino, dst ino,
+#       src bytes, src inodes, dst bytes, dst inodes (usage moving with each side)
+RENAME = r"""
+local sp, sname, dp, dname = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local flags, now, sid = tonumber(ARGV[6]), ARGV[7], ARGV[8]
+local NOREPLACE, EXCHANGE = 1, 2
+local dirs = {}
+local err
+dirs[sp], err = get_dir(sp)
+if err ~= 0 then return {err} end
+if dp ~= sp then
+  dirs[dp], err = get_dir(dp)
+  if err ~= 0 then return {err} end
+end
+local sv = redis.call('HGET', KEYS[1], sname)
+if not sv then return {ENOENT} end
+local sino = string.sub(sv, 2)
+local sa = redis.call('GET', ik(sino))
+if not sa then return {ENOENT} end
+local dv = redis.call('HGET', dk(dp), dname)
+local dino = ''
+if dv then dino = string.sub(dv, 2) end
+if dv then
+  if flags == NOREPLACE then return {EEXIST} end
+  if dino == sino then return {0, '', 0} end
+elseif flags == EXCHANGE then
+  return {ENOENT}
+end
+local da = nil
+if dv then da = redis.call('GET', ik(dino)) end
+local sdir = isdir(sa)
+local ddir = da ~= nil and isdir(da)
+if dp ~= sp then
+  if sdir and in_subtree(dp, sino) then return {EINVAL} end
+  if flags == EXCHANGE and ddir and in_subtree(sp, dino) then return {EINVAL} end
+end
+if dv and flags ~= EXCHANGE and da then
+  if sdir then
+    if not ddir then return {ENOTDIR} end
+    if redis.call('HLEN', dk(dino)) > 0 then return {ENOTEMPTY} end
+  elseif ddir then
+    return {EISDIR}
+  end
+end
+
+-- Quota usage follows an inode whose attributed parent changes.
+local smoves = dp ~= sp and (sdir or u64(sa, OFF_PARENT) == tonumber(sp))
+local dmoves = flags == EXCHANGE and dp ~= sp and da ~= nil
+  and (ddir or u64(da, OFF_PARENT) == tonumber(dp))
+local gain, lose = {}, {}
+if (smoves or dmoves) and redis.call('HLEN', QK) > 0 then
+  if ARGV[9] ~= '1' or ARGV[10] ~= sino or ARGV[11] ~= dino then return {-1} end
+  local a_chain, b_chain = quota_chain(sp), quota_chain(dp)
+  local in_a, in_b = {}, {}
+  for _, q in ipairs(a_chain) do in_a[q[1]] = true end
+  for _, q in ipairs(b_chain) do in_b[q[1]] = true end
+  for _, q in ipairs(b_chain) do if not in_a[q[1]] then gain[#gain + 1] = q end end
+  for _, q in ipairs(a_chain) do if not in_b[q[1]] then lose[#lose + 1] = q end end
+  local mb, mi = 0, 0
+  if smoves then mb, mi = tonumber(ARGV[12]), tonumber(ARGV[13]) end
+  if dmoves then mb, mi = mb - tonumber(ARGV[14]), mi - tonumber(ARGV[15]) end
+  err = quota_check(gain, mb, mi)
+  if err ~= 0 then return {err} end
+  quota_add(gain, mb, mi)
+  quota_add(lose, -mb, -mi)
+end
+
+-- All checks passed: from here on nothing fails.
+local freed = ''
+local fate = 0
+if flags == EXCHANGE then
+  redis.call('HSET', KEYS[1], sname, dv)
+  redis.call('HSET', dk(dp), dname, sv)
+  if dp ~= sp then
+    if sdir and not ddir then
+      dirs[sp] = add_nlink(dirs[sp], -1)
+      dirs[dp] = add_nlink(dirs[dp], 1)
+    elseif ddir and not sdir then
+      dirs[sp] = add_nlink(dirs[sp], 1)
+      dirs[dp] = add_nlink(dirs[dp], -1)
+    end
+    if smoves then sa = put(sa, OFF_PARENT, p64(tonumber(dp))) end
+    if dmoves then da = put(da, OFF_PARENT, p64(tonumber(sp))) end
+  end
+  if da then redis.call('SET', ik(dino), put(da, OFF_CTIME, now)) end
+else
+  if dv and da then
+    if ddir then
+      dirs[dp] = add_nlink(dirs[dp], -1)
+      quota_add(quota_chain(dp), 0, -1)
+      free_inode(dino, da)
+      fate = 2
+    else
+      fate = drop_link(dino, da, dp, now, sid)
+    end
+    freed = dino
+  end
+  redis.call('HDEL', KEYS[1], sname)
+  redis.call('HSET', dk(dp), dname, sv)
+  if dp ~= sp then
+    if sdir then
+      dirs[sp] = add_nlink(dirs[sp], -1)
+      dirs[dp] = add_nlink(dirs[dp], 1)
+    end
+    if smoves then sa = put(sa, OFF_PARENT, p64(tonumber(dp))) end
+  end
+end
+redis.call('SET', ik(sino), put(sa, OFF_CTIME, now))
+for d, a in pairs(dirs) do redis.call('SET', ik(d), touch(a, now)) end
+return {0, freed, fate}
+"""
+
+# KEYS: attr(ino)
+# ARGV: P, ino, mask, mode, uid, gid, atime, mtime, now, size
+# mask bits: 1 mode, 2 uid, 4 gid, 8 atime, 16 mtime, 32 size
+SETATTR = r"""
+local ino, mask, now = ARGV[2], tonumber(ARGV[3]), ARGV[9]
+local a = redis.call('GET', KEYS[1])
+if not a then return {ENOENT} end
+local function has(b) return bit.band(mask, b) ~= 0 end
+local old, new, chain = 0, 0, {}
+if has(32) then
+  local t = ftype(a)
+  if t == S_IFDIR then return {EISDIR} end
+  if t ~= S_IFREG then return {EINVAL} end
+  old, new = u64(a, OFF_SIZE), tonumber(ARGV[10])
+  if new > MAXSIZE then return {EFBIG} end
+  local err
+  err, chain = space_check(u64(a, OFF_PARENT), new - old)
+  if err ~= 0 then return {err} end
+end
+if has(1) then
+  local mode = bit.bor(bit.band(u32(a, OFF_MODE), S_IFMT), bit.band(tonumber(ARGV[4]), 4095))
+  a = put(a, OFF_MODE, p32(mode))
+end
+if has(2) then a = put(a, OFF_UID, p32(tonumber(ARGV[5]))) end
+if has(4) then a = put(a, OFF_GID, p32(tonumber(ARGV[6]))) end
+if has(8) then a = put(a, OFF_ATIME, ARGV[7]) end
+if has(16) then a = put(a, OFF_MTIME, ARGV[8]) end
+if has(32) then
+  if not has(16) then a = put(a, OFF_MTIME, now) end
+  if new < old then
+    local parent = u64(a, OFF_PARENT)
+    if parent > 0 then quota_add(quota_chain(parent), new - old, 0) end
+    -- Whole chunks past the end go to garbage ...
+    local first_gone = math.ceil(new / CHUNK)
+    for _, idx in ipairs(redis.call('SMEMBERS', kk(ino))) do
+      if tonumber(idx) >= first_gone then drop_chunk(ino, idx) end
+    end
+    -- ... and a hole hides the tail of the last partial chunk, so that growing the file
+    -- again reads zeros there.
+    local pos = new % CHUNK
+    local last = ck(ino, math.floor(new / CHUNK))
+    if pos ~= 0 and redis.call('EXISTS', last) == 1 then
+      redis.call('RPUSH', last, struct.pack('<I4I8I4I4I4', pos, 0, CHUNK - pos, 0, CHUNK - pos))
+    end
+  elseif new > old then
+    quota_add(chain, new - old, 0)
+  end
+  redis.call('HINCRBY', CK, 'usedspace', num(new - old))
+  a = put(a, OFF_SIZE, p64(new))
+end
+a = put(a, OFF_CTIME, now)
+redis.call('SET', KEYS[1], a)
+return {0, a}
+"""
+
+# KEYS: chunk(ino, idx)  ARGV: P, ino, idx, packed slice, mtime, file end covered by the slice
+WRITE = r"""
+local ino = ARGV[2]
+local a = redis.call('GET', ik(ino))
+if not a then return {ENOENT} end
+local t = ftype(a)
+if t == S_IFDIR then return {EISDIR} end
+if t ~= S_IFREG then return {EINVAL} end
+local old, new = u64(a, OFF_SIZE), tonumber(ARGV[6])
+if new > old then
+  if new > MAXSIZE then return {EFBIG} end
+  local err, chain = space_check(u64(a, OFF_PARENT), new - old)
+  if err ~= 0 then return {err} end
+  quota_add(chain, new - old, 0)
+  redis.call('HINCRBY', CK, 'usedspace', num(new - old))
+  a = put(a, OFF_SIZE, p64(new))
+end
+redis.call('RPUSH', KEYS[1], ARGV[4])
+redis.call('SADD', kk(ino), ARGV[3])
+a = put(put(a, OFF_MTIME, ARGV[5]), OFF_CTIME, ARGV[5])
+redis.call('SET', ik(ino), a)
+return {0, a}
+"""
+
+# KEYS: chunk(ino, idx)  ARGV: P, count of old slices, new slice, old slices...
+COMPACT = r"""
+local n = tonumber(ARGV[2])
+local cur = redis.call('LRANGE', KEYS[1], 0, n - 1)
+if #cur < n then return {0, 0} end
+for i = 1, n do
+  if cur[i] ~= ARGV[3 + i] then return {0, 0} end
+end
+redis.call('LTRIM', KEYS[1], n, -1)
+redis.call('LPUSH', KEYS[1], ARGV[3])
+local keep = {}
+for _, s in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do keep[string.sub(s, 5, 12)] = true end
+for i = 1, n do
+  local s = cur[i]
+  if u64(s, 4) ~= 0 and not keep[string.sub(s, 5, 12)] then
+    redis.call('SADD', GK, string.sub(s, 5, 16))
+  end
+end
+return {0, 1}
+"""
+
+# KEYS: garbage  ARGV: P, limit, chunk budget
+# Expands deleted files into garbage slices (a bounded number of chunks per call) when
+# fewer than `limit` items are pending, then lists up to `limit` items.
+TAKE_GARBAGE = r"""
+local limit, budget = tonumber(ARGV[2]), tonumber(ARGV[3])
+if redis.call('SCARD', GK) < limit then
+  for _, ino in ipairs(redis.call('SRANDMEMBER', DELK, 16)) do
+    for _, idx in ipairs(redis.call('SRANDMEMBER', kk(ino), budget)) do
+      drop_chunk(ino, idx)
+      budget = budget - 1
+    end
+    if redis.call('EXISTS', kk(ino)) == 0 then redis.call('SREM', DELK, ino) end
+    if budget <= 0 then break end
+  end
+end
+return {0, redis.call('SRANDMEMBER', GK, limit)}
+"""
+
+# KEYS: xattrs(ino)  ARGV: P, ino, name, value, flags, now
+SETXATTR = r"""
+local a = redis.call('GET', ik(ARGV[2]))
+if not a then return {ENOENT} end
+local flags = tonumber(ARGV[5])
+local exists = redis.call('HEXISTS', KEYS[1], ARGV[3]) == 1
+if flags == 1 and exists then return {EEXIST} end
+if flags == 2 and not exists then return {ENODATA} end
+redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
+redis.call('SET', ik(ARGV[2]), put(a, OFF_CTIME, ARGV[6]))
+return {0}
+"""
+
+# KEYS: xattrs(ino)  ARGV: P, ino, name, now
+REMOVEXATTR = r"""
+local a = redis.call('GET', ik(ARGV[2]))
+if not a then return {ENOENT} end
+if redis.call('HDEL', KEYS[1], ARGV[3]) == 0 then return {ENODATA} end
+redis.call('SET', ik(ARGV[2]), put(a, OFF_CTIME, ARGV[4]))
+return {0}
+"""
+
+# KEYS: sessions  ARGV: P, info (JSON without sid/started)
+NEW_SESSION = r"""
+local sid = redis.call('HINCRBY', CK, 'nextsession', 1)
+local t = redis.call('TIME')
+local now = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+redis.call('ZADD', KEYS[1], now, sid)
+redis.call('HSET', P .. 'sessinfo', sid, now .. ' ' .. ARGV[2])
+return {0, sid}
+"""
+
+# KEYS: sessions  ARGV: P, sid
+HEARTBEAT = r"""
+if not redis.call('ZSCORE', KEYS[1], ARGV[2]) then return {0, 0} end
+local t = redis.call('TIME')
+redis.call('ZADD', KEYS[1], t[1] .. '.' .. string.format('%06d', tonumber(t[2])), ARGV[2])
+return {0, 1}
+"""
+
+# KEYS: sessions  ARGV: P, max age in seconds
+STALE_SESSIONS = r"""
+local t = redis.call('TIME')
+local cutoff = tonumber(t[1]) + tonumber(t[2]) / 1e6 - tonumber(ARGV[2])
+return {0, redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. cutoff)}
+"""
+
+# KEYS: sessions  ARGV: P, sid
+CLOSE_SESSION = r"""
+local held = P .. 'sustained' .. ARGV[2]
+local freed = 0
+for _, ino in ipairs(redis.call('SMEMBERS', held)) do
+  local a = redis.call('GET', ik(ino))
+  if a and u32(a, OFF_NLINK) == 0 then
+    free_inode(ino, a)
+    freed = freed + 1
+  end
+end
+redis.call('DEL', held)
+redis.call('ZREM', KEYS[1], ARGV[2])
+redis.call('HDEL', P .. 'sessinfo', ARGV[2])
+return {0, freed}
+"""
+
+# KEYS: sustained(sid)  ARGV: P, ino
+RELEASE_SUSTAINED = r"""
+if redis.call('SREM', KEYS[1], ARGV[2]) == 0 then return {0, 0} end
+local a = redis.call('GET', ik(ARGV[2]))
+if a and u32(a, OFF_NLINK) == 0 then
+  free_inode(ARGV[2], a)
+  return {0, 1}
+end
+return {0, 0}
+"""
+
+# KEYS: counters  ARGV: P, ino
+STATFS = r"""
+local c = redis.call('HMGET', CK, 'capacity', 'maxinodes', 'usedspace', 'usedinodes')
+local q = {}
+if redis.call('HLEN', QK) > 0 then
+  local start = ARGV[2]
+  local a = redis.call('GET', ik(start))
+  if a and not isdir(a) then start = u64(a, OFF_PARENT) end
+  local chain = quota_chain(start)
+  if #chain > 0 then
+    local ino = chain[1][1]
+    q = {chain[1][2], redis.call('HGET', QU, ino .. 'b') or '0', redis.call('HGET', QU, ino .. 'i') or '0'}
+  end
+end
+return {0, c, q}
+"""
+
+# KEYS: quota  ARGV: P, ino, limits, used bytes, used inodes
+SET_QUOTA = r"""
+local a, err = get_dir(ARGV[2])
+if err ~= 0 then return {err} end
+redis.call('HSET', QK, ARGV[2], ARGV[3])
+redis.call('HSET', QU, ARGV[2] .. 'b', ARGV[4], ARGV[2] .. 'i', ARGV[5])
+return {0}
+"""
+
+# KEYS: setting  ARGV: P, settings JSON, capacity, max inodes, root attr, force ('1'/'0')
+FORMAT = r"""
+if redis.call('EXISTS', KEYS[1]) == 1 and ARGV[6] ~= '1' then return {EEXIST} end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('HSET', CK, 'capacity', ARGV[3], 'maxinodes', ARGV[4])
+if redis.call('EXISTS', ik(1)) == 0 then
+  redis.call('SET', ik(1), ARGV[5])
+  redis.call('HSETNX', CK, 'nextinode', 1)
+  redis.call('HSETNX', CK, 'nextslice', 0)
+  redis.call('HSETNX', CK, 'nextsession', 0)
+  redis.call('HSETNX', CK, 'usedspace', 0)
+  redis.call('HSETNX', CK, 'usedinodes', 0)
+end
+return {0}
+"""
