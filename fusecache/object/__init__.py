@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from fusecache.errors import ObjectNotFound, ObjectStoreError
@@ -18,19 +19,22 @@ PROBE_PREFIX = ".probe/"
 __all__ = ["STORAGES", "ObjectInfo", "ObjectStore", "create_store", "probe_store"]
 
 
-def create_store(storage: str, bucket: str, access_key: str = "", secret_key: str = "") -> ObjectStore:
+def create_store(
+    storage: str, bucket: str, access_key: str = "", secret_key: str = "", **options: Any
+) -> ObjectStore:
     """Build the store for `storage`:
     - "s3": `bucket` is `http(s)://host:port/bucket[/prefix]` or `https://bucket.s3.region.amazonaws.com`;
     - "file": `bucket` is a directory, as a path or a `file://` URL (keys are ignored).
+    `options` go to the engine's constructor (e.g. S3Store's max_pool_connections, LocalStore's fsync).
     """
     if storage == "s3":
         from fusecache.object.s3 import S3Store  # boto3 is slow to import; only load it when used
 
-        return S3Store(bucket, access_key, secret_key)
+        return S3Store(bucket, access_key, secret_key, **options)
     if storage == "file":
         from fusecache.object.local import LocalStore
 
-        return LocalStore(_local_path(bucket))
+        return LocalStore(_local_path(bucket), **options)
     raise ValueError(f"unknown storage {storage!r}: choose one of {', '.join(STORAGES)}")
 
 

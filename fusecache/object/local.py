@@ -39,6 +39,8 @@ class LocalStore(ObjectStore):
     # -- ObjectStore -------------------------------------------------------------------------
 
     def get(self, key: str, off: int = 0, limit: int = -1) -> bytes:
+        if off < 0:
+            raise ValueError(f"negative offset {off}")
         path = self._path(key)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)

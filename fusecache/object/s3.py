@@ -164,6 +164,8 @@ class S3Store(ObjectStore):
     # -- ObjectStore -------------------------------------------------------------------------
 
     def get(self, key: str, off: int = 0, limit: int = -1) -> bytes:
+        if off < 0:
+            raise ValueError(f"negative offset {off}")
         if limit == 0:
             return b""
         params: dict[str, Any] = {"Bucket": self._loc.bucket, "Key": self._key(key)}

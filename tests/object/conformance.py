@@ -54,6 +54,8 @@ def check_ranges(store: ObjectStore) -> None:
         want = data[off:] if limit < 0 else data[off : off + limit]
         got = store.get("r", off, limit)
         assert digest(got) == digest(want), (off, limit, len(got), len(want))
+    with pytest.raises(ValueError):
+        store.get("r", -1)
     store.put("empty", b"")
     assert store.get("empty") == b""
     assert store.get("empty", 0, 10) == b""

@@ -84,3 +84,13 @@ class _BitFlippingStore(LocalStore):
 def test_probe_detects_corruption(tmp_path: Path) -> None:
     with pytest.raises(ObjectStoreError, match="returned other bytes than were written"):
         probe_store(_BitFlippingStore(tmp_path))
+
+
+def test_create_store_passes_engine_options(tmp_path: Path) -> None:
+    store = create_store("s3", "http://127.0.0.1:1/b", "a", "s", max_pool_connections=7)
+    assert isinstance(store, S3Store)
+    assert store._client.meta.config.max_pool_connections == 7
+    local = create_store("file", str(tmp_path), fsync=False)
+    assert isinstance(local, LocalStore)
+    with pytest.raises(TypeError):
+        create_store("file", str(tmp_path), no_such_option=1)
