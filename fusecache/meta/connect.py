@@ -143,6 +143,20 @@ def parse_url(url: str) -> RedisTarget:
     )
 
 
+class _Retry(Retry):
+    """Retries lost connections and timeouts, but not refused credentials: redis-py
+    classifies AuthenticationError as a ConnectionError, and retrying it only delays the
+    error message."""
+
+    def call_with_retry(self, do, fail, is_retryable=None, with_failure_count=False):  # type: ignore[no-untyped-def]
+        def retryable(exc: Exception) -> bool:
+            if isinstance(exc, redis.AuthenticationError):
+                return False
+            return is_retryable(exc) if is_retryable else True
+
+        return super().call_with_retry(do, fail, retryable, with_failure_count)
+
+
 def _common_kwargs(target: RedisTarget) -> dict[str, object]:
     kwargs: dict[str, object] = {
         "username": target.username,
@@ -151,7 +165,7 @@ def _common_kwargs(target: RedisTarget) -> dict[str, object]:
         "socket_connect_timeout": 5.0,
         "socket_keepalive": True,
         "health_check_interval": 30,
-        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
+        "retry": _Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
         "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
     }
     if target.tls:

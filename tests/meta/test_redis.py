@@ -1,0 +1,267 @@
+"""The conformance suite against RedisMeta on a real redis-server, plus Redis specifics:
+URLs, errors that hide passwords, the hash tag of every key, and a client killed mid-work."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+import redis
+
+from fusecache.errors import FsError, MetaError
+from fusecache.meta import Meta, open_meta, redact_url
+from fusecache.meta.connect import parse_url
+from fusecache.meta.redis import RedisMeta
+from tests.meta import conformance
+from tests.meta.conformance import ROOT, SETTINGS, assert_consistent, mkfile, write
+from tests.servers import RedisServer, free_port, start_redis
+
+CHECKS: list[Callable[[Meta], None]] = [
+    getattr(conformance, name) for name in dir(conformance) if name.startswith("check_")
+]
+
+
+@pytest.fixture
+def meta(meta_url: str) -> Iterator[Meta]:
+    m = open_meta(meta_url)
+    m.format(SETTINGS)
+    yield m
+    m.shutdown()
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=[c.__name__ for c in CHECKS])
+def test_conformance(meta: Meta, check: Callable[[Meta], None]) -> None:
+    check(meta)
+
+
+def test_engine_type(meta: Meta) -> None:
+    assert isinstance(meta, RedisMeta)
+
+
+# -- URLs -------------------------------------------------------------------------------------
+def test_parse_urls(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("META_PASSWORD", raising=False)
+    t = parse_url("redis://:s3cr%40t@example.com:6380/5?prefix=vol1")
+    assert (t.kind, t.hosts, t.db, t.password, t.username, t.prefix, t.tls) == (
+        "redis", [("example.com", 6380)], 5, "s3cr@t", None, "vol1", False)
+    t = parse_url("redis://localhost")
+    assert (t.hosts, t.db, t.password, t.prefix) == ([("localhost", 6379)], 0, None, "fc")
+    t = parse_url("rediss://user:pw@h:1/2?ssl_cert_reqs=none&ssl_ca_certs=/ca.pem")
+    assert t.tls and t.username == "user" and t.tls_options == {"ssl_cert_reqs": "none", "ssl_ca_certs": "/ca.pem"}
+    t = parse_url("redis+sentinel://:pw@s1:26379,s2,[::1]:26380/3?master=mymaster")
+    assert t.kind == "sentinel" and t.master == "mymaster" and t.db == 3
+    assert t.hosts == [("s1", 26379), ("s2", 26379), ("::1", 26380)]
+    t = parse_url("redis+cluster://:pw@n1:7000,n2:7001")
+    assert t.kind == "cluster" and t.hosts == [("n1", 7000), ("n2", 7001)] and t.db == 0
+    monkeypatch.setenv("META_PASSWORD", "from-env")
+    assert parse_url("redis://:in-url@h/1").password == "from-env"
+    for bad, words in [("redis+cluster://h:1/3", "database 0"), ("redis+sentinel://h:1/0", "master"),
+                       ("mysql://h/1", "scheme"), ("redis://h/x", "database"), ("redis://h:p/1", "port"),
+                       ("redis://h/1?prefix=a{b}", "prefix"), ("localhost:6379", "scheme")]:
+        with pytest.raises(MetaError, match=words):
+            parse_url(bad)
+
+
+def test_redact_url() -> None:
+    assert redact_url("redis://:topsecret@h:1/2") == "redis://:****@h:1/2"
+    assert redact_url("redis://user:top@secret@h:1/2?prefix=x") == "redis://user:****@h:1/2?prefix=x"
+    assert redact_url("redis+sentinel://:pw@a:1,b:2/0?master=m") == "redis+sentinel://:****@a:1,b:2/0?master=m"
+    assert redact_url("redis://h:1/2") == "redis://h:1/2"
+    assert redact_url("redis://user@h:1/2") == "redis://user@h:1/2"
+    assert "nonsense" not in redact_url("nonsense")
+
+
+@pytest.fixture(scope="module")
+def password_server() -> Iterator[RedisServer]:
+    server = start_redis(password="Pa55-w0rd-xyz")
+    yield server
+    server.stop()
+
+
+def test_password_auth(password_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("META_PASSWORD", raising=False)
+    m = open_meta(password_server.url(2))
+    m.format(SETTINGS, force=True)
+    assert m.load() == SETTINGS
+    m.shutdown()
+    # the password from the environment wins over the URL
+    monkeypatch.setenv("META_PASSWORD", password_server.password)
+    m = open_meta(f"redis://:wrong@127.0.0.1:{password_server.port}/2")
+    assert m.load() == SETTINGS
+    m.shutdown()
+
+
+@pytest.mark.parametrize("password", ["not-the-Pa55", ""])
+def test_auth_failure_hides_password(password_server: RedisServer, password: str,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("META_PASSWORD", raising=False)
+    auth = f":{password}@" if password else ""
+    with pytest.raises(MetaError) as info:
+        open_meta(f"redis://{auth}127.0.0.1:{password_server.port}/1")
+    message = str(info.value)
+    assert "credentials" in message and "\n" not in message
+    if password:
+        assert password not in message
+
+
+def test_unreachable_server() -> None:
+    port = free_port()
+    with pytest.raises(MetaError) as info:
+        open_meta(f"redis://:secret-pw@127.0.0.1:{port}/1")
+    message = str(info.value)
+    assert "secret-pw" not in message and str(port) in message and "\n" not in message
+
+
+def test_wrong_database(redis_server: RedisServer) -> None:
+    with pytest.raises(MetaError, match="cannot use Redis") as info:
+        open_meta(redis_server.url(500))
+    assert "\n" not in str(info.value)
+
+
+def test_load_unformatted(meta_url: str) -> None:
+    m = open_meta(meta_url)
+    with pytest.raises(MetaError, match=r"not formatted.*fusecache format"):
+        m.load()
+    m.shutdown()
+
+
+def test_server_down_is_meta_error() -> None:
+    server = start_redis()
+    m = open_meta(server.url(1))
+    m.format(SETTINGS)
+    server.stop()
+    with pytest.raises(MetaError):
+        m.getattr(ROOT)
+    m.shutdown()
+
+
+# -- key schema -------------------------------------------------------------------------------
+def _workload(m: Meta) -> None:
+    sid = m.new_session("h", 1, "/m", "v")
+    d = m.mkdir(ROOT, b"d", 0o755, 0, 0)
+    f = mkfile(m, d.ino, b"f")
+    write(m, f.ino, 0, 100)
+    write(m, f.ino, 70 << 20, 100)
+    m.symlink(d.ino, b"s", b"target", 0, 0)
+    m.setxattr(f.ino, b"user.x", b"1")
+    m.set_quota(d.ino, 1 << 30, 100)
+    g = mkfile(m, d.ino, b"g")
+    write(m, g.ino, 0, 10)
+    m.open(g.ino)
+    m.unlink(d.ino, b"g")  # kept for the session
+    h = mkfile(m, ROOT, b"h")
+    write(m, h.ino, 0, 10)
+    m.unlink(ROOT, b"h")  # a deleted file awaiting garbage expansion
+    m.heartbeat(sid)
+
+
+def test_every_key_carries_the_hash_tag(meta_url: str) -> None:
+    m = open_meta(meta_url + "?prefix=vol7")
+    m.format(SETTINGS)
+    _workload(m)
+    client = redis.Redis.from_url(meta_url)
+    keys = [k.decode() for k in client.scan_iter(count=1000)]
+    client.close()
+    assert len(keys) > 12
+    assert all(k.startswith("{vol7}") for k in keys), [k for k in keys if not k.startswith("{vol7}")]
+    m.shutdown()
+
+
+def test_two_volumes_share_a_database(meta_url: str) -> None:
+    a = open_meta(meta_url + "?prefix=a")
+    b = open_meta(meta_url + "?prefix=b")
+    a.format(SETTINGS)
+    with pytest.raises(MetaError, match="not formatted"):
+        b.load()
+    b.format(SETTINGS)
+    mkfile(a, ROOT, b"only-in-a")
+    assert b.readdir(ROOT) == []
+    a.shutdown()
+    b.shutdown()
+
+
+def test_sessions_of_two_clients(meta_url: str) -> None:
+    """Client A holds an unlinked file open; client B unlinking does not keep it (only the
+    holding session does), and B's cleaner frees A's kept file once A stops heartbeating."""
+    a = open_meta(meta_url)
+    a.format(SETTINGS)
+    b = open_meta(meta_url)
+    a.new_session("a", 1, "/a", "v")
+    b_sid = b.new_session("b", 2, "/b", "v")
+    f = mkfile(a, ROOT, b"f")
+    a.open(f.ino)
+    a.unlink(ROOT, b"f")
+    assert b.getattr(f.ino).nlink == 0
+    g = mkfile(b, ROOT, b"g")
+    a.open(g.ino)
+    b.unlink(ROOT, b"g")  # B does not know A's handles: freed at once
+    with pytest.raises(FsError):
+        b.getattr(g.ino)
+    time.sleep(1.1)
+    b.heartbeat(b_sid)
+    assert b.clean_stale_sessions(1.0) == 1
+    with pytest.raises(FsError):
+        b.getattr(f.ino)
+    assert [s.sid for s in b.list_sessions()] == [b_sid]
+    a.shutdown()
+    b.shutdown()
+
+
+# -- crash safety -----------------------------------------------------------------------------
+_CHURN = textwrap.dedent("""
+    import random, sys
+    from fusecache.errors import FsError
+    from fusecache.meta import open_meta
+    m = open_meta(sys.argv[1])
+    rng = random.Random(int(sys.argv[2]))
+    dirs = [1]
+    print("ready", flush=True)
+    i = 0
+    while True:
+        i += 1
+        parent = rng.choice(dirs)
+        try:
+            r = rng.random()
+            if r < 0.2:
+                dirs.append(m.mkdir(parent, b"d%d" % i, 0o755, 0, 0).ino)
+            elif r < 0.6:
+                m.mknod(parent, b"f%d" % i, 0o100644, 0, 0)
+            else:
+                entries = m.readdir(parent)
+                if entries:
+                    e = rng.choice(entries)
+                    if r < 0.8:
+                        m.rename(parent, e.name, rng.choice(dirs), e.name + b"x")
+                    elif e.attr.is_dir:
+                        m.rmdir(parent, e.name)
+                    else:
+                        m.unlink(parent, e.name)
+        except FsError:
+            pass
+""")
+
+
+def test_clients_killed_mid_work_leave_a_consistent_tree(meta_url: str) -> None:
+    m = open_meta(meta_url)
+    m.format(SETTINGS)
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    procs = [subprocess.Popen([sys.executable, "-c", _CHURN, meta_url, str(seed)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for seed in range(3)]
+    try:
+        for p in procs:
+            assert p.stdout is not None
+            assert p.stdout.readline().strip() == b"ready", p.stderr.read() if p.stderr else b""
+        time.sleep(1.5)
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+    assert len(m.readdir(ROOT)) > 0
+    assert_consistent(m)
+    m.shutdown()
