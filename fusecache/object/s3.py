@@ -42,7 +42,7 @@ _AWS_VHOST = re.compile(
 
 _THROTTLE_CODES = frozenset({
     "SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",
-    "RequestTimeout", "RequestTimeTooSkewed", "InternalError", "ServiceUnavailable",
+    "RequestTimeout", "InternalError", "ServiceUnavailable",
 })
 _AUTH_CODES = frozenset({
     "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
@@ -274,6 +274,8 @@ class S3Store(ObjectStore):
                 return ObjectNotFound(key)
             if code == "NoSuchBucket":
                 return ObjectStoreError(f"bucket {self._loc.bucket!r} does not exist {where}")
+            if code == "RequestTimeTooSkewed":  # a 403 too, but no credential is at fault
+                return ObjectStoreError(f"this machine's clock differs too much from the S3 server {where}")
             if code in _AUTH_CODES or status == 403:
                 return ObjectStoreError(
                     f"access denied to bucket {self._loc.bucket!r} {where} ({code}): "
