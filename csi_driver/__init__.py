@@ -1,0 +1,1 @@
+"""The fusecache CSI driver: Identity, Controller and Node services over gRPC on a unix socket."""

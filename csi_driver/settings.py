@@ -1,0 +1,172 @@
+"""Mount settings of a volume: StorageClass parameters → volume context → `fusecache mount` args.
+
+Attribute keys (StorageClass `parameters`, or a static PV's `volumeAttributes`):
+
+    cache          comma-separated tiers, e.g. "mem:4GiB,ssd:/var/cache/fc:100GiB"
+    cacheLow       eviction low watermark (0..1)       cacheHigh   high watermark (0..1)
+    readahead      blocks to read ahead                writeback   "true" to upload asynchronously
+    attrTimeout    kernel attribute cache seconds      entryTimeout  kernel dentry cache seconds
+    fuseOptions    extra comma-separated FUSE -o options
+    subdir         (static PVs) directory of the filesystem to expose, default "/"
+
+Every PV with equal settings on the same filesystem shares one FUSE client per node, so the
+settings, normalised, are part of that client's identity (`client_key`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import posixpath
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .errors import invalid
+from .fsref import FORMAT_KEYS
+
+log = logging.getLogger(__name__)
+
+SUBDIR = "subdir"
+_KUBERNETES_PREFIXES = ("csi.storage.k8s.io/", "storage.kubernetes.io/")
+_BOOL = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+_CACHE_TIER = re.compile(r"(mem:[0-9.]+[A-Za-z]*|ssd:/[^,:]+:[0-9.]+[A-Za-z]*)")
+_FUSE_OPTION = re.compile(r"[A-Za-z0-9_]+(=[A-Za-z0-9_.:/-]+)?")
+# Options this driver controls itself; a volume may not override them.
+_RESERVED_FUSE_OPTIONS = {"allow_other", "ro", "rw", "subdir"}
+
+
+@dataclass(frozen=True)
+class MountSettings:
+    cache: tuple[str, ...] = ()
+    cache_low: str = ""
+    cache_high: str = ""
+    readahead: str = ""
+    writeback: bool = False
+    attr_timeout: str = ""
+    entry_timeout: str = ""
+    fuse_options: tuple[str, ...] = ()
+
+    def mount_args(self) -> list[str]:
+        """Options for `fusecache mount` (after META_URL MOUNTPOINT)."""
+        args: list[str] = []
+        for tier in self.cache:
+            args += ["--cache", tier]
+        for flag, value in (("--cache-low", self.cache_low), ("--cache-high", self.cache_high),
+                            ("--readahead", self.readahead), ("--attr-timeout", self.attr_timeout),
+                            ("--entry-timeout", self.entry_timeout)):
+            if value:
+                args += [flag, value]
+        if self.writeback:
+            args.append("--writeback")
+        # allow_other: pods run as any uid; permissions are checked by the kernel
+        # (the client mounts with default_permissions).
+        args += ["-o", ",".join(("allow_other", *self.fuse_options))]
+        return args
+
+    def context(self) -> dict[str, str]:
+        """The settings as volume attributes (only those that differ from the defaults)."""
+        out = {}
+        if self.cache:
+            out["cache"] = ",".join(self.cache)
+        for key, value in (("cacheLow", self.cache_low), ("cacheHigh", self.cache_high),
+                           ("readahead", self.readahead), ("attrTimeout", self.attr_timeout),
+                           ("entryTimeout", self.entry_timeout)):
+            if value:
+                out[key] = value
+        if self.writeback:
+            out["writeback"] = "true"
+        if self.fuse_options:
+            out["fuseOptions"] = ",".join(self.fuse_options)
+        return out
+
+
+def _number(key: str, value: str, low: float | None = None, high: float | None = None) -> str:
+    try:
+        number = float(value)
+    except ValueError:
+        raise invalid(f"{key} must be a number, not {value!r}") from None
+    if (low is not None and number < low) or (high is not None and number > high):
+        raise invalid(f"{key} must be within [{low}, {high}]")
+    return value
+
+
+def _parsers() -> dict[str, str]:
+    return {"cache": "cache", "cacheLow": "cache_low", "cacheHigh": "cache_high",
+            "readahead": "readahead", "writeback": "writeback", "attrTimeout": "attr_timeout",
+            "entryTimeout": "entry_timeout", "fuseOptions": "fuse_options"}
+
+
+MOUNT_KEYS = frozenset(_parsers())
+
+
+def parse(attributes: Mapping[str, str]) -> MountSettings:
+    """Mount settings from parameters or volume attributes (other keys are ignored here)."""
+    values: dict[str, object] = {}
+    for key, field_name in _parsers().items():
+        raw = attributes.get(key, "").strip()
+        if not raw:
+            continue
+        if key == "cache":
+            tiers = tuple(t.strip() for t in raw.split(",") if t.strip())
+            bad = [t for t in tiers if not _CACHE_TIER.fullmatch(t)]
+            if bad:
+                raise invalid(f"cache tiers {bad} must look like mem:SIZE or ssd:/PATH:SIZE")
+            values[field_name] = tiers
+        elif key in ("cacheLow", "cacheHigh"):
+            values[field_name] = _number(key, raw, 0.0, 1.0)
+        elif key == "readahead":
+            if not raw.isdigit():
+                raise invalid("readahead must be a whole number of blocks")
+            values[field_name] = raw
+        elif key in ("attrTimeout", "entryTimeout"):
+            values[field_name] = _number(key, raw, 0.0)
+        elif key == "writeback":
+            if raw.lower() not in _BOOL:
+                raise invalid("writeback must be true or false")
+            values[field_name] = _BOOL[raw.lower()]
+        else:  # fuseOptions
+            options = tuple(o.strip() for o in raw.split(",") if o.strip())
+            bad = [o for o in options if not _FUSE_OPTION.fullmatch(o)
+                   or o.split("=")[0] in _RESERVED_FUSE_OPTIONS]
+            if bad:
+                raise invalid(f"fuseOptions {bad} are malformed or reserved by the driver")
+            values[field_name] = options
+    settings = MountSettings(**values)  # type: ignore[arg-type]
+    if settings.cache_low and settings.cache_high and float(settings.cache_low) > float(settings.cache_high):
+        raise invalid("cacheLow must not exceed cacheHigh")
+    return settings
+
+
+def check_parameters(parameters: Mapping[str, str]) -> None:
+    """CreateVolume parameters: mount settings, format keys and Kubernetes' own keys only."""
+    unknown = [key for key in parameters
+               if key not in MOUNT_KEYS and key not in FORMAT_KEYS
+               and not key.startswith(_KUBERNETES_PREFIXES)]
+    if unknown:
+        raise invalid(f"unknown parameters {sorted(unknown)}; known: {sorted(MOUNT_KEYS | set(FORMAT_KEYS))}")
+    parse(parameters)
+
+
+def subdir_of(attributes: Mapping[str, str]) -> str:
+    """The normalised absolute `subdir` attribute ('/' when absent); no '..' escapes."""
+    raw = attributes.get(SUBDIR, "").strip() or "/"
+    path = posixpath.normpath("/" + raw.lstrip("/"))
+    if ".." in path.split("/"):
+        raise invalid("subdir must not contain '..'")
+    return path.replace("//", "/")
+
+
+def warn_unknown(attributes: Mapping[str, str]) -> None:
+    """Node side: Kubernetes adds its own keys, so unknown ones are only worth a warning."""
+    unknown = [key for key in attributes
+               if key not in MOUNT_KEYS and key != SUBDIR and not key.startswith(_KUBERNETES_PREFIXES)]
+    if unknown:
+        log.warning("ignoring unknown volume attributes %s", sorted(unknown))
+
+
+def client_key(meta_url: str, settings: MountSettings) -> str:
+    """Identity of the shared FUSE client for this filesystem and these settings."""
+    material = json.dumps([meta_url, settings.mount_args()], separators=(",", ":"))
+    return hashlib.sha256(material.encode()).hexdigest()[:16]

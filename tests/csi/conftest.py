@@ -1,0 +1,30 @@
+"""Fixtures: a formatted filesystem and the driver serving it as its default (like a
+cluster with one shared volume), started fresh for each test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.csi.harness import NODE_ID, Driver, format_fs, running_driver
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+@pytest.fixture
+def fs_meta_url(meta_url: str, workdir: Path) -> str:
+    """The META_URL of a freshly formatted filesystem."""
+    format_fs(meta_url, workdir)
+    return meta_url
+
+
+@pytest.fixture
+def driver(fs_meta_url: str, workdir: Path) -> Iterator[Driver]:
+    with running_driver(workdir / "driver", "--nodeid", NODE_ID, "--mode", "all",
+                        "--meta-url", fs_meta_url, "--check-interval", "60") as running:
+        yield running
