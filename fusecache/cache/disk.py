@@ -43,7 +43,6 @@ from fusecache.cache.stats import TierStats
 
 log = logging.getLogger(__name__)
 
-SHARDS = tuple(f"{i:02x}" for i in range(256))
 RETRY_FAILED_AFTER = 30.0  # seconds a directory that failed with EIO/EROFS/... is skipped
 RETRY_FULL_AFTER = 1.0  # seconds writes to a full directory are skipped
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -69,9 +68,23 @@ class _Root:
         self.tmp = self.base / "tmp"
         self.down_until = 0.0  # time.monotonic() before which writes skip this directory
         self.pending = 0  # disk bytes reserved by writes in flight (not yet seen by statvfs)
+        self._made: set[Path] = set()  # shard directories known to exist
 
     def dir_for(self, key: str, staged: bool) -> Path:
-        return (self.staged if staged else self.clean) / blockfile.shard(key)
+        """The shard directory of a key, created on first use (durably for staged files)."""
+        path = (self.staged if staged else self.clean) / blockfile.shard(key)
+        if path not in self._made:
+            try:
+                path.mkdir(parents=True)
+                if staged:
+                    blockfile.fsync_dir(path.parent)
+            except FileExistsError:
+                pass
+            self._made.add(path)
+        return path
+
+    def forget_dirs(self) -> None:
+        self._made.clear()
 
 
 class DiskTier:
@@ -110,15 +123,14 @@ class DiskTier:
                 self._io_error(ri, "prepare", exc)
                 continue
             for staged in (True, False):
-                top = root.staged if staged else root.clean
-                for shard in SHARDS:
-                    try:
-                        listing = list(os.scandir(top / shard))
-                    except OSError as exc:
-                        self._io_error(ri, "scan", exc)
-                        continue
-                    for item in listing:
-                        self._load_file(ri, staged, item, found, losers)
+                try:
+                    shards = [Path(d.path) for d in os.scandir(root.staged if staged else root.clean)
+                              if d.is_dir(follow_symlinks=False)]
+                    for shard in shards:
+                        for item in os.scandir(shard):
+                            self._load_file(ri, staged, item, found, losers)
+                except OSError as exc:
+                    self._io_error(ri, "scan", exc)
         for path in losers:
             _unlink_quietly(path)
         # Oldest mtime first: the least recently written clean block is evicted first.
@@ -143,10 +155,8 @@ class DiskTier:
 
     def _prepare(self, root: _Root) -> None:
         created = not root.staged.exists()
-        for top in (root.clean, root.staged):
-            for shard in SHARDS:
-                (top / shard).mkdir(parents=True, exist_ok=True)
-        root.tmp.mkdir(parents=True, exist_ok=True)
+        for top in (root.clean, root.staged, root.tmp):
+            top.mkdir(parents=True, exist_ok=True)
         for item in os.scandir(root.tmp):
             _unlink_quietly(Path(item.path))
         if created:
@@ -254,11 +264,11 @@ class DiskTier:
             return False
         try:
             headroom, fs_block = self._headroom(root)
+            path = root.dir_for(key, staged) / name
         except OSError as exc:
-            self._io_error(ri, "statvfs", exc)
+            self._io_error(ri, "prepare", exc)
             return False
         disk_size = _disk_bytes(size, fs_block)
-        path = root.dir_for(key, staged) / name
         with self._lock:
             old = self._entries.get(key)
             if old is not None:
@@ -376,8 +386,8 @@ class DiskTier:
         root = self._roots[entry.root]
         name = blockfile.file_name(key, self._gens.next())
         assert name is not None  # the staged name had the same length
-        new_path = root.dir_for(key, staged=False) / name
         try:
+            new_path = root.dir_for(key, staged=False) / name
             # link, then switch the entry, then unlink: a reader always finds one of the two
             # names, and a crash in between leaves the staged name (uploaded again: harmless).
             os.link(old_path, new_path)
@@ -454,6 +464,7 @@ class DiskTier:
             doomed = [root.base] if force or kept == 0 else [root.clean, root.tmp]
             for path in doomed:
                 shutil.rmtree(path, ignore_errors=True)
+            root.forget_dirs()
         return kept
 
     # ----------------------------------------------------------------- queries
