@@ -132,10 +132,19 @@ local function free_inode(ino, a)
   redis.call('HINCRBY', CK, 'usedinodes', -1)
 end
 
+-- The session that must keep `ino` when its last link goes, or nil. `keep` is '0' (keep
+-- nothing), '<sid>:*' (keep any inode) or '<sid>:,<ino>,<ino>,' (the session's open inodes).
+local function keeper(keep, ino)
+  if keep == '0' then return nil end
+  local sid, held = string.match(keep, '^(%d+):(.*)$')
+  if held == '*' or string.find(held, ',' .. num(ino) .. ',', 1, true) then return sid end
+  return nil
+end
+
 -- Remove one link of non-directory `ino` (attributes `a`) from directory `dir`. The last
--- link frees the inode, unless `sid` ~= '0': then the session keeps it (nlink 0) until its
--- last close. Returns 0 (links remain), 1 (kept by the session) or 2 (freed).
-local function drop_link(ino, a, dir, now, sid)
+-- link frees the inode, unless the session in `keep` holds it open: then the session keeps
+-- it (nlink 0) until its last close. Returns 0 (links remain), 1 (kept) or 2 (freed).
+local function drop_link(ino, a, dir, now, keep)
   local n = u32(a, OFF_NLINK) - 1
   local parent = u64(a, OFF_PARENT)
   a = put(a, OFF_CTIME, now)
@@ -149,7 +158,8 @@ local function drop_link(ino, a, dir, now, sid)
     return 0
   end
   if parent ~= 0 then quota_add(quota_chain(parent), -fsize(a), -1) end
-  if sid ~= '0' then
+  local sid = keeper(keep, ino)
+  if sid then
     a = put(put(a, OFF_NLINK, p32(0)), OFF_PARENT, p64(0))
     redis.call('SET', ik(ino), a)
     redis.call('SADD', P .. 'sustained' .. sid, ino)
@@ -220,7 +230,7 @@ quota_add(chain, 0, 1)
 return {0}
 """
 
-# KEYS: dir(parent)  ARGV: P, parent, name, now, sid ('0': free the inode at once)
+# KEYS: dir(parent)  ARGV: P, parent, name, now, keep (see keeper)
 UNLINK = r"""
 local pa, err = get_dir(ARGV[2])
 if err ~= 0 then return {err} end
@@ -255,7 +265,7 @@ end
 return {0}
 """
 
-# KEYS: dir(new parent)  ARGV: P, ino, new parent, name, entry, now
+# KEYS: dir(new parent)  ARGV: P, ino, new parent, name, now
 LINK = r"""
 local a = redis.call('GET', ik(ARGV[2]))
 if not a then return {ENOENT} end
@@ -264,20 +274,20 @@ if u32(a, OFF_NLINK) == 0 then return {ENOENT} end
 local pa, err = get_dir(ARGV[3])
 if err ~= 0 then return {err} end
 if redis.call('HEXISTS', KEYS[1], ARGV[4]) == 1 then return {EEXIST} end
-redis.call('HSET', KEYS[1], ARGV[4], ARGV[5])
-a = put(add_nlink(a, 1), OFF_CTIME, ARGV[6])
+redis.call('HSET', KEYS[1], ARGV[4], string.char(bit.rshift(u32(a, OFF_MODE), 12)) .. ARGV[2])
+a = put(add_nlink(a, 1), OFF_CTIME, ARGV[5])
 redis.call('SET', ik(ARGV[2]), a)
-redis.call('SET', ik(ARGV[3]), touch(pa, ARGV[6]))
+redis.call('SET', ik(ARGV[3]), touch(pa, ARGV[5]))
 return {0, a}
 """
 
 # KEYS: dir(src parent)
-# ARGV: P, src parent, src name, dst parent, dst name, flags, now, sid,
+# ARGV: P, src parent, src name, dst parent, dst name, flags, now, keep (see keeper),
 #       quota_ok ('1' once the caller measured what moves), src ino, dst ino,
 #       src bytes, src inodes, dst bytes, dst inodes (usage moving with each side)
 RENAME = r"""
 local sp, sname, dp, dname = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local flags, now, sid = tonumber(ARGV[6]), ARGV[7], ARGV[8]
+local flags, now, keep = tonumber(ARGV[6]), ARGV[7], ARGV[8]
 local NOREPLACE, EXCHANGE = 1, 2
 local dirs = {}
 local err
@@ -366,7 +376,7 @@ else
       free_inode(dino, da)
       fate = 2
     else
-      fate = drop_link(dino, da, dp, now, sid)
+      fate = drop_link(dino, da, dp, now, keep)
     end
     freed = dino
   end

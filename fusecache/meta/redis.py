@@ -88,7 +88,8 @@ UNLIMITED_BYTES = 1 << 50  # what statfs reports as total when the volume has no
 UNLIMITED_INODES = 1 << 30
 GARBAGE_CHUNK_BUDGET = 256  # deleted-file chunks expanded per take_garbage call
 _QUOTA = struct.Struct("<QQ")
-_SUSTAINED, _FREED = 1, 2  # fates of an inode losing its last link (lua.drop_link)
+_SUSTAINED = 1  # fate of an inode kept by the session when its last link went (lua.drop_link)
+MAX_HELD_LISTED = 128  # more open files than this: unlink keeps every inode, settled after
 
 
 def _check_name(name: bytes) -> None:
@@ -130,17 +131,17 @@ class RedisMeta(Meta):
         self._ino_lock = threading.Lock()
         self._ino_next = 0
         self._ino_end = 0
-        # Open files of this session. An unlink that finds no open file at all frees the
-        # inode in the same script ("fast"); otherwise the script keeps an inode losing its
-        # last link under the session and we free it here unless it is open. `open` waits
-        # for fast unlinks in flight and for inodes being freed, so it never returns an
-        # inode that is about to vanish.
+        # Open files of this session. Unlink-like scripts get the open inodes and keep
+        # those losing their last link under the session (nlink 0); the last release frees
+        # them. `open` waits for unlinks in flight that did not see its inode and for inodes
+        # being freed, so it never returns an inode that is about to vanish.
         self._sid: int | None = None
         self._cond = threading.Condition()
-        self._opened: dict[int, int] = {}
-        self._sustained: set[int] = set()
-        self._freeing: set[int] = set()
-        self._fast_unlinks = 0
+        self._opened: dict[int, int] = {}  # ino -> open count
+        self._sustained: set[int] = set()  # unlinked, kept while open
+        self._freeing: set[int] = set()  # last release in progress
+        self._unlink_seq = 0
+        self._unlinks: set[int] = set()  # tickets of unlink-like calls in flight
 
     # -- plumbing -------------------------------------------------------------------------
     def _ik(self, ino: int | str) -> str:
@@ -364,17 +365,15 @@ class RedisMeta(Meta):
 
     def link(self, ino: int, new_parent: int, new_name: bytes) -> Attr:
         _check_new_name(new_name)
-        attr = self._get_attr(ino)
-        res = self._run("LINK", [self._dk(new_parent)],
-                        [ino, new_parent, new_name, pack_entry(attr.mode, ino), pack_time(time.time_ns())])
+        res = self._run("LINK", [self._dk(new_parent)], [ino, new_parent, new_name, pack_time(time.time_ns())])
         return unpack_attr(ino, res[1])
 
     def unlink(self, parent: int, name: bytes) -> None:
         if name in (b".", b".."):
             raise FsError(errno.EISDIR)
         _check_name(name)
-        with self._unlinking() as sid:
-            res = self._run("UNLINK", [self._dk(parent)], [parent, name, pack_time(time.time_ns()), sid])
+        with self._unlinking() as keep:
+            res = self._run("UNLINK", [self._dk(parent)], [parent, name, pack_time(time.time_ns()), keep])
         self._settle(int(res[1]), res[2])
 
     def rmdir(self, parent: int, name: bytes) -> None:
@@ -393,11 +392,11 @@ class RedisMeta(Meta):
                 raise FsError(errno.EINVAL)
             _check_name(n)
         usage: list[Any] = ["0", "", "", 0, 0, 0, 0]
-        with self._unlinking() as sid:
+        with self._unlinking() as keep:
             for _attempt in range(50):
                 res = self._run("RENAME", [self._dk(parent)],
                                 [parent, name, new_parent, new_name, flags, pack_time(time.time_ns()),
-                                 sid, *usage])
+                                 keep, *usage])
                 if res[0] == 0:
                     break
                 # Quotas are in place: measure what moves between quota trees, then retry.
@@ -455,23 +454,29 @@ class RedisMeta(Meta):
     # -- open files -----------------------------------------------------------------------
     @contextmanager
     def _unlinking(self) -> Iterator[str]:
-        """The session id an unlink-like script gets: '0' frees a last link at once."""
+        """The `keep` argument of an unlink-like script: which inodes this session keeps
+        when their last link goes (lua.keeper). The call stays registered until it is done,
+        so that `open` can wait for calls whose snapshot missed its inode."""
         with self._cond:
-            fast = self._sid is None or not self._opened
-            if fast:
-                self._fast_unlinks += 1
-            sid = "0" if fast else str(self._sid)
+            if self._sid is None or not self._opened:
+                keep = "0"
+            elif len(self._opened) > MAX_HELD_LISTED:
+                keep = f"{self._sid}:*"
+            else:
+                keep = f"{self._sid}:,{','.join(map(str, self._opened))},"
+            self._unlink_seq += 1
+            ticket = self._unlink_seq
+            self._unlinks.add(ticket)
         try:
-            yield sid
+            yield keep
         finally:
-            if fast:
-                with self._cond:
-                    self._fast_unlinks -= 1
-                    if not self._fast_unlinks:
-                        self._cond.notify_all()
+            with self._cond:
+                self._unlinks.discard(ticket)
+                self._cond.notify_all()
 
     def _settle(self, ino: int, fate: int) -> None:
-        """After a script kept `ino` for this session: keep it if open, else free it."""
+        """After a script kept `ino` for this session: keep it while open, else free it
+        (it was closed meanwhile, or the script kept every inode)."""
         if fate != _SUSTAINED:
             return
         with self._cond:
@@ -492,7 +497,8 @@ class RedisMeta(Meta):
     def open(self, ino: int) -> Attr:
         with self._cond:
             self._opened[ino] = self._opened.get(ino, 0) + 1
-            while self._fast_unlinks or ino in self._freeing:
+            seen = self._unlink_seq
+            while ino in self._freeing or any(t <= seen for t in self._unlinks):
                 self._cond.wait()
         try:
             return self._get_attr(ino)

@@ -657,6 +657,58 @@ def check_open_unlinked_file(m: Meta) -> None:
     assert_consistent(m)
 
 
+def check_many_open_files(m: Meta) -> None:
+    """Unlinking with few and with very many files open: open ones are kept, others go."""
+    m.new_session("h", 1, "/mnt", "v")
+    for count in (3, 300):
+        files = [mkfile(m, ROOT, f"f{count}-{i}".encode()).ino for i in range(count)]
+        held = files[: count // 2]
+        for ino in held:
+            m.open(ino)
+        for i in range(count):
+            m.unlink(ROOT, f"f{count}-{i}".encode())
+        for ino in files:
+            if ino in held:
+                assert m.getattr(ino).nlink == 0
+            else:
+                raises(errno.ENOENT, m.getattr, ino)
+        for ino in held:
+            m.release(ino)
+            raises(errno.ENOENT, m.getattr, ino)
+    assert_consistent(m)
+
+
+def check_open_races_unlink(m: Meta) -> None:
+    """A thread opening files while another unlinks them: every successful open leaves an
+    inode readable until its release, and nothing stays behind afterwards."""
+    m.new_session("h", 1, "/mnt", "v")
+    names = [f"r{i}".encode() for i in range(300)]
+    inos = [mkfile(m, ROOT, n).ino for n in names]
+    opened: list[int] = []
+
+    def work(i: int) -> None:
+        if i == 0:
+            for n in names:
+                m.unlink(ROOT, n)
+        else:
+            for ino in inos[i - 1::3]:
+                try:
+                    m.open(ino)
+                except FsError as exc:
+                    assert exc.errno == errno.ENOENT
+                    continue
+                assert m.getattr(ino).ino == ino
+                opened.append(ino)
+
+    _run_threads(4, work)
+    for ino in opened:
+        assert m.getattr(ino).nlink == 0
+        m.release(ino)
+    for ino in inos:
+        raises(errno.ENOENT, m.getattr, ino)
+    assert_consistent(m)
+
+
 def check_open_file_replaced_by_rename(m: Meta) -> None:
     m.new_session("h", 1, "/mnt", "v")
     victim = mkfile(m, ROOT, b"victim")
