@@ -30,6 +30,13 @@ Invariants kept by the Lua scripts (lua.py), each of which runs atomically:
 - a chunk exists only below the file length's chunk count (truncate drops the rest);
 - a slice id leaves the metadata only by entering {P}garbage (directly, or through
   {P}delfiles and a later take_garbage), so no object leaks and none is freed early.
+
+Failure model: a script either ran entirely or not at all, so a client dying at any point
+leaves the namespace consistent. A lost connection is retried (connect.py); if the reply
+of a script that did run is what got lost, the retry reports what it finds (EEXIST for a
+create that happened). Quota usage of a directory moved between quota trees, and the usage
+counted by set_quota, are measured by a walk outside the script, so concurrent writes
+inside the moving subtree can leave them slightly off; set_quota recounts.
 """
 
 from __future__ import annotations
@@ -228,6 +235,9 @@ class RedisMeta(Meta):
     def shutdown(self) -> None:
         with self._errors():
             self._r.close()
+            if isinstance(self._r, redis.Redis):
+                # A pool handed to the client is not closed by client.close().
+                self._r.connection_pool.disconnect()
 
     # -- sessions -------------------------------------------------------------------------
     def new_session(self, host: str, pid: int, mountpoint: str, version: str) -> int:
