@@ -14,8 +14,8 @@ from fusecache.errors import FsError
 from fusecache.meta.base import Meta
 from fusecache.types import ROOT_INO
 
+from . import garbage, volumes
 from . import settings as mount_settings
-from . import volumes
 from ._proto import csi_pb2 as pb
 from ._proto import csi_pb2_grpc as pb_grpc
 from .capabilities import capability_problem, check_capabilities, require
@@ -150,7 +150,8 @@ class ControllerService(pb_grpc.ControllerServicer):
             # Not an id this driver issued (or a static PV's handle): nothing of ours to delete.
             log.info("DeleteVolume: %r is no dynamic volume of this driver; nothing to do", request.volume_id)
             return pb.DeleteVolumeResponse()
-        meta, fs_settings = self.metas.open(self._filesystem(request.secrets))
+        fs = self._filesystem(request.secrets)
+        meta, fs_settings = self.metas.open(fs)
         if fs_tag(fs_settings.uuid) != parsed.fs:
             raise failed_precondition(
                 f"volume belongs to filesystem {parsed.fs}, the secrets name {fs_tag(fs_settings.uuid)}: "
@@ -161,6 +162,10 @@ class ControllerService(pb_grpc.ControllerServicer):
         if found is not None:
             volumes.delete(meta, parsed.dir)
             log.info("deleted volume %s", request.volume_id)
+        try:
+            garbage.collect(meta, fs_settings, fs.access_key, fs.secret_key)
+        except Exception as exc:  # the volume is gone; its objects wait for the next collector
+            log.warning("deleting the objects of volume %s failed: %s", request.volume_id, exc)
         return pb.DeleteVolumeResponse()
 
     @rpc(lock=_lock_by_id)

@@ -1,0 +1,199 @@
+"""Pure logic of the driver: ids, settings, capacity rules, tokens, mountinfo, redaction."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+import pytest
+
+from csi_driver import fsref, logs, settings
+from csi_driver._proto import csi_pb2 as pb
+from csi_driver.capabilities import capability_problem, check_capability
+from csi_driver.controller import capacity_fits, decode_token, encode_token, requested_capacity
+from csi_driver.errors import CsiError
+from csi_driver.mountinfo import parse_line
+from csi_driver.mounts import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, mount_flags
+from csi_driver.volume_id import dir_name, fs_tag, make_id, parse_id
+from tests.csi.harness import capability
+
+Mode = pb.VolumeCapability.AccessMode
+
+
+# -- volume ids ----------------------------------------------------------------------------
+def test_plain_names_are_their_own_directory() -> None:
+    assert dir_name("pvc-0f1e2d3c-aaaa-bbbb-cccc-0123456789ab") == "pvc-0f1e2d3c-aaaa-bbbb-cccc-0123456789ab"
+
+
+@pytest.mark.parametrize("name", ["x" * 128, "a/b", "..", ".hidden", "ümlaut", "with space", "-lead"])
+def test_other_names_map_to_distinct_safe_directories(name: str) -> None:
+    d = dir_name(name)
+    assert d == dir_name(name)  # deterministic: CreateVolume stays idempotent
+    assert len(d) <= 63 and "/" not in d and not d.startswith((".", "-"))
+    assert d != dir_name(name + "x")
+
+
+def test_volume_id_round_trip_and_limits() -> None:
+    vid = make_id("0b9c30e8-b297-4cba-8622-c3eb549226d3", "z" * 128)
+    assert len(str(vid)) <= 128
+    assert parse_id(str(vid)) == vid
+    assert vid.fs == "0b9c30e8b2974cba8622c3eb549226d3"
+    for other in ("fake-vol-id", "fc1:nothex:pvc", "fc1:" + "a" * 32 + ":../x", ""):
+        assert parse_id(other) is None
+    assert len(fs_tag("not-a-uuid")) == 32
+
+
+# -- capacity ------------------------------------------------------------------------------
+def _range(required: int = 0, limit: int = 0) -> pb.CapacityRange:
+    return pb.CapacityRange(required_bytes=required, limit_bytes=limit)
+
+
+def test_requested_capacity_rules() -> None:
+    assert requested_capacity(_range()) == 0
+    assert requested_capacity(_range(required=5)) == 5
+    assert requested_capacity(_range(limit=7)) == 7
+    assert requested_capacity(_range(5, 7)) == 5
+    with pytest.raises(CsiError) as info:
+        requested_capacity(_range(8, 7))
+    assert info.value.code == grpc.StatusCode.OUT_OF_RANGE
+    with pytest.raises(CsiError) as info:
+        requested_capacity(_range(-1))
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_capacity_fits() -> None:
+    assert capacity_fits(10, _range(10, 10))
+    assert capacity_fits(10, _range(5))
+    assert not capacity_fits(10, _range(20, 20))
+    assert not capacity_fits(10, _range(0, 5))
+    assert capacity_fits(0, _range())
+    assert not capacity_fits(0, _range(1))
+
+
+def test_list_tokens() -> None:
+    assert decode_token(encode_token("pvc-9")) == "pvc-9"
+    for bad in ("invalid-token", "", "dj0", "%%%"):
+        with pytest.raises(CsiError) as info:
+            decode_token(bad)
+        assert info.value.code == grpc.StatusCode.ABORTED
+
+
+# -- capabilities --------------------------------------------------------------------------
+def test_capabilities() -> None:
+    assert capability_problem(capability()) == ""
+    assert capability_problem(capability(Mode.MULTI_NODE_MULTI_WRITER, ("noexec", "ro"))) == ""
+    assert "block" in capability_problem(capability(block=True))
+    assert "not supported" in capability_problem(capability(Mode.SINGLE_NODE_SINGLE_WRITER))
+    assert capability_problem(capability(Mode.UNKNOWN))
+    assert "fs_type" in capability_problem(capability(fs_type="ext4"))
+    assert "fuseOptions" in capability_problem(capability(flags=("allow_root",)))
+    assert check_capability(capability(Mode.MULTI_NODE_READER_ONLY)).readonly
+    assert check_capability(capability(flags=("ro",))).readonly
+    assert not check_capability(capability()).readonly
+
+
+def test_bind_flags() -> None:
+    assert mount_flags(False, ()) == MS_NOSUID | MS_NODEV
+    assert mount_flags(True, ("noexec",)) == MS_NOSUID | MS_NODEV | MS_RDONLY | MS_NOEXEC
+    assert mount_flags(False, ("suid", "dev")) == 0
+
+
+# -- settings ------------------------------------------------------------------------------
+def test_mount_settings_round_trip_through_volume_context() -> None:
+    params = {"cache": "mem:1GiB,ssd:/var/cache/fc:10GiB", "cacheLow": "0.6", "cacheHigh": "0.9",
+              "readahead": "8", "writeback": "true", "attrTimeout": "2", "entryTimeout": "3",
+              "fuseOptions": "max_read=131072"}
+    parsed = settings.parse(params)
+    assert settings.parse(parsed.context()) == parsed
+    args = parsed.mount_args()
+    assert args[args.index("-o") + 1] == "allow_other,max_read=131072"
+    assert args[2:4] == ["--cache", "ssd:/var/cache/fc:10GiB"]
+    assert "--writeback" in args
+
+
+@pytest.mark.parametrize("params", [
+    {"cache": "disk:1G"}, {"cacheLow": "1.5"}, {"readahead": "-1"}, {"writeback": "maybe"},
+    {"fuseOptions": "allow_other"}, {"fuseOptions": "a;rm -rf /"}, {"cacheLow": "0.9", "cacheHigh": "0.5"},
+])
+def test_bad_mount_settings_are_invalid_argument(params: dict[str, str]) -> None:
+    with pytest.raises(CsiError) as info:
+        settings.parse(params)
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_parameters_reject_unknown_keys_but_allow_kubernetes_ones() -> None:
+    settings.check_parameters({"csi.storage.k8s.io/pvc/name": "x", "storage": "file", "readahead": "2"})
+    with pytest.raises(CsiError):
+        settings.check_parameters({"cachesize": "1G"})
+
+
+def test_client_key_depends_on_filesystem_and_settings_only() -> None:
+    a = settings.client_key("redis://h/1", settings.parse({"readahead": "2"}))
+    assert a == settings.client_key("redis://h/1", settings.parse({"readahead": "2", "subdir": "/x"}))
+    assert a != settings.client_key("redis://h/2", settings.parse({"readahead": "2"}))
+    assert a != settings.client_key("redis://h/1", settings.parse({"readahead": "3"}))
+
+
+def test_subdir_normalisation() -> None:
+    assert settings.subdir_of({}) == "/"
+    assert settings.subdir_of({"subdir": "a/b/"}) == "/a/b"
+    assert settings.subdir_of({"subdir": "/../../etc"}) == "/etc"  # cannot climb out of the fs
+
+
+# -- filesystem references -----------------------------------------------------------------
+def test_password_leaves_the_url() -> None:
+    fs = fsref.resolve({"metaurl": "redis://user:p%40ss@redis:6379/2", "access-key": "AK", "secret-key": "SK"})
+    assert fs.meta_url == "redis://user@redis:6379/2"
+    assert fs.password == "p@ss"
+    assert fs.env() == {"META_PASSWORD": "p@ss", "ACCESS_KEY": "AK", "SECRET_KEY": "SK"}
+    assert fs.url_with_password() == "redis://user:p%40ss@redis:6379/2"
+    assert "p@ss" not in repr(fs)
+
+
+def test_filesystem_resolution_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(fsref.ENV_META_URL, raising=False)
+    with pytest.raises(CsiError) as info:
+        fsref.resolve({})
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(CsiError):
+        fsref.resolve({"metaurl": "redis://h/1", "storage": "s3"})  # format needs bucket and name too
+    fs = fsref.resolve({}, {"storage": "file", "bucket": "/data", "name": "vol", "fs-capacity": "1G"},
+                       default_url="redis://h/1")
+    assert fs.format is not None
+    assert fs.format.args() == ["vol", "--storage", "file", "--bucket", "/data", "--capacity", "1G"]
+
+
+def test_default_filesystem_password_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("META_PASSWORD", "from-env")
+    assert fsref.resolve({}, default_url="redis://h/1").password == "from-env"
+    assert fsref.resolve({"metaurl": "redis://h/1"}).password == ""  # secrets never borrow it
+
+
+# -- mountinfo -----------------------------------------------------------------------------
+def test_mountinfo_line() -> None:
+    line = ("631 29 0:77 /pvc-1 /var/lib/kubelet/pods/x/volumes/my\\040vol rw,nosuid,nodev,relatime shared:1 "
+            "- fuse.fusecache fusecache:vol rw,user_id=0,group_id=0,allow_other\n")
+    mount = parse_line(line)
+    assert mount is not None
+    assert (mount.dev, mount.root, mount.fstype) == ("0:77", "/pvc-1", "fuse.fusecache")
+    assert mount.mountpoint == "/var/lib/kubelet/pods/x/volumes/my vol"
+    assert mount.is_fusecache and not mount.readonly
+
+
+# -- logs ----------------------------------------------------------------------------------
+def test_log_records_are_scrubbed(caplog: pytest.LogCaptureFixture) -> None:
+    logs.remember_secret("s3cr3t-value")
+    logger = logging.getLogger("csi_driver.test")
+    handler = logging.Handler()
+    handler.addFilter(logs.RedactingFilter())
+    seen: list[str] = []
+    handler.emit = lambda record: seen.append(logs.JsonFormatter().format(record))  # type: ignore[method-assign]
+    logger.addHandler(handler)
+    try:
+        logger.warning("connect %s failed: %s", "redis://u:pw123@h:1/0", "token s3cr3t-value rejected",
+                       extra={"fields": {"url": "rediss://:pw456@h/2"}})
+    finally:
+        logger.removeHandler(handler)
+    assert len(seen) == 1
+    assert "pw123" not in seen[0] and "s3cr3t-value" not in seen[0] and "pw456" not in seen[0]
+    assert "redis://u:****@h:1/0" in seen[0]
