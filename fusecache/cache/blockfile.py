@@ -73,6 +73,8 @@ class Generations:
 
 def file_name(key: str, generation: int) -> str | None:
     """The cache file name of a key, or None if the key is too long to be one path component."""
+    if not key:
+        return None
     name = f"{quote(key, safe='')}.{generation:x}"
     return name if len(name) <= MAX_NAME else None
 

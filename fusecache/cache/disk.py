@@ -30,7 +30,6 @@ import os
 import shutil
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +38,7 @@ import xxhash
 from fusecache.cache import blockfile
 from fusecache.cache.blockfile import Buffer, CorruptBlock
 from fusecache.cache.config import TierConfig
+from fusecache.cache.policy import PROTECTED_SHARE, SegmentedLRU
 from fusecache.cache.stats import TierStats
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,8 @@ class _Root:
 
 
 class DiskTier:
-    def __init__(self, config: TierConfig, volume_id: str, *, verify: bool = True) -> None:
+    def __init__(self, config: TierConfig, volume_id: str, *, verify: bool = True,
+                 protected_share: float = PROTECTED_SHARE) -> None:
         if config.medium != "ssd":
             raise ValueError(f"DiskTier needs an ssd tier config, got {config.medium!r}")
         self.config = config
@@ -97,7 +98,7 @@ class DiskTier:
         self._gens = blockfile.Generations()
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
-        self._lru: OrderedDict[str, None] = OrderedDict()  # clean, ready entries; oldest first
+        self._evictable = SegmentedLRU(config.quota, protected_share)  # clean, ready entries
         self._used = 0  # sum of entry sizes, including reservations of writes in flight
         self._staged_blocks = self._staged_bytes = 0
         self._hits = self._misses = self._admitted = self._refused = 0
@@ -137,7 +138,7 @@ class DiskTier:
         ordered = sorted(found.items(), key=lambda kv: kv[1][2])
         with self._lock:
             self._entries.clear()
-            self._lru.clear()
+            self._evictable.clear()
             self._used = self._staged_blocks = self._staged_bytes = 0
             for key, (entry, _gen, _mtime) in ordered:
                 self._entries[key] = entry
@@ -146,7 +147,7 @@ class DiskTier:
                     self._staged_blocks += 1
                     self._staged_bytes += entry.size
                 else:
-                    self._lru[key] = None
+                    self._evictable.add(key, entry.size)
             over_high = self._used > self.config.high * self.config.quota
             victims = self._evict_to_low_locked(0) if over_high else []
         self._unlink_entries(victims)
@@ -163,6 +164,7 @@ class DiskTier:
             # Staged files must survive a crash, so their directories must too.
             blockfile.fsync_dir(root.staged)
             blockfile.fsync_dir(root.base)
+            blockfile.fsync_dir(root.base.parent)
 
     def _load_file(self, ri: int, staged: bool, item: os.DirEntry[str],
                    found: dict[str, tuple[_Entry, int, float]], losers: list[Path]) -> None:
@@ -200,8 +202,7 @@ class DiskTier:
                 if entry is None or not entry.ready:
                     self._misses += 1
                     return None
-                if key in self._lru:
-                    self._lru.move_to_end(key)
+                self._evictable.touch(key)
                 path = entry.path
             try:
                 data = blockfile.read_block(path, key, verify=self._verify)
@@ -274,8 +275,7 @@ class DiskTier:
             if old is not None:
                 if not staged:
                     # Blocks are immutable: a present (or arriving) copy is as good as ours.
-                    if key in self._lru:
-                        self._lru.move_to_end(key)
+                    self._evictable.touch(key)
                     return True
                 if old.staged:
                     return old.ready  # already durable; a concurrent stage may still fail
@@ -309,7 +309,7 @@ class DiskTier:
                     self._staged_blocks += 1
                     self._staged_bytes += size
                 else:
-                    self._lru[key] = None
+                    self._evictable.add(key, size)
             elif mine:
                 del self._entries[key]
                 self._used -= size
@@ -341,7 +341,7 @@ class DiskTier:
             # The filesystem is near its free-space floor: replace our own old blocks in this
             # directory rather than grow. If even that cannot make room, do not evict at all.
             chosen: list[str] = []
-            for key in self._lru:
+            for key in self._evictable.in_eviction_order():
                 entry = self._entries[key]
                 if entry.root == ri:
                     chosen.append(key)
@@ -359,8 +359,10 @@ class DiskTier:
         """Evict clean blocks, least recently used first, until usage + incoming <= low."""
         target = self.config.low * self.config.quota
         victims: list[_Entry] = []
-        while self._lru and self._used + incoming > target:
-            key = next(iter(self._lru))
+        while self._used + incoming > target:
+            key = self._evictable.oldest()
+            if key is None:
+                break
             victims.append(self._forget_locked(key, self._entries[key]))
         self._evictions += len(victims)
         return victims
@@ -368,7 +370,7 @@ class DiskTier:
     def _forget_locked(self, key: str, entry: _Entry) -> _Entry:
         """Remove an entry from the index and the accounting (its file is unlinked later)."""
         del self._entries[key]
-        self._lru.pop(key, None)
+        self._evictable.discard(key)
         self._used -= entry.size
         if entry.staged and entry.ready:
             self._staged_blocks -= 1
@@ -405,7 +407,7 @@ class DiskTier:
                 entry.staged = False
                 self._staged_blocks -= 1
                 self._staged_bytes -= entry.size
-                self._lru[key] = None
+                self._evictable.add(key, entry.size)
         _unlink_quietly(old_path if mine else new_path)
         return mine
 
@@ -456,7 +458,7 @@ class DiskTier:
         with self._lock:
             kept = 0 if force else self._staged_blocks
             self._entries = {k: e for k, e in self._entries.items() if e.staged and not force}
-            self._lru.clear()
+            self._evictable.clear()
             self._used = sum(e.size for e in self._entries.values())
             if force:
                 self._staged_blocks = self._staged_bytes = 0

@@ -1,4 +1,4 @@
-"""The memory tier: an LRU map of key → block bytes under one short lock.
+"""The memory tier: a map of key → block bytes under one short lock, evicted in SLRU order.
 
 Blocks are immutable `bytes`, so a hit returns the stored object itself (no copy).
 Eviction never drops data silently: `put` returns the evicted blocks so the tiered cache
@@ -8,22 +8,23 @@ can demote them to the next tier outside this tier's lock.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 
 from fusecache.cache.blockfile import Buffer
 from fusecache.cache.config import TierConfig
+from fusecache.cache.policy import PROTECTED_SHARE, SegmentedLRU
 from fusecache.cache.stats import TierStats
 
 Evicted = list[tuple[str, bytes]]
 
 
 class MemTier:
-    def __init__(self, config: TierConfig) -> None:
+    def __init__(self, config: TierConfig, *, protected_share: float = PROTECTED_SHARE) -> None:
         if config.medium != "mem":
             raise ValueError(f"MemTier needs a mem tier config, got {config.medium!r}")
         self.config = config
         self._lock = threading.Lock()
-        self._blocks: OrderedDict[str, bytes] = OrderedDict()  # least recently used first
+        self._blocks: dict[str, bytes] = {}
+        self._order = SegmentedLRU(config.quota, protected_share)
         self._used = 0
         self._hits = self._misses = self._admitted = self._refused = 0
         self._evictions = self._demotions = 0
@@ -34,7 +35,7 @@ class MemTier:
             if data is None:
                 self._misses += 1
                 return None
-            self._blocks.move_to_end(key)
+            self._order.touch(key)
             self._hits += 1
             return data
 
@@ -54,38 +55,35 @@ class MemTier:
         evicted: Evicted = []
         with self._lock:
             if key in self._blocks:
-                self._blocks.move_to_end(key)
+                self._order.touch(key)
                 return True, []
             if self._used + size > self.config.high * quota:
                 # Crossing the high watermark: evict down to the low one in one go, so
                 # eviction runs in bursts rather than on every admission.
                 target = self.config.low * quota
-                while self._blocks and self._used + size > target:
-                    old_key, old = self._blocks.popitem(last=False)
-                    self._used -= len(old)
-                    evicted.append((old_key, old))
+                while self._used + size > target:
+                    old_key = self._order.oldest()
+                    if old_key is None:
+                        break
+                    evicted.append((old_key, self._pop_locked(old_key)))
                 self._evictions += len(evicted)
             self._blocks[key] = block
+            self._order.add(key, size)
             self._used += size
             self._admitted += 1
         return True, evicted
 
     def remove(self, key: str) -> bool:
         with self._lock:
-            data = self._blocks.pop(key, None)
-            if data is None:
-                return False
-            self._used -= len(data)
-            return True
+            return key in self._blocks and self._pop_locked(key) is not None
 
     def evict(self, keys: list[str]) -> int:
         """Drop these blocks (no demotion: the caller asked for them to leave the cache)."""
         n = 0
         with self._lock:
             for key in keys:
-                data = self._blocks.pop(key, None)
-                if data is not None:
-                    self._used -= len(data)
+                if key in self._blocks:
+                    self._pop_locked(key)
                     n += 1
             self._evictions += n
         return n
@@ -97,10 +95,17 @@ class MemTier:
     def drain(self) -> Evicted:
         """Remove and return every block, least recently used first (flush to disk on close)."""
         with self._lock:
-            out = list(self._blocks.items())
+            out = [(k, self._blocks[k]) for k in self._order.in_eviction_order()]
             self._blocks.clear()
+            self._order.clear()
             self._used = 0
         return out
+
+    def _pop_locked(self, key: str) -> bytes:
+        data = self._blocks.pop(key)
+        self._order.discard(key)
+        self._used -= len(data)
+        return data
 
     def note_demoted(self, n: int) -> None:
         with self._lock:

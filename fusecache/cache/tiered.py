@@ -19,6 +19,7 @@ from fusecache.cache.blockfile import Buffer
 from fusecache.cache.config import TierConfig
 from fusecache.cache.disk import DiskTier
 from fusecache.cache.mem import Evicted, MemTier
+from fusecache.cache.policy import PROTECTED_SHARE
 from fusecache.cache.stats import CacheStats
 
 log = logging.getLogger(__name__)
@@ -38,17 +39,20 @@ class TieredCache:
     directories), so blocks cached by an earlier process are found again.
     `promote`: an SSD hit is also admitted to the MEM tier (costs memory, no copy and no
     disk write: the SSD copy stays, so a later MEM eviction needs no rewrite).
+    `protected_share`: share of each tier's quota for blocks read more than once (see
+    policy.py); 0 gives plain LRU.
     """
 
     def __init__(self, tiers: Sequence[TierConfig], volume_id: str, *, checksum: bool = True,
-                 promote: bool = True) -> None:
+                 promote: bool = True, protected_share: float = PROTECTED_SHARE) -> None:
         check_volume_id(volume_id)
         mems = [t for t in tiers if t.medium == "mem"]
         if len(mems) > 1:
             raise ValueError("at most one mem cache tier can be configured")
         self.volume_id = volume_id
-        self._mem = MemTier(mems[0]) if mems else None
-        self._disks = [DiskTier(t, volume_id, verify=checksum) for t in tiers if t.medium == "ssd"]
+        self._mem = MemTier(mems[0], protected_share=protected_share) if mems else None
+        self._disks = [DiskTier(t, volume_id, verify=checksum, protected_share=protected_share)
+                       for t in tiers if t.medium == "ssd"]
         self._promote = promote
         self._lock = threading.Lock()
         # Blocks between leaving the MEM tier and landing on disk: still served to readers.
@@ -59,9 +63,9 @@ class TieredCache:
 
     @classmethod
     def open(cls, tiers: Sequence[TierConfig], volume_id: str, *, checksum: bool = True,
-             promote: bool = True) -> TieredCache:
+             promote: bool = True, protected_share: float = PROTECTED_SHARE) -> TieredCache:
         """Open the cache of a volume, finding the blocks earlier processes left on disk."""
-        return cls(tiers, volume_id, checksum=checksum, promote=promote)
+        return cls(tiers, volume_id, checksum=checksum, promote=promote, protected_share=protected_share)
 
     @property
     def can_stage(self) -> bool:

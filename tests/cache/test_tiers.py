@@ -101,15 +101,32 @@ def test_ssd_hit_is_promoted_to_mem_without_rewrite(tmp_path: Path) -> None:
     assert cache.contains(key) == "ssd"
     assert cache.get(key) == block_of(0, BS)
     assert cache.contains(key) == "mem"
-    assert cache.get(key) == block_of(0, BS)
     mem_stats, ssd_stats = cache.stats().tiers
-    assert mem_stats.hits == 1 and ssd_stats.hits == 1
+    assert (mem_stats.misses, ssd_stats.hits) == (1, 1)
     # Pushing it out of MEM again needs no disk write: its SSD copy is still there.
     fill(cache, range(100, 109))
     assert cache.contains(key) == "ssd"
     mem_stats, ssd_stats = cache.stats().tiers
     assert mem_stats.evictions - mem_stats.demotions == 1  # the promoted block was not rewritten
     assert ssd_stats.admitted == mem_stats.demotions
+
+
+@pytest.mark.parametrize("medium", ["mem", "ssd"])
+@pytest.mark.parametrize("protected_share", [0.8, 0.0])
+def test_blocks_read_again_survive_a_large_scan(tmp_path: Path, medium: str,
+                                                protected_share: float) -> None:
+    """Segmented LRU: a pass over 3x the cache pushes out blocks read once, not blocks read
+    twice. With protected_share=0 (plain LRU) the scan pushes out everything."""
+    one = file_size(key_of(0, BS), BS)
+    tier = mem(20 * BS) if medium == "mem" else ssd(20 * one, tmp_path, free_ratio=0.0)
+    cache = TieredCache([tier], "v", protected_share=protected_share)
+    fill(cache, range(10))
+    for i in range(5):
+        assert cache.get(key_of(i, BS)) == block_of(i, BS)
+    fill(cache, range(100, 160))
+    survivors = [i for i in range(10) if cache.contains(key_of(i, BS))]
+    assert survivors == ([0, 1, 2, 3, 4] if protected_share else [])
+    assert cache.stats().tiers[0].used <= cache.stats().tiers[0].quota
 
 
 def test_no_promotion_when_disabled(tmp_path: Path) -> None:
@@ -253,6 +270,7 @@ def test_startup_removes_temporary_and_foreign_files(tmp_path: Path) -> None:
     TieredCache(tiers, "v").put("k", b"data")
     base = tmp_path / "v"
     (base / "tmp" / "half-written.tmp").write_bytes(b"partial")
+    (base / "clean" / "00").mkdir(exist_ok=True)
     (base / "clean" / "00" / "no-generation").write_bytes(b"junk")
     cache = TieredCache(tiers, "v")
     assert not (base / "tmp" / "half-written.tmp").exists()
@@ -353,6 +371,7 @@ def test_crash_between_link_and_unlink_keeps_the_staged_copy(tmp_path: Path) -> 
     cache.stage("k", b"data")
     (staged,) = files_under(tmp_path, "staged")
     clean = tmp_path / "v" / "clean" / staged.parent.name / staged.name
+    clean.parent.mkdir(exist_ok=True)
     os.link(staged, clean)
     again = TieredCache(tiers, "v")
     assert again.pending_staged() == ["k"]
