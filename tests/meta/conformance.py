@@ -953,3 +953,29 @@ def check_concurrent_conflicting_renames(m: Meta) -> None:
     assert_consistent(m)
     for ino in dirs:
         assert m.lookup(ino, b"payload")
+
+
+# -- helpers for engine-specific tests --------------------------------------------------------
+def sample_workload(m: Meta) -> None:
+    """A bit of everything, leaving keys of every kind behind (for key-schema tests)."""
+    sid = m.new_session("h", 1, "/m", "v")
+    d = m.mkdir(ROOT, b"d", 0o755, 0, 0)
+    f = mkfile(m, d.ino, b"f")
+    write(m, f.ino, 0, 100)
+    write(m, f.ino, 70 << 20, 100)
+    m.symlink(d.ino, b"s", b"target", 0, 0)
+    m.setxattr(f.ino, b"user.x", b"1")
+    m.set_quota(d.ino, 1 << 30, 100)
+    g = mkfile(m, d.ino, b"g")
+    write(m, g.ino, 0, 10)
+    m.open(g.ino)
+    m.unlink(d.ino, b"g")  # kept for the session
+    h = mkfile(m, ROOT, b"h")
+    write(m, h.ino, 0, 10)
+    m.unlink(ROOT, b"h")  # a deleted file awaiting garbage expansion
+    m.heartbeat(sid)
+
+
+ALL_CHECKS: list[Callable[[Meta], None]] = [
+    fn for name, fn in sorted(globals().items()) if name.startswith("check_") and callable(fn)
+]

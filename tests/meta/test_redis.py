@@ -18,13 +18,8 @@ from fusecache.errors import FsError, MetaError
 from fusecache.meta import Meta, open_meta, redact_url
 from fusecache.meta.connect import parse_url
 from fusecache.meta.redis import RedisMeta
-from tests.meta import conformance
-from tests.meta.conformance import ROOT, SETTINGS, assert_consistent, mkfile, write
+from tests.meta.conformance import ALL_CHECKS, ROOT, SETTINGS, assert_consistent, mkfile, sample_workload
 from tests.servers import RedisServer, free_port, start_redis
-
-CHECKS: list[Callable[[Meta], None]] = [
-    getattr(conformance, name) for name in dir(conformance) if name.startswith("check_")
-]
 
 
 @pytest.fixture
@@ -35,7 +30,7 @@ def meta(meta_url: str) -> Iterator[Meta]:
     m.shutdown()
 
 
-@pytest.mark.parametrize("check", CHECKS, ids=[c.__name__ for c in CHECKS])
+@pytest.mark.parametrize("check", ALL_CHECKS, ids=[c.__name__ for c in ALL_CHECKS])
 def test_conformance(meta: Meta, check: Callable[[Meta], None]) -> None:
     check(meta)
 
@@ -142,29 +137,10 @@ def test_server_down_is_meta_error() -> None:
 
 
 # -- key schema -------------------------------------------------------------------------------
-def _workload(m: Meta) -> None:
-    sid = m.new_session("h", 1, "/m", "v")
-    d = m.mkdir(ROOT, b"d", 0o755, 0, 0)
-    f = mkfile(m, d.ino, b"f")
-    write(m, f.ino, 0, 100)
-    write(m, f.ino, 70 << 20, 100)
-    m.symlink(d.ino, b"s", b"target", 0, 0)
-    m.setxattr(f.ino, b"user.x", b"1")
-    m.set_quota(d.ino, 1 << 30, 100)
-    g = mkfile(m, d.ino, b"g")
-    write(m, g.ino, 0, 10)
-    m.open(g.ino)
-    m.unlink(d.ino, b"g")  # kept for the session
-    h = mkfile(m, ROOT, b"h")
-    write(m, h.ino, 0, 10)
-    m.unlink(ROOT, b"h")  # a deleted file awaiting garbage expansion
-    m.heartbeat(sid)
-
-
 def test_every_key_carries_the_hash_tag(meta_url: str) -> None:
     m = open_meta(meta_url + "?prefix=vol7")
     m.format(SETTINGS)
-    _workload(m)
+    sample_workload(m)
     client = redis.Redis.from_url(meta_url)
     keys = [k.decode() for k in client.scan_iter(count=1000)]
     client.close()

@@ -1,5 +1,5 @@
-"""RedisMeta on Redis Cluster (3 masters) and behind Sentinel: the whole conformance suite
-on the cluster (each test in its own hash tag), a smoke run through Sentinel."""
+"""RedisMeta on Redis Cluster (3 masters), behind Sentinel and over TLS: the whole
+conformance suite on the cluster (each test in its own hash tag), smoke runs on the others."""
 
 from __future__ import annotations
 
@@ -11,9 +11,15 @@ import redis
 
 from fusecache.errors import MetaError
 from fusecache.meta import Meta, open_meta
-from tests.meta.cluster import Cluster, SentinelSetup, start_cluster, start_sentinel
-from tests.meta.conformance import ROOT, SETTINGS, assert_consistent, mkfile, write
-from tests.meta.test_redis import CHECKS, _workload
+from tests.meta.conformance import ALL_CHECKS, ROOT, SETTINGS, assert_consistent, mkfile, sample_workload, write
+from tests.meta.topology_servers import (
+    Cluster,
+    SentinelSetup,
+    TlsRedis,
+    start_cluster,
+    start_sentinel,
+    start_tls_redis,
+)
 
 _prefixes = itertools.count(1)
 
@@ -33,7 +39,7 @@ def cluster_meta(cluster: Cluster) -> Iterator[Meta]:
     m.shutdown()
 
 
-@pytest.mark.parametrize("check", CHECKS, ids=[c.__name__ for c in CHECKS])
+@pytest.mark.parametrize("check", ALL_CHECKS, ids=[c.__name__ for c in ALL_CHECKS])
 def test_conformance_on_cluster(cluster_meta: Meta, check: Callable[[Meta], None]) -> None:
     check(cluster_meta)
 
@@ -42,7 +48,7 @@ def test_cluster_keys_stay_in_one_slot(cluster: Cluster) -> None:
     prefix = f"slot{next(_prefixes)}"
     m = open_meta(cluster.url(prefix))
     m.format(SETTINGS)
-    _workload(m)
+    sample_workload(m)
     client = redis.RedisCluster(host="127.0.0.1", port=cluster.ports[0])
     slot = client.keyslot("{" + prefix + "}")
     keys = [k for k in client.scan_iter(match="{" + prefix + "}*", count=1000)]
@@ -83,3 +89,32 @@ def test_sentinel_unknown_master(sentinel: SentinelSetup, monkeypatch: pytest.Mo
     with pytest.raises(MetaError) as info:
         open_meta(sentinel.url(master="nosuchmaster"))
     assert sentinel.password not in str(info.value)
+
+
+@pytest.fixture(scope="module")
+def tls_redis() -> Iterator[TlsRedis]:
+    server = start_tls_redis()
+    yield server
+    server.stop()
+
+
+def test_tls(tls_redis: TlsRedis) -> None:
+    m = open_meta(f"rediss://127.0.0.1:{tls_redis.port}/1?ssl_ca_certs={tls_redis.ca_file}")
+    m.format(SETTINGS, force=True)
+    f = mkfile(m, ROOT, b"over-tls")
+    assert m.lookup(ROOT, b"over-tls").ino == f.ino
+    m.shutdown()
+    m = open_meta(f"rediss://127.0.0.1:{tls_redis.port}/1?ssl_cert_reqs=none")
+    assert m.lookup(ROOT, b"over-tls").ino == f.ino
+    m.shutdown()
+
+
+def test_tls_untrusted_certificate(tls_redis: TlsRedis) -> None:
+    with pytest.raises(MetaError, match="cannot use Redis") as info:
+        open_meta(f"rediss://:pw-not-shown@127.0.0.1:{tls_redis.port}/1")
+    assert "pw-not-shown" not in str(info.value)
+
+
+def test_plain_client_on_tls_port(tls_redis: TlsRedis) -> None:
+    with pytest.raises(MetaError):
+        open_meta(f"redis://127.0.0.1:{tls_redis.port}/1")

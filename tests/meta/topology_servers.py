@@ -1,4 +1,5 @@
-"""A real 3-master Redis Cluster and a Sentinel-watched master on local ports, for tests.
+"""Real Redis topologies on local ports, for tests: a 3-master Cluster, a Sentinel-watched
+master, and a TLS-only server.
 
 Processes are started here and stopped by PID; each lives in its own temp directory.
 """
@@ -145,3 +146,42 @@ def start_sentinel(password: str = "s3ntinel-pw", timeout: float = 20.0) -> Sent
         setup.stop()
         raise
     return setup
+
+
+@dataclass
+class TlsRedis:
+    port: int
+    proc: subprocess.Popen[bytes]
+    workdir: Path
+
+    @property
+    def ca_file(self) -> Path:
+        return self.workdir / "cert.pem"
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def start_tls_redis() -> TlsRedis:
+    """A redis-server speaking only TLS, with a fresh self-signed certificate for 127.0.0.1."""
+    exe = shutil.which("redis-server")
+    openssl = shutil.which("openssl")
+    if not exe or not openssl:
+        raise RuntimeError("redis-server and openssl are needed for a TLS server")
+    workdir = Path(tempfile.mkdtemp(prefix="fc-tls-"))
+    try:
+        subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                        "-keyout", "key.pem", "-out", "cert.pem", "-subj", "/CN=127.0.0.1",
+                        "-addext", "subjectAltName=IP:127.0.0.1"],
+                       cwd=workdir, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        port = free_port()
+        proc = _spawn([exe, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+                       "--tls-cert-file", "cert.pem", "--tls-key-file", "key.pem",
+                       "--tls-ca-cert-file", "cert.pem", "--tls-auth-clients", "no",
+                       "--dir", str(workdir), "--save", "", "--appendonly", "no"], workdir)
+        wait_port(port, proc)
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    return TlsRedis(port, proc, workdir)
