@@ -18,7 +18,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote
 
 import redis
@@ -30,6 +32,7 @@ from redis.sentinel import Sentinel
 from ..errors import MetaError
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 SCHEMES = ("redis", "rediss", "redis+sentinel", "rediss+sentinel", "redis+cluster", "rediss+cluster")
 DEFAULT_PREFIX = "fc"
@@ -148,7 +151,13 @@ class _Retry(Retry):
     classifies AuthenticationError as a ConnectionError, and retrying it only delays the
     error message."""
 
-    def call_with_retry(self, do, fail, is_retryable=None, with_failure_count=False):  # type: ignore[no-untyped-def]
+    def call_with_retry(
+        self,
+        do: Callable[[], _T],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> _T:
         def retryable(exc: Exception) -> bool:
             if isinstance(exc, redis.AuthenticationError):
                 return False
