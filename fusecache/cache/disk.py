@@ -25,7 +25,10 @@ Concurrency rules (the tier is called from many threads at once):
 from __future__ import annotations
 
 import errno
+import fcntl
+import io
 import logging
+import math
 import os
 import shutil
 import threading
@@ -69,6 +72,52 @@ class _Root:
         self.down_until = 0.0  # time.monotonic() before which writes skip this directory
         self.pending = 0  # disk bytes reserved by writes in flight (not yet seen by statvfs)
         self._made: set[Path] = set()  # shard directories known to exist
+        self._lock_file: io.FileIO | None = None  # a file object: garbage collection unlocks
+        self.owned = False  # this process holds the directory (else it must not touch it)
+
+    def claim(self) -> str | None:
+        """Take this process's exclusive claim on the directory (an flock, which the kernel
+        drops when the process dies). Returns None, or the pid of the process holding it."""
+        self.base.mkdir(parents=True, exist_ok=True)
+        lock_path = self.base / ".lock"
+        try:
+            # Read-only descriptor: flock does not need write access, and an open writable
+            # file would keep the filesystem from being remounted read-only.
+            fd = os.open(lock_path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            if exc.errno not in (errno.EROFS, errno.EACCES):
+                raise
+            self.owned = True  # a read-only disk without a lock file: nobody can write there
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            return holder
+        except BaseException:
+            os.close(fd)
+            raise
+        self._lock_file = io.FileIO(fd, "r", closefd=True)
+        self.owned = True
+        try:
+            lock_path.write_text(f"{os.getpid()}\n")  # for the message of the next claimant
+        except OSError:
+            pass
+        return None
+
+    def claim_if_free(self) -> bool:
+        try:
+            return self.claim() is None
+        except OSError:
+            return False
+
+    def release(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+        self.owned = False
+        self.down_until = math.inf
 
     def dir_for(self, key: str, staged: bool) -> Path:
         """The shard directory of a key, created on first use (durably for staged files)."""
@@ -119,6 +168,14 @@ class DiskTier:
         losers: list[Path] = []
         for ri, root in enumerate(self._roots):
             try:
+                holder = root.claim()
+                if holder is not None:
+                    # Two processes sharing one cache directory would delete each other's
+                    # files in flight and double the quota: the second one stays out.
+                    log.warning("cache dir %s is in use by process %s%s; not using it", root.base, holder,
+                                " (this one: open it once)" if holder == str(os.getpid()) else "")
+                    root.down_until = math.inf
+                    continue
                 self._prepare(root)
             except OSError as exc:
                 self._io_error(ri, "prepare", exc)
@@ -463,11 +520,21 @@ class DiskTier:
             if force:
                 self._staged_blocks = self._staged_bytes = 0
         for root in self._roots:
+            if not root.base.exists():
+                continue
+            if not root.owned and not root.claim_if_free():
+                log.warning("cache dir %s is in use by another process: not cleaning it", root.base)
+                continue
             doomed = [root.base] if force or kept == 0 else [root.clean, root.tmp]
             for path in doomed:
                 shutil.rmtree(path, ignore_errors=True)
             root.forget_dirs()
         return kept
+
+    def close(self) -> None:
+        """Release the directory locks; the tier takes no more writes."""
+        for root in self._roots:
+            root.release()
 
     # ----------------------------------------------------------------- queries
 

@@ -205,8 +205,11 @@ class TieredCache:
             self._demote(self._mem.drain())
 
     def close(self) -> None:
-        """Keep what the MEM tier holds by demoting it to disk (the cache stays usable)."""
+        """Demote what the MEM tier holds to disk, so a restart finds it, and release the
+        cache directories for another process. Reads still work afterwards; writes don't."""
         self.flush_mem()
+        for disk in self._disks:
+            disk.close()
 
     def clean(self, *, force: bool = False) -> int:
         """Delete this volume's cached blocks and cache directories. Staged blocks (never

@@ -34,8 +34,9 @@ def files_under(path: Path, state: str = "") -> list[Path]:
     """Cache files under a cache dir (all volumes), optionally only one state (clean/staged)."""
     out = []
     for root, _dirs, files in os.walk(path):
-        parts = Path(root).parts
-        if state and state not in parts:
+        parts = set(Path(root).relative_to(path).parts)
+        wanted = {state} if state else {"clean", "staged", "tmp"}
+        if not parts & wanted:
             continue
         out.extend(Path(root) / f for f in files)
     return out

@@ -144,6 +144,7 @@ def test_several_ssd_paths_spread_blocks(tmp_path: Path) -> None:
     counts = [len(files_under(d)) for d in dirs]
     assert sum(counts) == 300
     assert min(counts) >= 60, counts  # ~100 each; hashing, not round robin
+    cache.close()
     again = TieredCache(tiers, "v")
     for i in range(300):
         assert again.get(key_of(i, 4096)) == block_of(i, 4096)
@@ -179,6 +180,8 @@ def test_volumes_never_collide(tmp_path: Path) -> None:
     two = TieredCache([ssd(8 << 20, tmp_path)], "vol-two")
     one.put("same/key", b"one")
     two.put("same/key", b"two")
+    one.close()
+    two.close()
     assert TieredCache([ssd(8 << 20, tmp_path)], "vol-one").get("same/key") == b"one"
     assert TieredCache([ssd(8 << 20, tmp_path)], "vol-two").get("same/key") == b"two"
     assert one.clean() == 0
@@ -239,6 +242,7 @@ def test_corrupt_cache_file_is_a_miss_then_recached(tmp_path: Path, damage, reop
     cache.put(key, data)
     damage(_only_file(tmp_path))
     if reopen:
+        cache.close()
         cache = TieredCache(tiers, "v")
     assert cache.get(key) is None
     stats = cache.stats().tiers[0]
@@ -310,6 +314,7 @@ def test_uploaded_turns_staged_into_clean(tmp_path: Path) -> None:
     assert cache.get("k1") == b"one"
     assert len(files_under(tmp_path, "staged")) == 1
     assert len(files_under(tmp_path, "clean")) == 1
+    cache.close()
     again = TieredCache(tiers, "v")
     assert again.pending_staged() == ["k2"]
     assert again.get("k1") == b"one"
@@ -373,6 +378,7 @@ def test_crash_between_link_and_unlink_keeps_the_staged_copy(tmp_path: Path) -> 
     clean = tmp_path / "v" / "clean" / staged.parent.name / staged.name
     clean.parent.mkdir(exist_ok=True)
     os.link(staged, clean)
+    del cache  # as a crash: nothing flushed; the directory lock goes with the object
     again = TieredCache(tiers, "v")
     assert again.pending_staged() == ["k"]
     assert files_under(tmp_path) == [staged]
@@ -393,7 +399,9 @@ def test_remove_contains_evict_prefix_and_clean(tmp_path: Path) -> None:
     assert all(cache.get(key_of(i, BS)) is None for i in range(10))
     assert cache.pending_staged() == ["other/staged"]
     assert cache.clean() == 1  # the staged block is kept...
-    assert TieredCache([ssd(32 << 20, tmp_path)], "v").pending_staged() == ["other/staged"]
+    cache.close()
+    cache = TieredCache([ssd(32 << 20, tmp_path)], "v")
+    assert cache.pending_staged() == ["other/staged"]
     cache.remove("other/staged")
     assert cache.pending_staged() == []
     cache.clean()
