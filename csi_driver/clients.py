@@ -28,6 +28,9 @@ from .tools import CliFailed, child_env, run_cli
 log = logging.getLogger(__name__)
 
 STAT_TIMEOUT = 5.0
+# What the kernel answers for a FUSE mount whose daemon is gone: ENOTCONN once the
+# connection is down, ECONNABORTED for requests that were in flight when it went.
+DEAD_MOUNT_ERRNOS = frozenset({errno.ENOTCONN, errno.ECONNABORTED})
 STOP_TIMEOUT = 60.0  # a client with writeback flushes before it exits
 
 
@@ -161,7 +164,7 @@ class FuseClients:
         error = stat_with_timeout(record.mountpoint)
         if error is None:
             return Health(True)
-        if error.errno == errno.ENOTCONN:
+        if error.errno in DEAD_MOUNT_ERRNOS:
             return Health(False, "transport endpoint is not connected", recoverable=True)
         return Health(False, f"mount does not work: {error.strerror or error}", recoverable=False)
 

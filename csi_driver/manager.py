@@ -17,7 +17,6 @@ still shows the dead superblock, detach what is there and bind again.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import threading
@@ -27,7 +26,7 @@ from dataclasses import dataclass
 
 from fusecache.types import ROOT_INO, StatFs
 
-from .clients import ClientStartError, FuseClients, Health, stat_with_timeout
+from .clients import DEAD_MOUNT_ERRNOS, ClientStartError, FuseClients, Health, stat_with_timeout
 from .errors import CsiError, already_exists, failed_precondition, internal, invalid, not_found, unavailable
 from .fsref import Filesystem
 from .metapool import MetaPool
@@ -279,7 +278,7 @@ class NodeManager:
             return Health(False, f"{path} does not show the volume (stale or missing mount)", recoverable=True)
         error = stat_with_timeout(path)
         if error is not None:
-            return Health(False, f"{path}: {error.strerror or error}", recoverable=error.errno == errno.ENOTCONN)
+            return Health(False, f"{path}: {error.strerror or error}", recoverable=error.errno in DEAD_MOUNT_ERRNOS)
         return Health(True)
 
     def stats(self, record: VolumeRecord, path: str) -> VolumeStats:
@@ -352,7 +351,8 @@ class NodeManager:
             log.error("cannot repair staging path %s: %s", volume.staging_path, exc)
             return
         for target, pub in volume.publishes.items():
-            if not os.path.isdir(target):
+            # A dead mount fails every stat with ENOTCONN: it is there if mountinfo says so.
+            if top_mount(target) is None and not os.path.isdir(target):
                 log.warning("target %s of volume %s is gone; not recreating it", target, volume.volume_id)
                 continue
             try:

@@ -91,7 +91,7 @@ def unmount_stack(path: str, only: tuple[str, ...] = (), attempts: int = 20) -> 
         try:
             unmount(path)
         except OSError as exc:
-            if exc.errno in (errno.ENOTCONN, errno.EIO, errno.ESTALE):
+            if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED, errno.EIO, errno.ESTALE):
                 unmount(path, lazy=True)
             elif exc.errno == errno.EBUSY:
                 time.sleep(0.2)

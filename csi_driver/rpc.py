@@ -44,6 +44,7 @@ _ERRNO_CODES = {
     errno.ENOTEMPTY: grpc.StatusCode.FAILED_PRECONDITION,
     errno.EBUSY: grpc.StatusCode.FAILED_PRECONDITION,
     errno.ENOTCONN: grpc.StatusCode.UNAVAILABLE,
+    errno.ECONNABORTED: grpc.StatusCode.UNAVAILABLE,
     errno.ETIMEDOUT: grpc.StatusCode.UNAVAILABLE,
 }
 

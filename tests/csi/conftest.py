@@ -8,12 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.csi.harness import NODE_ID, Driver, format_fs, running_driver
+from tests.csi.harness import NODE_ID, Driver, cleanup_mounts, format_fs, running_driver, stop_clients
 
 
 @pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    return tmp_path
+def workdir(tmp_path: Path) -> Iterator[Path]:
+    """The test's directory; whatever a failing test left mounted in it is detached after."""
+    yield tmp_path
+    leftovers = cleanup_mounts(tmp_path)
+    for state_dir in tmp_path.glob("**/state"):
+        stop_clients(state_dir)
+    assert not leftovers, f"mounts left behind: {leftovers}"
 
 
 @pytest.fixture

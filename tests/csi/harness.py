@@ -98,14 +98,18 @@ class Driver:
                 [sys.executable, "-m", "csi_driver.server", "--endpoint", f"unix://{self.socket}",
                  "--state-dir", str(self.state_dir), "--log-format", "text", *self.args],
                 stdout=log, stderr=log, env=env, cwd=REPO_ROOT)
-        deadline = time.monotonic() + 30
-        while not self.socket.exists():
+        deadline = time.monotonic() + 60
+        self.stubs = Stubs.connect(self.socket)
+        while True:  # a SIGKILLed predecessor may have left its socket file: ask, don't look
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"driver did not start:\n{self.log()}")
-            time.sleep(0.05)
-        self.stubs = Stubs.connect(self.socket)
-        ready = self.stubs.identity.Probe(pb.ProbeRequest(), timeout=10)
-        assert ready.ready.value, self.log()
+            try:
+                ready = self.stubs.identity.Probe(pb.ProbeRequest(), timeout=2, wait_for_ready=True)
+            except grpc.RpcError:
+                continue
+            if ready.ready.value:
+                break
+            time.sleep(0.1)
         return self
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
