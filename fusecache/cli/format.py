@@ -20,10 +20,12 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("format", help="create a volume", description=__doc__)
-    p.add_argument("meta_url", metavar="META_URL", help="redis://[:PASSWORD@]HOST:PORT/DB (password also from env META_PASSWORD)")
+    p.add_argument("meta_url", metavar="META_URL",
+                   help="redis://[:PASSWORD@]HOST:PORT/DB (password also from env META_PASSWORD)")
     p.add_argument("name", metavar="NAME", help="volume name: 3-63 of a-z, 0-9 and '-'")
     p.add_argument("--storage", choices=("s3", "file"), default="file", help="object store kind (default: file)")
-    p.add_argument("--bucket", help="S3 endpoint URL with bucket (http://host:9000/bucket), or a local directory for 'file'")
+    p.add_argument("--bucket",
+                   help="S3 endpoint URL with bucket (http://host:9000/bucket), or a local directory for 'file'")
     p.add_argument("--access-key", help="S3 access key (better: env ACCESS_KEY)")
     p.add_argument("--secret-key", help="S3 secret key (better: env SECRET_KEY, keeps it out of ps)")
     p.add_argument("--block-size", default="4M", help="block (object) size, 64K..16M (default 4M)")

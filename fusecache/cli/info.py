@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({"path": path, **doc}))
             continue
-        print(f"{path}:\n  inode: {doc['inode']}\n  size: {doc['size']}\n  mode: {doc['mode']}\n  links: {doc['nlink']}")
+        print(f"{path}:\n  inode: {doc['inode']}\n  size: {doc['size']}")
+        print(f"  mode: {doc['mode']}\n  links: {doc['nlink']}")
         if doc["chunks"]:
             print("  chunks:")
         for chunk in doc["chunks"]:

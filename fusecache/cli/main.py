@@ -9,7 +9,6 @@ import sys
 from ..errors import CliError
 from . import format as format_cmd
 from . import info, mount, status, umount
-from .secrets import hide_secrets_from_ps
 
 COMMANDS = (format_cmd, mount, umount, status, info)
 
@@ -30,7 +29,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    hide_secrets_from_ps()
     try:
         args = build_parser().parse_args(argv)
         logging.basicConfig(

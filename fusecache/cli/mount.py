@@ -163,7 +163,8 @@ def _start_background(args: argparse.Namespace) -> int:
         print(f"mounted {args.mountpoint} (pid {proc.pid}, log {log_path})")
         return 0
     proc.wait(timeout=30)
-    raise CliError(verdict.removeprefix("error: ") or f"mount process exited with code {proc.returncode}; see {log_path}")
+    reason = verdict.removeprefix("error: ")
+    raise CliError(reason or f"mount process exited with code {proc.returncode}; see {log_path}")
 
 
 def _default_log_path(args: argparse.Namespace) -> str:
@@ -188,8 +189,9 @@ def serve(args: argparse.Namespace) -> int:
     if args.log:
         handler = logging.FileHandler(args.log)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logging.getLogger().addHandler(handler)
-        logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
+        root = logging.getLogger()
+        root.handlers = [handler]  # stderr may be this same file (with -d): log each line once
+        root.setLevel(min(root.level, logging.INFO))
     try:
         volume = open_volume(args)
     except CliError as exc:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 
@@ -44,4 +43,5 @@ def hide_secrets_from_ps() -> None:
         import setproctitle
     except ImportError:
         return
-    setproctitle.setproctitle(" ".join([os.path.basename(sys.executable), *masked]))
+    # argv[0] is "-m" or a script path here; name the program as users typed it.
+    setproctitle.setproctitle(" ".join(["fusecache", *masked[1:]]))

@@ -122,7 +122,9 @@ class FuseOps(pyfuse3.Operations):
         return self._entry(await self.vfs.mknod(self._vol(parent_inode), name, mode, rdev, _ctx(ctx)))
 
     @fs_errors
-    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
         return self._entry(await self.vfs.mkdir(self._vol(parent_inode), name, mode, _ctx(ctx)))
 
     @fs_errors

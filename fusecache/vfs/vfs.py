@@ -210,7 +210,18 @@ class Vfs:
     async def create(self, parent: int, name: bytes, mode: int, flags: int, ctx: Ctx) -> tuple[int, Attr]:
         self._writable()
         self._check_name(name)
-        attr = await self._meta(self.meta.mknod, parent, name, stat.S_IFREG | (mode & 0o7777), ctx.uid, ctx.gid, 0)
+        try:
+            attr = await self._meta(self.meta.mknod, parent, name, stat.S_IFREG | (mode & 0o7777), ctx.uid, ctx.gid, 0)
+        except FsError as exc:
+            # Another client created it since the kernel's lookup: O_CREAT without O_EXCL
+            # opens the existing file, as POSIX says.
+            if exc.errno != errno.EEXIST or flags & os.O_EXCL:
+                raise
+            attr = await self._meta(self.meta.lookup, parent, name)
+            if attr.is_dir:
+                raise FsError(errno.EISDIR) from None
+            if flags & os.O_TRUNC and attr.size:
+                attr = await self.setattr(attr.ino, SetAttr(size=0))
         return await self.open(attr.ino, flags), attr
 
     async def open(self, ino: int, flags: int) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 from fusecache.chunk.slices import segments, visible
@@ -50,7 +51,7 @@ def test_visible_pieces_do_not_overlap() -> None:
     rng = random.Random(99)
     for _ in range(200):
         pieces = visible(random_slices(rng, 6))
-        for a, b in zip(pieces, pieces[1:], strict=False):
+        for a, b in itertools.pairwise(pieces):
             assert a.end <= b.pos
 
 

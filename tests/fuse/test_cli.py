@@ -1,0 +1,173 @@
+"""The CLI's promises: clear one-line errors, nothing written on failure, secrets hidden."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.fuse.helpers import CLI, Volume, format_volume, run_cli
+from tests.servers import RedisServer, S3Server, free_port, start_redis
+
+
+def assert_clean_failure(result: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for word in words:
+        assert word.lower() in lines[0].lower(), lines[0]
+
+
+def db_keys(url: str) -> list[bytes]:
+    client = redis.Redis.from_url(url)
+    try:
+        return client.keys("*")
+    finally:
+        client.close()
+
+
+def test_unreachable_redis(tmp_path: Path) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/1"
+    assert_clean_failure(run_cli("format", url, "vol1", "--bucket", str(tmp_path), check=False))
+    assert_clean_failure(run_cli("mount", url, str(tmp_path), check=False))
+    assert_clean_failure(run_cli("status", url, check=False))
+
+
+def test_wrong_redis_password(tmp_path: Path) -> None:
+    server: RedisServer = start_redis(password="right-password")
+    try:
+        bad = f"redis://:wrong-password@127.0.0.1:{server.port}/1"
+        result = run_cli("format", bad, "vol1", "--bucket", str(tmp_path / "o"), check=False)
+        assert_clean_failure(result)
+        assert "wrong-password" not in result.stderr
+        good = server.url(1)
+        run_cli("format", good, "vol1", "--bucket", str(tmp_path / "o"))
+        assert "vol1" in run_cli("status", good).stdout
+    finally:
+        server.stop()
+
+
+def test_unformatted_volume(meta_url: str, tmp_path: Path) -> None:
+    assert_clean_failure(run_cli("mount", meta_url, str(tmp_path), check=False), "format")
+    assert_clean_failure(run_cli("status", meta_url, check=False), "format")
+
+
+def test_wrong_s3_credentials_and_missing_bucket(meta_url: str, s3_server: S3Server, bucket_url: str) -> None:
+    env = {"ACCESS_KEY": s3_server.access_key, "SECRET_KEY": "not-the-secret"}
+    result = run_cli("format", meta_url, "vol1", "--storage", "s3", "--bucket", bucket_url, env=env, check=False)
+    assert_clean_failure(result)
+    assert "not-the-secret" not in result.stderr
+    assert db_keys(meta_url) == []
+    env = {"ACCESS_KEY": s3_server.access_key, "SECRET_KEY": s3_server.secret_key}
+    missing = s3_server.bucket_url("no-such-bucket")
+    result = run_cli("format", meta_url, "vol1", "--storage", "s3", "--bucket", missing, env=env, check=False)
+    assert_clean_failure(result, "no-such-bucket")
+    assert db_keys(meta_url) == []
+
+
+def test_refuses_to_overwrite_without_force(volume: Volume, tmp_path: Path) -> None:
+    result = run_cli("format", volume.meta_url, "testvol", "--bucket", str(tmp_path / "x"), check=False)
+    assert_clean_failure(result, "--force")
+
+
+def test_bad_mountpoints_and_flags(volume: Volume, tmp_path: Path) -> None:
+    assert_clean_failure(run_cli("mount", volume.meta_url, str(tmp_path / "missing"), check=False), "does not exist")
+    (tmp_path / "file").write_text("")
+    assert_clean_failure(run_cli("mount", volume.meta_url, str(tmp_path / "file"), check=False), "not a directory")
+    m = volume.mount()
+    assert_clean_failure(run_cli("mount", volume.meta_url, str(m.path), check=False), "already mounted")
+    assert_clean_failure(run_cli("mount", volume.meta_url, str(tmp_path), "--no-such-flag", check=False))
+    assert_clean_failure(run_cli("format", volume.meta_url, "Bad_Name!", check=False), "name")
+    assert_clean_failure(run_cli("format", volume.meta_url, "vol2", "--block-size", "huge", check=False), "size")
+    assert_clean_failure(run_cli("umount", str(tmp_path), check=False), "not mounted")
+    (m.path / "busy").write_bytes(b"x")
+    with open(m.path / "busy", "rb"):
+        assert_clean_failure(run_cli("umount", str(m.path), check=False), "busy")
+    run_cli("umount", str(m.path))
+    assert not os.path.ismount(m.path)
+    assert_clean_failure(run_cli("mount", volume.meta_url, str(tmp_path / "m2"), "--subdir", "nope", check=False))
+
+
+def test_status_masks_secrets_and_lists_sessions(meta_url: str, tmp_path: Path, s3_server: S3Server,
+                                                 bucket_url: str) -> None:
+    vol = format_volume(meta_url, tmp_path, "s3", s3_server, bucket_url)
+    try:
+        m = vol.mount()
+        out = run_cli("status", meta_url).stdout
+        assert s3_server.secret_key not in out and s3_server.access_key not in out
+        doc = json.loads(out)
+        assert doc["setting"]["name"] == "testvol"
+        assert doc["setting"]["secret_key"] == "****"
+        assert [s["mountpoint"] for s in doc["sessions"]] == [str(m.path)]
+        assert doc["sessions"][0]["pid"] == m.pid
+        m.umount()
+        assert json.loads(run_cli("status", meta_url).stdout)["sessions"] == []
+    finally:
+        vol.cleanup()
+
+
+def test_secrets_not_visible_in_ps(meta_url: str, tmp_path: Path, s3_server: S3Server, bucket_url: str) -> None:
+    """Even when given as flags, the secret key is masked in the process's command line
+    (after interpreter start-up), and a mount never carries the Redis password in argv."""
+    proc = subprocess.Popen(
+        [*CLI, "format", meta_url, "vol1", "--storage", "s3", "--bucket", bucket_url,
+         "--access-key", s3_server.access_key, "--secret-key", s3_server.secret_key],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    seen = []
+    while proc.poll() is None:
+        try:
+            seen.append(Path(f"/proc/{proc.pid}/cmdline").read_bytes())
+        except OSError:
+            break
+        time.sleep(0.01)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert s3_server.secret_key not in out + err
+    secret = s3_server.secret_key.encode()
+    masked = [i for i, s in enumerate(seen) if b"fusecache" in s and secret not in s]
+    assert masked, "the command line was never masked"
+    assert all(secret not in s for s in seen[masked[0]:]), "the secret reappeared"
+
+    server = start_redis(password="pw-in-url")
+    try:
+        url = server.url(1)
+        run_cli("format", url, "vol2", "--bucket", str(tmp_path / "objects"))
+        vol = Volume(url, tmp_path)
+        try:
+            m = vol.mount()
+            cmdline = Path(f"/proc/{m.pid}/cmdline").read_bytes()
+            assert b"pw-in-url" not in cmdline and b"mount" in cmdline
+            status = run_cli("status", url).stdout
+            assert "pw-in-url" not in status
+        finally:
+            vol.cleanup()
+    finally:
+        server.stop()
+
+
+def test_info_shows_slices_and_objects(mnt: Path) -> None:
+    (mnt / "f").write_bytes(os.urandom(5 << 20))
+    result = run_cli("info", str(mnt / "f"), "--json")
+    doc = json.loads(result.stdout)
+    assert doc["size"] == 5 << 20
+    assert doc["inode"] == os.stat(mnt / "f").st_ino
+    (chunk,) = doc["chunks"]
+    objects = [o for s in chunk["slices"] for o in s["objects"]]
+    assert len(objects) == 2 and objects[0].endswith("_0_4194304")
+    text = run_cli("info", str(mnt / "f")).stdout
+    assert "slice" in text and "inode" in text
+    assert_clean_failure(run_cli("info", "/tmp", check=False), "not inside a fusecache mount")
+
+
+@pytest.mark.parametrize("cmd", [["format"], ["mount", "redis://x"], ["bogus"]])
+def test_usage_errors(cmd: list[str]) -> None:
+    result = subprocess.run([*CLI, *cmd], capture_output=True, text=True)
+    assert_clean_failure(result)
+    assert result.returncode == 2
