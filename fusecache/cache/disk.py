@@ -280,7 +280,8 @@ class DiskTier:
                 self._drop(key, entry)
             except OSError as exc:
                 self._io_error(entry.root, "read", exc)
-                self._drop(key, entry)
+                if not entry.staged:  # a staged file is the only copy: keep it for a retry
+                    self._drop(key, entry)
             else:
                 with self._lock:
                     self._hits += 1
@@ -316,7 +317,8 @@ class DiskTier:
         root = self._roots[ri]
         name = blockfile.file_name(key, self._gens.next())
         size = blockfile.file_size(key, len(data))
-        if name is None or size > self.config.quota or time.monotonic() < root.down_until:
+        if (name is None or size > self.config.quota or not root.owned
+                or time.monotonic() < root.down_until):
             with self._lock:
                 self._refused += 1
             return False
