@@ -152,7 +152,7 @@ def _start_background(args: argparse.Namespace) -> int:
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     with open(log_path, "ab") as logfile:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "fusecache.cli.main", *argv, "--log", log_path],
+            [sys.executable, "-m", "fusecache.cli.main", *argv, *([] if args.log else ["--log", log_path])],
             stdin=subprocess.DEVNULL, stdout=logfile, stderr=logfile,
             env=env, pass_fds=(write_fd,), start_new_session=True,
         )

@@ -22,6 +22,7 @@ from typing import TypeVar
 
 import trio
 
+from ..chunk.compact import COMPACT_AT, compact_chunk
 from ..chunk.reader import BlockLoader, blocks_in_range, read_file_range
 from ..chunk.store import ChunkStore
 from ..chunk.writer import FileWriter, SliceIds
@@ -75,6 +76,9 @@ class Vfs:
         self._nursery: trio.Nursery | None = None
         self._upload_slots = trio.CapacityLimiter(self.options.upload_slots)
         self._readahead_slots = trio.CapacityLimiter(max(1, self.options.readahead_blocks))
+        self._commits: dict[tuple[int, int], int] = {}  # commits per chunk since its last compaction check
+        self._compacting: set[tuple[int, int]] = set()
+        self._compact_slots = trio.CapacityLimiter(2)  # a compaction holds up to a chunk in memory
 
     def start(self, nursery: trio.Nursery) -> None:
         """Attach the nursery that runs background uploads, commits and prefetches."""
@@ -251,6 +255,8 @@ class Vfs:
         cached = state.slices.get(index)
         if cached is None:
             cached = state.slices[index] = await self._meta(self.meta.read, state.ino, index)
+            if len(cached) >= COMPACT_AT:
+                self._schedule_compaction(state.ino, index)
         return cached
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
@@ -324,6 +330,32 @@ class Vfs:
         if state is not None:
             state.slices.pop(index, None)
             state.attr = attr
+        key = (ino, index)
+        self._commits[key] = self._commits.get(key, 0) + 1
+        if self._commits[key] >= COMPACT_AT:
+            self._commits.pop(key)
+            self._schedule_compaction(ino, index)
+
+    def _schedule_compaction(self, ino: int, index: int) -> None:
+        if self.options.read_only or (ino, index) in self._compacting:
+            return
+        self._compacting.add((ino, index))
+        self.nursery.start_soon(self._compact, ino, index)
+
+    async def _compact(self, ino: int, index: int) -> None:
+        try:
+            async with self._compact_slots:
+                new_id = await self.ids.next()
+                if await compact_chunk(self.meta, self.chunks, self.loader, self.workers, ino, index, new_id):
+                    state = self.files.get(ino)
+                    if state is not None:
+                        state.slices.pop(index, None)
+        except FsError as exc:
+            log.warning("compaction of inode %d chunk %d failed: %s", ino, index, exc)
+        except Exception:
+            log.exception("compaction of inode %d chunk %d failed", ino, index)
+        finally:
+            self._compacting.discard((ino, index))
 
     async def flush(self, fh: int) -> None:
         _, state = self._handle(fh)

@@ -79,6 +79,8 @@ class Volume:
 
     meta_url: str
     workdir: Path
+    storage: str = "file"
+    bucket: str = ""
     env: dict[str, str] = field(default_factory=dict)
     mounts: list[Mount] = field(default_factory=list)
 
@@ -93,6 +95,16 @@ class Volume:
         self.mounts.append(m)
         assert is_mounted(mp)
         return m
+
+    def object_keys(self, prefix: str = "") -> list[str]:
+        """Every object key in the volume's store (read with our own store layer)."""
+        from fusecache.object import create_store
+
+        store = create_store(self.storage, self.bucket, self.env.get("ACCESS_KEY", ""), self.env.get("SECRET_KEY", ""))
+        try:
+            return [o.key for o in store.list_all(prefix)]
+        finally:
+            store.close()
 
     def cleanup(self) -> None:
         for m in self.mounts:
@@ -109,4 +121,4 @@ def format_volume(meta_url: str, workdir: Path, storage: str, s3: S3Server | Non
     else:
         bucket = str(workdir / "objects")
     run_cli("format", meta_url, name, "--storage", storage, "--bucket", bucket, *extra, env=env)
-    return Volume(meta_url, workdir)
+    return Volume(meta_url, workdir, storage, bucket, env)

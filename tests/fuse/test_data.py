@@ -7,7 +7,10 @@ import os
 import random
 from pathlib import Path
 
-from tests.fuse.helpers import Volume, sha256_file
+import json
+import time
+
+from tests.fuse.helpers import Volume, run_cli, sha256_file
 
 MiB = 1 << 20
 
@@ -124,3 +127,46 @@ def test_large_file_1gib(mnt: Path) -> None:
             f.write(piece)
     assert os.stat(mnt / "big").st_size == (1024 + 3) * MiB
     assert sha256_file(mnt / "big") == h.hexdigest()
+
+
+def _referenced_objects(path: Path) -> set[str]:
+    doc = json.loads(run_cli("info", str(path), "--json").stdout)
+    return {o for c in doc["chunks"] for s in c["slices"] for o in s["objects"]}
+
+
+def test_overwrites_are_compacted_and_old_objects_deleted(volume: Volume) -> None:
+    """Rewriting one region many times must neither grow the slice list nor leak objects."""
+    m = volume.mount()
+    rng = random.Random(5)
+    model = bytearray(rng.randbytes(MiB))
+    write_file(m.path / "hot", bytes(model))
+    with open(m.path / "hot", "r+b", buffering=0) as f:
+        for _ in range(40):
+            off = rng.randrange(MiB - 4096)
+            piece = rng.randbytes(4096)
+            f.seek(off)
+            f.write(piece)
+            os.fsync(f.fileno())  # every overwrite becomes its own committed slice
+            model[off : off + 4096] = piece
+    assert (m.path / "hot").read_bytes() == bytes(model)
+    deadline = time.monotonic() + 30
+    while True:
+        referenced = _referenced_objects(m.path / "hot")
+        stored = {k for k in volume.object_keys("testvol/blocks/")}
+        if stored == referenced and len(referenced) < 16:
+            break
+        assert time.monotonic() < deadline, f"{len(stored)} objects stored, {len(referenced)} referenced"
+        time.sleep(0.5)
+    assert (m.path / "hot").read_bytes() == bytes(model)
+
+
+def test_deleted_and_truncated_data_is_removed_from_the_store(volume: Volume) -> None:
+    m = volume.mount()
+    write_file(m.path / "a", os.urandom(9 * MiB))
+    write_file(m.path / "b", os.urandom(70 * MiB))  # two chunks
+    os.truncate(m.path / "b", 1000)
+    os.unlink(m.path / "a")
+    deadline = time.monotonic() + 30
+    while {k for k in volume.object_keys("testvol/blocks/")} != _referenced_objects(m.path / "b"):
+        assert time.monotonic() < deadline, "objects of deleted/truncated data were not removed"
+        time.sleep(0.5)
