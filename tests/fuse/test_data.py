@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
-from pathlib import Path
-
-import json
 import time
+from pathlib import Path
 
 from tests.fuse.helpers import Volume, run_cli, sha256_file
 
