@@ -2,7 +2,8 @@
 
 Synchronous and thread-safe: the chunk store calls it from many worker threads at once
 (never from the trio loop). Reads go MEM → SSD tiers; admissions go to the top tier, and
-blocks the MEM tier evicts are demoted to the first SSD tier that takes them. Writeback
+blocks the MEM tier evicts are demoted (by a background thread, see demote.py) to the
+first SSD tier that takes them. Writeback
 staging, the states of a block and the crash rules are described in docs/cache.md.
 
 Nothing here raises because a cache disk is full or failing: that tier is skipped for a
@@ -13,16 +14,19 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from fusecache.cache.blockfile import Buffer
 from fusecache.cache.config import TierConfig
+from fusecache.cache.demote import Demoter
 from fusecache.cache.disk import DiskTier
-from fusecache.cache.mem import Evicted, MemTier
+from fusecache.cache.mem import MemTier
 from fusecache.cache.policy import PROTECTED_SHARE
 from fusecache.cache.stats import CacheStats
 
 log = logging.getLogger(__name__)
+
+DEMOTE_QUEUE_MIN = 64 << 20  # bytes of MEM evictions that may wait for the disk
 
 
 def check_volume_id(volume_id: str) -> None:
@@ -30,6 +34,17 @@ def check_volume_id(volume_id: str) -> None:
     if (not volume_id or volume_id in (".", "..") or "/" in volume_id or "\0" in volume_id
             or len(volume_id) > 200):
         raise ValueError(f"volume id {volume_id!r} cannot name a cache directory")
+
+
+def _demotion_writer(mem: MemTier | None, disks: list[DiskTier]) -> Callable[[str, bytes], None]:
+    def demote(key: str, data: bytes) -> None:
+        """Hand a block evicted from MEM down to the SSD tiers (it is not dropped)."""
+        if any(disk.contains(key) for disk in disks):
+            return  # a promoted block: its SSD copy is still there
+        if any(disk.put(key, data) for disk in disks) and mem is not None:
+            mem.note_demoted(1)
+
+    return demote
 
 
 class TieredCache:
@@ -55,9 +70,14 @@ class TieredCache:
                        for t in tiers if t.medium == "ssd"]
         self._promote = promote
         self._lock = threading.Lock()
-        # Blocks between leaving the MEM tier and landing on disk: still served to readers.
-        self._demoting: dict[str, bytes] = {}
         self._hits = self._misses = 0
+        burst = int((mems[0].high - mems[0].low) * mems[0].quota) if mems else 0
+        # The writer closes over the tiers, not over self: no reference cycle, so a dropped
+        # cache is freed (and its directory locks released) at once.
+        disks = self._disks
+        self._demoter = Demoter(_demotion_writer(self._mem, disks),
+                                lambda key: [disk.remove(key) for disk in disks],
+                                limit=max(burst, DEMOTE_QUEUE_MIN))
         for disk in self._disks:
             disk.load()
 
@@ -87,10 +107,8 @@ class TieredCache:
     def _lookup(self, key: str) -> bytes | None:
         if self._mem is not None:
             data = self._mem.get(key)
-            if data is not None:
-                return data
-            with self._lock:
-                data = self._demoting.get(key)
+            if data is None:
+                data = self._demoter.get(key)  # between MEM and disk
             if data is not None:
                 return data
         for disk in self._disks:
@@ -103,12 +121,8 @@ class TieredCache:
 
     def contains(self, key: str) -> str | None:
         """The medium of the first tier holding the block ("mem" or "ssd"), or None."""
-        if self._mem is not None:
-            if self._mem.contains(key):
-                return "mem"
-            with self._lock:
-                if key in self._demoting:
-                    return "mem"
+        if self._mem is not None and (self._mem.contains(key) or self._demoter.get(key) is not None):
+            return "mem"
         for disk in self._disks:
             if disk.contains(key):
                 return "ssd"
@@ -127,30 +141,13 @@ class TieredCache:
     def _admit_mem(self, key: str, data: Buffer) -> bool:
         assert self._mem is not None
         admitted, evicted = self._mem.put(key, data)
-        if evicted:
-            self._demote(evicted)
+        if evicted and self._disks:
+            self._demoter.submit(evicted)  # written by a background thread
         return admitted
 
-    def _demote(self, evicted: Evicted) -> None:
-        """Hand blocks evicted from MEM down to the SSD tiers (they are not dropped)."""
-        if not self._disks:
-            return
-        assert self._mem is not None
-        with self._lock:
-            self._demoting.update(evicted)
-        demoted = 0
-        try:
-            for key, data in evicted:
-                if any(disk.contains(key) for disk in self._disks):
-                    continue  # a promoted block: its SSD copy is still there
-                if any(disk.put(key, data) for disk in self._disks):
-                    demoted += 1
-        finally:
-            with self._lock:
-                for key, data in evicted:
-                    if self._demoting.get(key) is data:
-                        del self._demoting[key]
-            self._mem.note_demoted(demoted)
+    def wait_demotions(self) -> None:
+        """Block until blocks evicted from MEM so far are on disk (or refused there)."""
+        self._demoter.wait()
 
     def stage(self, key: str, data: Buffer) -> bool:
         """Write a dirty block durably to an SSD tier (fsync'ed file and directory).
@@ -180,8 +177,7 @@ class TieredCache:
         """Forget the block in every tier and state (staged too: its slice is gone)."""
         if self._mem is not None:
             self._mem.remove(key)
-        with self._lock:
-            self._demoting.pop(key, None)
+        self._demoter.discard(key)
         for disk in self._disks:
             disk.remove(key)
 
@@ -202,7 +198,8 @@ class TieredCache:
     def flush_mem(self) -> None:
         """Move every MEM block down to the SSD tiers, so a restart finds them there."""
         if self._mem is not None and self._disks:
-            self._demote(self._mem.drain())
+            self._demoter.submit(self._mem.drain())
+        self._demoter.wait()
 
     def close(self) -> None:
         """Demote what the MEM tier holds to disk, so a restart finds it, and release the

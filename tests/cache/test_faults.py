@@ -220,6 +220,7 @@ def test_concurrent_mixed_workload(tmp_path: Path) -> None:
         t.join()
     assert not errors, errors[0]
     # The index matches the disk, and a restart sees the same blocks.
+    cache.wait_demotions()
     assert cache.stats().tiers[1].used == bytes_on_disk(tmp_path)
     assert list(os.scandir(tmp_path / "a" / "v" / "tmp")) == []
     cache.close()  # demotes what MEM holds

@@ -82,6 +82,7 @@ def test_lru_keeps_recently_read_blocks(tmp_path: Path) -> None:
 def test_mem_evictions_demote_to_ssd(tmp_path: Path) -> None:
     cache = TieredCache([mem(10 * BS), ssd(64 << 20, tmp_path)], "v")
     fill(cache, range(40))
+    cache.wait_demotions()  # demotion runs in the background
     stats = cache.stats()
     mem_stats, ssd_stats = stats.tiers
     assert mem_stats.used <= 10 * BS
@@ -94,9 +95,24 @@ def test_mem_evictions_demote_to_ssd(tmp_path: Path) -> None:
     assert cache.get(oldest) == block_of(0, BS)  # nothing was dropped
 
 
+def test_blocks_removed_while_being_demoted_stay_removed(tmp_path: Path) -> None:
+    cache = TieredCache([mem(4 * BS), ssd(64 << 20, tmp_path)], "v")
+    for i in range(200):
+        cache.put(key_of(i, BS), block_of(i, BS))
+        if i >= 4:
+            cache.remove(key_of(i - 4, BS))  # likely queued for demotion, or being written
+    for i in range(196, 200):
+        cache.remove(key_of(i, BS))
+    cache.wait_demotions()
+    assert all(cache.contains(key_of(i, BS)) is None for i in range(200))
+    assert cache.stats().tiers[1].used == 0
+    assert files_under(tmp_path) == []
+
+
 def test_ssd_hit_is_promoted_to_mem_without_rewrite(tmp_path: Path) -> None:
     cache = TieredCache([mem(10 * BS), ssd(64 << 20, tmp_path)], "v")
     fill(cache, range(20))
+    cache.wait_demotions()
     key = key_of(0, BS)
     assert cache.contains(key) == "ssd"
     assert cache.get(key) == block_of(0, BS)
@@ -105,6 +121,7 @@ def test_ssd_hit_is_promoted_to_mem_without_rewrite(tmp_path: Path) -> None:
     assert (mem_stats.misses, ssd_stats.hits) == (1, 1)
     # Pushing it out of MEM again needs no disk write: its SSD copy is still there.
     fill(cache, range(100, 109))
+    cache.wait_demotions()
     assert cache.contains(key) == "ssd"
     mem_stats, ssd_stats = cache.stats().tiers
     assert mem_stats.evictions - mem_stats.demotions == 1  # the promoted block was not rewritten
@@ -132,6 +149,7 @@ def test_blocks_read_again_survive_a_large_scan(tmp_path: Path, medium: str,
 def test_no_promotion_when_disabled(tmp_path: Path) -> None:
     cache = TieredCache([mem(10 * BS), ssd(64 << 20, tmp_path)], "v", promote=False)
     fill(cache, range(20))
+    cache.wait_demotions()
     assert cache.get(key_of(0, BS)) == block_of(0, BS)
     assert cache.contains(key_of(0, BS)) == "ssd"
 
@@ -391,6 +409,7 @@ def test_crash_between_link_and_unlink_keeps_the_staged_copy(tmp_path: Path) -> 
 def test_remove_contains_evict_prefix_and_clean(tmp_path: Path) -> None:
     cache = TieredCache([mem(4 * BS), ssd(32 << 20, tmp_path)], "v")
     fill(cache, range(10))
+    cache.wait_demotions()
     cache.stage("other/staged", b"s")
     cache.remove(key_of(9, BS))  # in MEM
     cache.remove(key_of(0, BS))  # on SSD
@@ -458,4 +477,5 @@ def test_seeded_random_workload_respects_quotas(tmp_path: Path) -> None:
         for tier in cache.stats().tiers:
             assert tier.used <= tier.quota
     assert hits > 100
+    cache.wait_demotions()
     assert bytes_on_disk(tmp_path) == cache.stats().tiers[1].used
