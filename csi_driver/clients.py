@@ -92,6 +92,8 @@ class FuseClients:
         if top_mount(record.mountpoint) is not None:
             unmount_stack(record.mountpoint, only=(FUSECACHE_FSTYPE,))  # a dead predecessor
         args = ["mount", fs.meta_url, record.mountpoint, *settings.mount_args(), "--log", record.log]
+        if record.subdir != "/":
+            args += ["--subdir", record.subdir]
         log.info("starting FUSE client %s for %s at %s", record.key, fs.meta_url, record.mountpoint)
         with open(record.log, "ab") as logfile:
             proc = subprocess.Popen(
@@ -115,7 +117,7 @@ class FuseClients:
             time.sleep(0.05)
         log.info("FUSE client %s is up (pid %d)", record.key, proc.pid)
         return ClientRecord(record.key, record.meta_url, record.settings, record.mountpoint,
-                            proc.pid, pid_start_time(proc.pid), record.log)
+                            proc.pid, pid_start_time(proc.pid), record.log, record.subdir)
 
     def stop(self, record: ClientRecord) -> None:
         """Unmount and wait for the process to finish; escalate to signals if it hangs."""

@@ -32,7 +32,7 @@ from .fsref import Filesystem
 from .metapool import MetaPool
 from .mountinfo import FUSECACHE_FSTYPE, read_mounts, top_mount
 from .mounts import bind, same_subtree, unmount_stack
-from .settings import MountSettings, client_key, parse
+from .settings import MountSettings, client_key, client_root, parse
 from .state import ClientRecord, NodeState, PublishRecord, VolumeRecord
 from .volume_id import fs_tag
 
@@ -66,7 +66,7 @@ class NodeManager:
     def _filesystem(self, record: ClientRecord) -> Filesystem:
         return Filesystem.from_persisted(record.meta_url, self.state.secrets(record.key))
 
-    def _ensure_client(self, key: str, fs: Filesystem, settings: MountSettings) -> ClientRecord:
+    def _ensure_client(self, key: str, fs: Filesystem, settings: MountSettings, root: str) -> ClientRecord:
         """A running client for `key` (caller holds its lock): adopt, or (re)start it."""
         record = self.state.client(key)
         if record is not None:
@@ -80,7 +80,7 @@ class NodeManager:
             log.warning("FUSE client %s is broken (%s): remounting", key, health.message)
             self._retire(record)
         fresh = ClientRecord(key, fs.meta_url, settings.context(), self.state.mountpoint(key),
-                             log=self.state.log_path(key))
+                             log=self.state.log_path(key), subdir=root)
         self.state.save_client(fresh, fs.secrets())  # before the mount: recovery can find it
         try:
             started = self.clients.start(fresh, fs, settings)
@@ -99,7 +99,7 @@ class NodeManager:
             raise failed_precondition("the volume's FUSE client record is lost; unstage and stage it again")
         if self.clients.health(record).ok:
             return record
-        record = self._ensure_client(key, self._filesystem(record), parse(record.settings))
+        record = self._ensure_client(key, self._filesystem(record), parse(record.settings), record.subdir)
         for volume in self.state.volumes_of(key):
             self._repair_volume(volume, record)
         return record
@@ -133,7 +133,7 @@ class NodeManager:
     # -- stage -----------------------------------------------------------------------------
     def stage(self, volume_id: str, fs: Filesystem, settings: MountSettings, subdir: str, staging: str,
               readonly: bool, flags: list[str], expected_fs: str | None) -> None:
-        key = client_key(fs.meta_url, settings)
+        key = client_key(fs.meta_url, settings, subdir)
         if expected_fs is not None:
             _, fs_settings = self._open_meta(fs)
             if fs_tag(fs_settings.uuid) != expected_fs:
@@ -148,8 +148,8 @@ class NodeManager:
                 if (existing.client_key, existing.subdir, existing.readonly, existing.flags) != (
                         key, subdir, readonly, flags):
                     raise already_exists("volume is already staged here with different settings or capability")
-            client = self._ensure_client(key, fs, settings)
-            source = client.mountpoint + (subdir if subdir != "/" else "")
+            client = self._ensure_client(key, fs, settings, client_root(settings, subdir))
+            source = client.mountpoint + _inside(client, subdir)
             if not os.path.isdir(source):
                 if existing is None:
                     self._release_client_if_unused(key)
@@ -165,14 +165,14 @@ class NodeManager:
         """Make the staging path show the volume; True if a mount had to be (re)made."""
         dev = self._client_dev(client)
         current = top_mount(record.staging_path)
-        if same_subtree(current, dev, record.subdir) and current is not None and current.readonly == record.readonly:
+        if same_subtree(current, dev, _inside(client, record.subdir) or "/") and current is not None \
+                and current.readonly == record.readonly:
             return False
         if current is not None:
             if not current.is_fusecache:
                 raise already_exists(f"{record.staging_path} already has a {current.fstype} mount")
             unmount_stack(record.staging_path, only=(FUSECACHE_FSTYPE,))  # stale: a dead client's
-        source = client.mountpoint + (record.subdir if record.subdir != "/" else "")
-        bind(source, record.staging_path, record.readonly, record.flags)
+        bind(client.mountpoint + _inside(client, record.subdir), record.staging_path, record.readonly, record.flags)
         return True
 
     def unstage(self, volume_id: str, staging: str) -> None:
@@ -226,7 +226,8 @@ class NodeManager:
     def _mount_target(self, record: VolumeRecord, client: ClientRecord, target: str, pub: PublishRecord) -> bool:
         dev = self._client_dev(client)
         current = top_mount(target)
-        if same_subtree(current, dev, record.subdir) and current is not None and current.readonly == pub.readonly:
+        if same_subtree(current, dev, _inside(client, record.subdir) or "/") and current is not None \
+                and current.readonly == pub.readonly:
             return False
         if current is not None:
             if not current.is_fusecache:
@@ -339,7 +340,7 @@ class NodeManager:
             if not health.ok and not health.recoverable:
                 log.warning("FUSE client %s is unhealthy but alive (%s): leaving it", key, health.message)
                 return
-            record = self._ensure_client(key, self._filesystem(record), parse(record.settings))
+            record = self._ensure_client(key, self._filesystem(record), parse(record.settings), record.subdir)
             for volume in volumes:
                 self._repair_volume(volume, record)
 
@@ -372,6 +373,16 @@ class NodeManager:
                     unmount_stack(mount.mountpoint, only=(FUSECACHE_FSTYPE,))
                 except OSError as exc:
                     log.error("cannot unmount %s: %s", mount.mountpoint, exc)
+
+
+def _inside(client: ClientRecord, subdir: str) -> str:
+    """`subdir` of the filesystem as a path below the client's mountpoint ('' for its root)."""
+    rel = os.path.relpath(subdir, client.subdir)
+    if rel == ".":
+        return ""
+    if rel.startswith(".."):
+        raise internal(f"volume directory {subdir} is outside the client's root {client.subdir}")
+    return "/" + rel
 
 
 def _lookup_path(meta, path: str) -> int:  # type: ignore[no-untyped-def]

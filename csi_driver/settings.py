@@ -7,6 +7,9 @@ Attribute keys (StorageClass `parameters`, or a static PV's `volumeAttributes`):
     readahead      blocks to read ahead                writeback   "true" to upload asynchronously
     attrTimeout    kernel attribute cache seconds      entryTimeout  kernel dentry cache seconds
     fuseOptions    extra comma-separated FUSE -o options
+    sharedClient   "false": this volume gets its own FUSE client, mounted at its directory,
+                   so `df` in the pod shows the volume's quota (a shared client can only show
+                   the filesystem's: FUSE's statfs does not say which directory is asked about)
     subdir         (static PVs) directory of the filesystem to expose, default "/"
 
 Every PV with equal settings on the same filesystem shares one FUSE client per node, so the
@@ -47,6 +50,7 @@ class MountSettings:
     attr_timeout: str = ""
     entry_timeout: str = ""
     fuse_options: tuple[str, ...] = ()
+    shared: bool = True
 
     def mount_args(self) -> list[str]:
         """Options for `fusecache mount` (after META_URL MOUNTPOINT)."""
@@ -79,6 +83,8 @@ class MountSettings:
             out["writeback"] = "true"
         if self.fuse_options:
             out["fuseOptions"] = ",".join(self.fuse_options)
+        if not self.shared:
+            out["sharedClient"] = "false"
         return out
 
 
@@ -95,7 +101,7 @@ def _number(key: str, value: str, low: float | None = None, high: float | None =
 def _parsers() -> dict[str, str]:
     return {"cache": "cache", "cacheLow": "cache_low", "cacheHigh": "cache_high",
             "readahead": "readahead", "writeback": "writeback", "attrTimeout": "attr_timeout",
-            "entryTimeout": "entry_timeout", "fuseOptions": "fuse_options"}
+            "entryTimeout": "entry_timeout", "fuseOptions": "fuse_options", "sharedClient": "shared"}
 
 
 MOUNT_KEYS = frozenset(_parsers())
@@ -122,9 +128,9 @@ def parse(attributes: Mapping[str, str]) -> MountSettings:
             values[field_name] = raw
         elif key in ("attrTimeout", "entryTimeout"):
             values[field_name] = _number(key, raw, 0.0)
-        elif key == "writeback":
+        elif key in ("writeback", "sharedClient"):
             if raw.lower() not in _BOOL:
-                raise invalid("writeback must be true or false")
+                raise invalid(f"{key} must be true or false")
             values[field_name] = _BOOL[raw.lower()]
         else:  # fuseOptions
             options = tuple(o.strip() for o in raw.split(",") if o.strip())
@@ -166,7 +172,12 @@ def warn_unknown(attributes: Mapping[str, str]) -> None:
         log.warning("ignoring unknown volume attributes %s", sorted(unknown))
 
 
-def client_key(meta_url: str, settings: MountSettings) -> str:
-    """Identity of the shared FUSE client for this filesystem and these settings."""
-    material = json.dumps([meta_url, settings.mount_args()], separators=(",", ":"))
+def client_root(settings: MountSettings, subdir: str) -> str:
+    """The directory a volume's client mounts: the filesystem root when it is shared."""
+    return "/" if settings.shared else subdir
+
+
+def client_key(meta_url: str, settings: MountSettings, subdir: str = "/") -> str:
+    """Identity of the FUSE client for this filesystem, these settings and root."""
+    material = json.dumps([meta_url, settings.mount_args(), client_root(settings, subdir)], separators=(",", ":"))
     return hashlib.sha256(material.encode()).hexdigest()[:16]

@@ -59,6 +59,7 @@ class ClientRecord:
     pid: int = 0
     pid_start: int = 0  # field 22 of /proc/<pid>/stat: tells a reused pid apart
     log: str = ""
+    subdir: str = "/"  # directory of the filesystem the client mounts as its root
 
 
 def _atomic_write(path: Path, data: dict[str, Any], mode: int = 0o600) -> None:

@@ -288,3 +288,32 @@ def test_static_volume_shows_a_subdirectory(driver: Driver, fs_meta_url: str, pa
     unstage(driver, static.volume_id, paths["staging"])
     assert fuse_clients(driver) == []
     assert mounts_at(str(paths["staging"])) == []
+
+
+def test_dedicated_client_shows_the_quota_in_df(driver: Driver, workdir: Path) -> None:
+    """sharedClient=false: the volume gets its own client rooted at its directory, so statfs
+    (df in the pod) reports the quota; a shared client reports the whole filesystem."""
+    own = create(driver, "pvc-own", size=48 * MiB, params={"sharedClient": "false"})
+    other = create(driver, "pvc-own-2", size=16 * MiB, params={"sharedClient": "false"})
+    shared = create(driver, "pvc-shared", size=48 * MiB)
+    for vol in (own, other, shared):
+        name = vol.volume_id.rsplit(":", 1)[1]
+        stage(driver, vol, workdir / "st" / name)
+        publish(driver, vol, workdir / "st" / name, workdir / "pods" / name)
+    assert len(fuse_clients(driver)) == 3  # one each for the dedicated ones, one shared
+
+    def df_bytes(name: str) -> int:
+        st = os.statvfs(workdir / "pods" / name)
+        return st.f_blocks * st.f_frsize
+
+    assert df_bytes("pvc-own") == 48 * MiB
+    assert df_bytes("pvc-own-2") == 16 * MiB
+    assert df_bytes("pvc-shared") > 48 * MiB
+    (workdir / "pods" / "pvc-own" / "f").write_bytes(b"own")
+    assert sorted(os.listdir(workdir / "pods" / "pvc-own")) == ["f"]
+    assert top_mount(str(workdir / "pods" / "pvc-own")).root == "/"  # type: ignore[union-attr]
+    for vol in (own, other, shared):
+        name = vol.volume_id.rsplit(":", 1)[1]
+        unpublish(driver, vol.volume_id, workdir / "pods" / name)
+        unstage(driver, vol.volume_id, workdir / "st" / name)
+    assert fuse_clients(driver) == []
