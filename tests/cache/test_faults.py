@@ -327,6 +327,7 @@ def test_property_quota_staged_and_bytes(ops: list[tuple[str, int, int]], mem_qu
             for staged_key in staged:
                 assert cache.contains(staged_key) in ("mem", "ssd")  # staged, maybe promoted
             assert cache.pending_staged() == sorted(staged)
+        cache.wait_demotions()  # the writer thread holds the disk tier (and its lock) while busy
         del cache  # as a crash
         again = TieredCache(tiers, "v")
         assert again.pending_staged() == sorted(staged)
