@@ -2,7 +2,8 @@
 
 Attribute keys (StorageClass `parameters`, or a static PV's `volumeAttributes`):
 
-    cache          comma-separated tiers, e.g. "mem:4GiB,ssd:/var/cache/fc:100GiB"
+    cache          ';'-separated tiers, e.g. "mem:4GiB;ssd:/var/cache/fc:100GiB" (an ssd tier
+                   may list several directories: "ssd:/a,/b:200GiB")
     cacheLow       eviction low watermark (0..1)       cacheHigh   high watermark (0..1)
     readahead      blocks to read ahead                writeback   "true" to upload asynchronously
     attrTimeout    kernel attribute cache seconds      entryTimeout  kernel dentry cache seconds
@@ -34,7 +35,6 @@ log = logging.getLogger(__name__)
 SUBDIR = "subdir"
 _KUBERNETES_PREFIXES = ("csi.storage.k8s.io/", "storage.kubernetes.io/")
 _BOOL = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
-_CACHE_TIER = re.compile(r"(mem:[0-9.]+[A-Za-z]*|ssd:/[^,:]+:[0-9.]+[A-Za-z]*)")
 _FUSE_OPTION = re.compile(r"[A-Za-z0-9_]+(=[A-Za-z0-9_.:/-]+)?")
 # Options this driver controls itself; a volume may not override them.
 _RESERVED_FUSE_OPTIONS = {"allow_other", "ro", "rw", "subdir"}
@@ -73,7 +73,7 @@ class MountSettings:
         """The settings as volume attributes (only those that differ from the defaults)."""
         out = {}
         if self.cache:
-            out["cache"] = ",".join(self.cache)
+            out["cache"] = ";".join(self.cache)
         for key, value in (("cacheLow", self.cache_low), ("cacheHigh", self.cache_high),
                            ("readahead", self.readahead), ("attrTimeout", self.attr_timeout),
                            ("entryTimeout", self.entry_timeout)):
@@ -98,6 +98,21 @@ def _number(key: str, value: str, low: float | None = None, high: float | None =
     return value
 
 
+def _cache_tiers(raw: str) -> tuple[str, ...]:
+    """Tiers validated by the cache's own parser; ssd directories must be absolute."""
+    from fusecache.cache.config import parse_cache_spec
+
+    tiers = tuple(t.strip() for t in raw.split(";") if t.strip())
+    for tier in tiers:
+        try:
+            config = parse_cache_spec(tier)
+        except ValueError as exc:
+            raise invalid(f"cache: {exc}") from None
+        if any(not path.startswith("/") for path in config.paths):
+            raise invalid(f"cache: directories of {tier!r} must be absolute paths")
+    return tiers
+
+
 def _parsers() -> dict[str, str]:
     return {"cache": "cache", "cacheLow": "cache_low", "cacheHigh": "cache_high",
             "readahead": "readahead", "writeback": "writeback", "attrTimeout": "attr_timeout",
@@ -115,11 +130,7 @@ def parse(attributes: Mapping[str, str]) -> MountSettings:
         if not raw:
             continue
         if key == "cache":
-            tiers = tuple(t.strip() for t in raw.split(",") if t.strip())
-            bad = [t for t in tiers if not _CACHE_TIER.fullmatch(t)]
-            if bad:
-                raise invalid(f"cache tiers {bad} must look like mem:SIZE or ssd:/PATH:SIZE")
-            values[field_name] = tiers
+            values[field_name] = _cache_tiers(raw)
         elif key in ("cacheLow", "cacheHigh"):
             values[field_name] = _number(key, raw, 0.0, 1.0)
         elif key == "readahead":

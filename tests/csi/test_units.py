@@ -100,19 +100,20 @@ def test_bind_flags() -> None:
 
 # -- settings ------------------------------------------------------------------------------
 def test_mount_settings_round_trip_through_volume_context() -> None:
-    params = {"cache": "mem:1GiB,ssd:/var/cache/fc:10GiB", "cacheLow": "0.6", "cacheHigh": "0.9",
+    params = {"cache": "mem:1GiB; ssd:/var/cache/a,/var/cache/b:10GiB", "cacheLow": "0.6", "cacheHigh": "0.9",
               "readahead": "8", "writeback": "true", "attrTimeout": "2", "entryTimeout": "3",
               "fuseOptions": "max_read=131072"}
     parsed = settings.parse(params)
     assert settings.parse(parsed.context()) == parsed
     args = parsed.mount_args()
     assert args[args.index("-o") + 1] == "allow_other,max_read=131072"
-    assert args[2:4] == ["--cache", "ssd:/var/cache/fc:10GiB"]
+    assert args[:4] == ["--cache", "mem:1GiB", "--cache", "ssd:/var/cache/a,/var/cache/b:10GiB"]
     assert "--writeback" in args
 
 
 @pytest.mark.parametrize("params", [
-    {"cache": "disk:1G"}, {"cacheLow": "1.5"}, {"readahead": "-1"}, {"writeback": "maybe"},
+    {"cache": "disk:1G"}, {"cache": "ssd:relative/dir:1G"}, {"cache": "mem:lots"},
+    {"cacheLow": "1.5"}, {"readahead": "-1"}, {"writeback": "maybe"},
     {"fuseOptions": "allow_other"}, {"fuseOptions": "a;rm -rf /"}, {"cacheLow": "0.9", "cacheHigh": "0.5"},
 ])
 def test_bad_mount_settings_are_invalid_argument(params: dict[str, str]) -> None:
