@@ -52,14 +52,16 @@ class TieredCache:
 
     Construction rebuilds the SSD index from disk (blocking: it lists the cache
     directories), so blocks cached by an earlier process are found again.
-    `promote`: an SSD hit is also admitted to the MEM tier (costs memory, no copy and no
-    disk write: the SSD copy stays, so a later MEM eviction needs no rewrite).
+    `promote`: also admit SSD hits to the MEM tier (no copy, and no rewrite when MEM evicts
+    them again). Off by default: the kernel page cache already keeps hot cache files in
+    memory, and promotion made scans of more data than MEM holds ~2.5x slower (see
+    docs/cache.md).
     `protected_share`: share of each tier's quota for blocks read more than once (see
     policy.py); 0 gives plain LRU.
     """
 
     def __init__(self, tiers: Sequence[TierConfig], volume_id: str, *, checksum: bool = True,
-                 promote: bool = True, protected_share: float = PROTECTED_SHARE) -> None:
+                 promote: bool = False, protected_share: float = PROTECTED_SHARE) -> None:
         check_volume_id(volume_id)
         mems = [t for t in tiers if t.medium == "mem"]
         if len(mems) > 1:
@@ -83,7 +85,7 @@ class TieredCache:
 
     @classmethod
     def open(cls, tiers: Sequence[TierConfig], volume_id: str, *, checksum: bool = True,
-             promote: bool = True, protected_share: float = PROTECTED_SHARE) -> TieredCache:
+             promote: bool = False, protected_share: float = PROTECTED_SHARE) -> TieredCache:
         """Open the cache of a volume, finding the blocks earlier processes left on disk."""
         return cls(tiers, volume_id, checksum=checksum, promote=promote, protected_share=protected_share)
 

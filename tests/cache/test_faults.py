@@ -179,7 +179,7 @@ def test_free_ratio_shrinks_when_others_fill_the_disk(tmpfs: Callable[..., Path]
 def test_concurrent_mixed_workload(tmp_path: Path) -> None:
     """16 threads put/get/stage/upload/remove/evict the same keys; every byte is verified."""
     tiers = [mem(1 << 20), ssd(4 << 20, tmp_path / "a", tmp_path / "b", free_ratio=0.0)]
-    cache = TieredCache(tiers, "v")
+    cache = TieredCache(tiers, "v", promote=True)
     sizes = {i: random.Random(i).choice([4096, 100_000, 300_000]) for i in range(300)}
     errors: list[BaseException] = []
     stop = threading.Event()
@@ -295,14 +295,14 @@ _ops = st.lists(st.tuples(st.sampled_from(["get", "put", "stage", "uploaded", "r
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=_ops, mem_quota=st.sampled_from([0, 100_000, 300_000]),
-       ssd_quota=st.sampled_from([200_000, 600_000]))
+       ssd_quota=st.sampled_from([200_000, 600_000]), promote=st.booleans())
 def test_property_quota_staged_and_bytes(ops: list[tuple[str, int, int]], mem_quota: int,
-                                         ssd_quota: int) -> None:
+                                         ssd_quota: int, promote: bool) -> None:
     """Any sequence of operations: quotas hold, hits are exact, staged blocks stay until
     uploaded or removed (also across a re-open)."""
     with tempfile.TemporaryDirectory() as tmp:
         tiers = ([mem(mem_quota)] if mem_quota else []) + [ssd(ssd_quota, Path(tmp), free_ratio=0.0)]
-        cache = TieredCache(tiers, "v")
+        cache = TieredCache(tiers, "v", promote=promote)
         staged: dict[str, bytes] = {}
         for op, i, size in ops:
             key, data = key_of(i, size), block_of(i, size)
@@ -347,6 +347,7 @@ for i in range(8):
 cache.uploaded(key_of(0, 100_000))
 for i in range(100, 140):
     cache.put(key_of(i, 100_000), block_of(i, 100_000))
+cache.wait_demotions()
 print("staged", flush=True)
 os.kill(os.getpid(), signal.SIGKILL)
 """

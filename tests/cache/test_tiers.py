@@ -110,7 +110,7 @@ def test_blocks_removed_while_being_demoted_stay_removed(tmp_path: Path) -> None
 
 
 def test_ssd_hit_is_promoted_to_mem_without_rewrite(tmp_path: Path) -> None:
-    cache = TieredCache([mem(10 * BS), ssd(64 << 20, tmp_path)], "v")
+    cache = TieredCache([mem(10 * BS), ssd(64 << 20, tmp_path)], "v", promote=True)
     fill(cache, range(20))
     cache.wait_demotions()
     key = key_of(0, BS)
@@ -146,8 +146,8 @@ def test_blocks_read_again_survive_a_large_scan(tmp_path: Path, medium: str,
     assert cache.stats().tiers[0].used <= cache.stats().tiers[0].quota
 
 
-def test_no_promotion_when_disabled(tmp_path: Path) -> None:
-    cache = TieredCache([mem(10 * BS), ssd(64 << 20, tmp_path)], "v", promote=False)
+def test_no_promotion_by_default(tmp_path: Path) -> None:
+    cache = TieredCache([mem(10 * BS), ssd(64 << 20, tmp_path)], "v")
     fill(cache, range(20))
     cache.wait_demotions()
     assert cache.get(key_of(0, BS)) == block_of(0, BS)
