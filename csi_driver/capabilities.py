@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ._proto import csi_pb2 as pb
-from .errors import CsiError, invalid
+from .errors import invalid
 
 AccessMode = pb.VolumeCapability.AccessMode
 
@@ -93,8 +93,3 @@ def require_capability(request: object, field: str = "volume_capability") -> pb.
     if not request.HasField(field):  # type: ignore[attr-defined]
         raise invalid(f"{field} is required")
     return getattr(request, field)
-
-
-def raise_if(condition: bool, error: CsiError) -> None:
-    if condition:
-        raise error

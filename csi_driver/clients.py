@@ -32,6 +32,7 @@ STAT_TIMEOUT = 5.0
 # connection is down, ECONNABORTED for requests that were in flight when it went.
 DEAD_MOUNT_ERRNOS = frozenset({errno.ENOTCONN, errno.ECONNABORTED})
 STOP_TIMEOUT = 60.0  # a client with writeback flushes before it exits
+LOG_KEEP_BYTES = 20 << 20  # a client's log is rotated (one old copy) when it is restarted past this
 
 
 class ClientStartError(Exception):
@@ -78,6 +79,14 @@ def stat_with_timeout(path: str, timeout: float = STAT_TIMEOUT) -> OSError | Non
     return result[0]
 
 
+def _rotate(log_path: str) -> None:
+    try:
+        if os.path.getsize(log_path) > LOG_KEEP_BYTES:
+            os.replace(log_path, log_path + ".1")
+    except OSError:
+        pass
+
+
 class FuseClients:
     def __init__(self, command: list[str], mount_timeout: float) -> None:
         self.command = command
@@ -89,6 +98,7 @@ class FuseClients:
     def start(self, record: ClientRecord, fs: Filesystem, settings: MountSettings) -> ClientRecord:
         """Mount the filesystem at `record.mountpoint`; returns the record with the pid."""
         os.makedirs(record.mountpoint, exist_ok=True)
+        _rotate(record.log)
         if top_mount(record.mountpoint) is not None:
             unmount_stack(record.mountpoint, only=(FUSECACHE_FSTYPE,))  # a dead predecessor
         args = ["mount", fs.meta_url, record.mountpoint, *settings.mount_args(), "--log", record.log]

@@ -283,24 +283,28 @@ class NodeManager:
         return Health(True)
 
     def stats(self, record: VolumeRecord, path: str) -> VolumeStats:
+        """Usage of the volume's quota from the metadata engine (it answers even while the
+        client is down); if the engine does not, what the mount itself reports."""
         health = self.path_health(record, path)
         client = self.state.client(record.client_key)
-        usage: StatFs | None = None
-        used_bytes = used_inodes = 0
         if client is not None:
             try:
-                meta, _ = self._open_meta(self._filesystem(client))
+                meta, _ = self.metas.open(self._filesystem(client))
                 ino = _lookup_path(meta, record.subdir)
                 usage = meta.statfs(ino)
                 quota = meta.get_quota(ino)
-                used_bytes = quota.used_bytes if quota and quota.max_bytes else usage.total_bytes - usage.avail_bytes
-                used_inodes = quota.used_inodes if quota and quota.max_inodes else usage.used_inodes
-            except CsiError:
-                raise
             except Exception as exc:
                 log.warning("volume usage from the metadata engine failed: %s", exc)
-                usage = None
-        return VolumeStats(usage, used_bytes, used_inodes, health)
+            else:
+                used_bytes = quota.used_bytes if quota and quota.max_bytes else usage.total_bytes - usage.avail_bytes
+                used_inodes = quota.used_inodes if quota and quota.max_inodes else usage.used_inodes
+                return VolumeStats(usage, used_bytes, used_inodes, health)
+        if health.ok:
+            st = os.statvfs(path)
+            usage = StatFs(st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize, st.f_files - st.f_ffree,
+                           st.f_favail)
+            return VolumeStats(usage, (st.f_blocks - st.f_bfree) * st.f_frsize, st.f_files - st.f_ffree, health)
+        return VolumeStats(None, 0, 0, health)
 
     def capacity(self, record: VolumeRecord) -> int:
         client = self.state.client(record.client_key)
