@@ -14,6 +14,7 @@ class MountEntry:
     fstype: str
     source: str
     root: str
+    device: str = ""  # "major:minor"
 
 
 def _unescape(field: str) -> str:
@@ -30,7 +31,7 @@ def mounts() -> list[MountEntry]:
             rest = right.split()
             if len(fields) < 5 or len(rest) < 2:
                 continue
-            out.append(MountEntry(_unescape(fields[4]), rest[0], _unescape(rest[1]), _unescape(fields[3])))
+            out.append(MountEntry(_unescape(fields[4]), rest[0], _unescape(rest[1]), _unescape(fields[3]), fields[2]))
     return out
 
 

@@ -120,8 +120,9 @@ class Meta(ABC):
 
     # -- open files -----------------------------------------------------------------------
     @abstractmethod
-    def open(self, ino: int) -> Attr:
-        """Note that this session holds `ino` open; returns fresh attributes."""
+    def open(self, ino: int, known: Attr | None = None) -> Attr:
+        """Note that this session holds `ino` open; returns fresh attributes (or `known`,
+        attributes the caller has just received, e.g. from a create, saving a round trip)."""
 
     @abstractmethod
     def release(self, ino: int) -> None:

@@ -504,12 +504,14 @@ class RedisMeta(Meta):
                 self._freeing.discard(ino)
                 self._cond.notify_all()
 
-    def open(self, ino: int) -> Attr:
+    def open(self, ino: int, known: Attr | None = None) -> Attr:
         with self._cond:
             self._opened[ino] = self._opened.get(ino, 0) + 1
             seen = self._unlink_seq
             while ino in self._freeing or any(t <= seen for t in self._unlinks):
                 self._cond.wait()
+        if known is not None:
+            return known
         try:
             return self._get_attr(ino)
         except BaseException:

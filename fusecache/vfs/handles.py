@@ -17,6 +17,10 @@ class OpenInode:
     opens: int = 0
     writer: FileWriter | None = None
     slices: dict[int, list[Slice]] = field(default_factory=dict)  # chunk index → slices
+    # The kernel asks for security.capability before every write (to drop file capabilities);
+    # answering from memory while the file is open saves a metadata round trip per write.
+    capability: bytes | None = None
+    capability_known: bool = False
 
     @property
     def size(self) -> int:

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 INFO_XATTR = b"fusecache.info"  # virtual, read-only: a file's chunks/slices/objects as JSON
+CAPABILITY_XATTR = b"security.capability"
 
 
 @dataclass(frozen=True)
@@ -226,12 +227,12 @@ class Vfs:
                 raise FsError(errno.EISDIR) from None
             if flags & os.O_TRUNC and attr.size:
                 attr = await self.setattr(attr.ino, SetAttr(size=0))
-        return await self.open(attr.ino, flags), attr
+        return await self.open(attr.ino, flags, attr), attr
 
-    async def open(self, ino: int, flags: int) -> int:
+    async def open(self, ino: int, flags: int, known: Attr | None = None) -> int:
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
             self._writable()
-        attr = await self._meta(self.meta.open, ino)
+        attr = await self._meta(self.meta.open, ino, known)
         state = self.files.get(ino)
         if state is None:
             state = self.files[ino] = OpenInode(ino, attr)
@@ -407,7 +408,25 @@ class Vfs:
         self._check_xattr_name(name)
         if name == INFO_XATTR:
             return await self._info(ino)
-        return await self._meta(self.meta.getxattr, ino, name)
+        state = self.files.get(ino) if name == CAPABILITY_XATTR else None
+        if state is None:
+            return await self._meta(self.meta.getxattr, ino, name)
+        if not state.capability_known:
+            try:
+                state.capability = await self._meta(self.meta.getxattr, ino, name)
+            except FsError as exc:
+                if exc.errno != errno.ENODATA:
+                    raise
+                state.capability = None
+            state.capability_known = True
+        if state.capability is None:
+            raise FsError(errno.ENODATA)
+        return state.capability
+
+    def _forget_xattr(self, ino: int, name: bytes) -> None:
+        state = self.files.get(ino)
+        if state is not None and name == CAPABILITY_XATTR:
+            state.capability_known = False
 
     async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
         self._writable()
@@ -416,6 +435,7 @@ class Vfs:
             raise FsError(errno.EPERM)
         if len(value) > MAX_XATTR_VALUE:
             raise FsError(errno.E2BIG)
+        self._forget_xattr(ino, name)
         await self._meta(self.meta.setxattr, ino, name, value, flags)
 
     async def listxattr(self, ino: int) -> list[bytes]:
@@ -424,6 +444,7 @@ class Vfs:
     async def removexattr(self, ino: int, name: bytes) -> None:
         self._writable()
         self._check_xattr_name(name)
+        self._forget_xattr(ino, name)
         await self._meta(self.meta.removexattr, ino, name)
 
     async def _info(self, ino: int) -> bytes:
