@@ -296,11 +296,6 @@ class DiskTier:
             entry = self._entries.get(key)
             return entry is not None and entry.ready
 
-    def is_staged(self, key: str) -> bool:
-        with self._lock:
-            entry = self._entries.get(key)
-            return entry is not None and entry.ready and entry.staged
-
     # ----------------------------------------------------------------- writes
 
     def put(self, key: str, data: Buffer) -> bool:

@@ -47,6 +47,14 @@ def _demotion_writer(mem: MemTier | None, disks: list[DiskTier]) -> Callable[[st
     return demote
 
 
+def _demotion_undo(disks: list[DiskTier]) -> Callable[[str], None]:
+    def undo(key: str) -> None:
+        for disk in disks:
+            disk.remove(key)
+
+    return undo
+
+
 class TieredCache:
     """Block cache over `tiers` for one volume.
 
@@ -77,8 +85,7 @@ class TieredCache:
         # The writer closes over the tiers, not over self: no reference cycle, so a dropped
         # cache is freed (and its directory locks released) at once.
         disks = self._disks
-        self._demoter = Demoter(_demotion_writer(self._mem, disks),
-                                lambda key: [disk.remove(key) for disk in disks],
+        self._demoter = Demoter(_demotion_writer(self._mem, disks), _demotion_undo(disks),
                                 limit=max(burst, DEMOTE_QUEUE_MIN))
         for disk in self._disks:
             disk.load()

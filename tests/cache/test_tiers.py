@@ -363,6 +363,7 @@ def test_stage_refused_when_staged_blocks_fill_the_quota(tmp_path: Path) -> None
     assert results == [True] * 10 + [False] * 2
     # Clean admissions and demotions are refused quietly; reads still work.
     fill(cache, range(100, 120))
+    cache.wait_demotions()
     assert cache.stats().tiers[1].used == 10 * one
     assert cache.get(key_of(0, BS)) == block_of(0, BS)
     cache.uploaded(key_of(0, BS))
