@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 import threading
 import time
 from collections import OrderedDict
 
+from fusecache.cli.secrets import mask_url
+
 MASK = "****"
-_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]+)(?=@)")
 _MIN_SECRET_LEN = 4  # shorter values would mask ordinary words
 _MAX_SECRETS = 4096
 
@@ -41,7 +41,7 @@ def remember_secret(value: str) -> None:
 
 def scrub(text: str) -> str:
     """`text` with URL passwords and remembered secrets masked."""
-    text = _URL_PASSWORD.sub(lambda m: m.group("head") + MASK, text)
+    text = mask_url(text)
     with _secrets_lock:
         known = sorted(_secrets, key=len, reverse=True)  # longest first: no partial leftovers
     for secret in known:
