@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from fusecache.cache import TieredCache
 from fusecache.cache.disk import RETRY_FULL_AFTER
-from tests.cache.conftest import block_of, bytes_on_disk, key_of, mem, ssd
+from tests.cache.helpers import block_of, bytes_on_disk, key_of, mem, ssd
 
 BS = 128 << 10
 
@@ -340,7 +340,7 @@ def test_property_quota_staged_and_bytes(ops: list[tuple[str, int, int]], mem_qu
 _CHILD = """
 import os, signal, sys
 from fusecache.cache import TieredCache, TierConfig
-from tests.cache.conftest import block_of, key_of
+from tests.cache.helpers import block_of, key_of
 cache = TieredCache([TierConfig("mem", 1 << 20), TierConfig("ssd", 64 << 20, (sys.argv[1],))], "v")
 for i in range(8):
     assert cache.stage(key_of(i, 100_000), block_of(i, 100_000))

@@ -11,7 +11,7 @@ import pytest
 
 from fusecache.cache import TieredCache
 from fusecache.cache.blockfile import file_size
-from tests.cache.conftest import block_of, bytes_on_disk, files_under, key_of, mem, ssd
+from tests.cache.helpers import block_of, bytes_on_disk, files_under, key_of, mem, ssd
 
 BS = 64 << 10
 
