@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 from google.protobuf import json_format
@@ -121,7 +121,6 @@ class VolumeLocks:
 
 
 # -- the decorator -------------------------------------------------------------------------
-Req = TypeVar("Req", bound=Message)
 Handler = Callable[[Any, Any, grpc.ServicerContext], Message]
 
 #: how long a call without a deadline may wait for its volume's lock
