@@ -41,6 +41,7 @@ class MountRequest:
 
     readonly: bool
     flags: tuple[str, ...]  # bind-mount flags, in request order
+    mode: int = 0  # the access mode
 
 
 def check_capability(cap: pb.VolumeCapability, what: str = "volume_capability") -> MountRequest:
@@ -49,7 +50,8 @@ def check_capability(cap: pb.VolumeCapability, what: str = "volume_capability") 
     if problem:
         raise invalid(f"{what}: {problem}")
     flags = tuple(cap.mount.mount_flags)
-    return MountRequest(readonly=cap.access_mode.mode in READ_ONLY_MODES or "ro" in flags, flags=flags)
+    return MountRequest(readonly=cap.access_mode.mode in READ_ONLY_MODES or "ro" in flags, flags=flags,
+                        mode=cap.access_mode.mode)
 
 
 def capability_problem(cap: pb.VolumeCapability) -> str:

@@ -142,6 +142,10 @@ class NodeManager:
                     f"{fs_tag(fs_settings.uuid)}")
         with self.client_lock(key):
             existing = self.state.volume(volume_id)
+            other = self.state.owner_of(staging)
+            if other is not None and other.volume_id != volume_id:
+                # Mounting here would hide (and the stale-mount cleanup would undo) its mount.
+                raise already_exists(f"{staging} is in use by volume {other.volume_id}")
             if existing is not None:
                 if existing.staging_path != staging:
                     raise failed_precondition(f"volume is already staged at {existing.staging_path}")
@@ -198,18 +202,24 @@ class NodeManager:
             unmount_stack(path, only=(FUSECACHE_FSTYPE,))
 
     # -- publish ---------------------------------------------------------------------------
-    def publish(self, volume_id: str, staging: str, target: str, readonly: bool, flags: list[str]) -> None:
+    def publish(self, volume_id: str, staging: str, target: str, readonly: bool, flags: list[str],
+                mode: int = 0) -> None:
         record = self.state.volume(volume_id)
         if record is None or record.staging_path != staging:
             raise failed_precondition(f"volume {volume_id} is not staged at {staging}")
         with self.client_lock(record.client_key):
+            wanted = PublishRecord(readonly, list(flags), created=False, mode=mode)
+            existing = record.publishes.get(target)
+            if existing is not None and not existing.same_request(wanted):
+                raise already_exists(f"volume is already published at {target} with another readonly "
+                                     "flag, mount flags or access mode")
+            if record.readonly and not readonly:
+                # A bind takes the flags it is given, so a writable bind of a read-only staging
+                # mount would be writable: the request exceeds what the volume was staged for.
+                raise failed_precondition("volume is staged read-only: it can only be published read-only")
             client = self._healthy_client(record.client_key)
             self._mount_staging(record, client)
-            wanted = PublishRecord(readonly, list(flags), created=False)
-            existing = record.publishes.get(target)
             if existing is not None:
-                if (existing.readonly, existing.flags) != (wanted.readonly, wanted.flags):
-                    raise already_exists(f"volume is already published at {target} with other options")
                 wanted.created = existing.created
             else:
                 other = self.state.owner_of(target)

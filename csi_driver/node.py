@@ -80,7 +80,7 @@ class NodeService(pb_grpc.NodeServicer):
             raise failed_precondition("staging_target_path is required: this driver stages volumes")
         staging = _abs_path(request.staging_target_path, "staging_target_path")
         self.manager.publish(request.volume_id, staging, target, request.readonly or wanted.readonly,
-                             list(wanted.flags))
+                             list(wanted.flags), wanted.mode)
         return pb.NodePublishVolumeResponse()
 
     @rpc(lock=_by_volume)

@@ -31,6 +31,12 @@ class PublishRecord:
     readonly: bool
     flags: list[str]
     created: bool  # the driver made the target directory, so unpublish removes it
+    mode: int = 0  # access mode of the publish; 0 in records of drivers that did not keep it
+
+    def same_request(self, other: PublishRecord) -> bool:
+        """Do two publishes at one target ask for the same thing (the spec's P1 == P2)?"""
+        modes_match = self.mode == other.mode or 0 in (self.mode, other.mode)
+        return self.readonly == other.readonly and self.flags == other.flags and modes_match
 
 
 @dataclass
