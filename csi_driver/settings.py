@@ -5,6 +5,7 @@ Attribute keys (StorageClass `parameters`, or a static PV's `volumeAttributes`):
     cache          ';'-separated tiers, e.g. "mem:4GiB;ssd:/var/cache/fc:100GiB" (an ssd tier
                    may list several directories: "ssd:/a,/b:200GiB")
     cacheLow       eviction low watermark (0..1)       cacheHigh   high watermark (0..1)
+    cacheFreeRatio ssd tiers stop growing when their disk's free share would drop below it
     readahead      blocks to read ahead                writeback   "true" to upload asynchronously
     attrTimeout    kernel attribute cache seconds      entryTimeout  kernel dentry cache seconds
     fuseOptions    extra comma-separated FUSE -o options
@@ -45,6 +46,7 @@ class MountSettings:
     cache: tuple[str, ...] = ()
     cache_low: str = ""
     cache_high: str = ""
+    cache_free_ratio: str = ""
     readahead: str = ""
     writeback: bool = False
     attr_timeout: str = ""
@@ -58,6 +60,7 @@ class MountSettings:
         for tier in self.cache:
             args += ["--cache", tier]
         for flag, value in (("--cache-low", self.cache_low), ("--cache-high", self.cache_high),
+                            ("--cache-free-ratio", self.cache_free_ratio),
                             ("--readahead", self.readahead), ("--attr-timeout", self.attr_timeout),
                             ("--entry-timeout", self.entry_timeout)):
             if value:
@@ -75,8 +78,8 @@ class MountSettings:
         if self.cache:
             out["cache"] = ";".join(self.cache)
         for key, value in (("cacheLow", self.cache_low), ("cacheHigh", self.cache_high),
-                           ("readahead", self.readahead), ("attrTimeout", self.attr_timeout),
-                           ("entryTimeout", self.entry_timeout)):
+                           ("cacheFreeRatio", self.cache_free_ratio), ("readahead", self.readahead),
+                           ("attrTimeout", self.attr_timeout), ("entryTimeout", self.entry_timeout)):
             if value:
                 out[key] = value
         if self.writeback:
@@ -99,24 +102,33 @@ def _number(key: str, value: str, low: float | None = None, high: float | None =
 
 
 def _cache_tiers(raw: str) -> tuple[str, ...]:
-    """Tiers validated by the cache's own parser; ssd directories must be absolute."""
-    from fusecache.cache.config import parse_cache_spec
+    return tuple(t.strip() for t in raw.split(";") if t.strip())
 
-    tiers = tuple(t.strip() for t in raw.split(";") if t.strip())
-    for tier in tiers:
-        try:
-            config = parse_cache_spec(tier)
-        except ValueError as exc:
-            raise invalid(f"cache: {exc}") from None
-        if any(not path.startswith("/") for path in config.paths):
-            raise invalid(f"cache: directories of {tier!r} must be absolute paths")
-    return tiers
+
+def _check_cache(settings: MountSettings) -> None:
+    """Tiers and watermarks validated by the cache's own parser (the one `fusecache mount`
+    uses), so a bad StorageClass fails at CreateVolume, not at mount time on every node."""
+    from fusecache.cache.config import TierConfig, parse_cache_spec
+
+    limits: dict[str, float] = {name: float(value) for name, value in (
+        ("low", settings.cache_low), ("high", settings.cache_high),
+        ("free_ratio", settings.cache_free_ratio)) if value}
+    try:
+        if not settings.cache and limits:
+            TierConfig("mem", 1, **limits)  # the watermarks alone must still make sense
+        for tier in settings.cache:
+            config = parse_cache_spec(tier, **limits)
+            if any(not path.startswith("/") for path in config.paths):
+                raise ValueError(f"directories of {tier!r} must be absolute paths")
+    except ValueError as exc:
+        raise invalid(f"cache settings: {exc}") from None
 
 
 def _parsers() -> dict[str, str]:
     return {"cache": "cache", "cacheLow": "cache_low", "cacheHigh": "cache_high",
-            "readahead": "readahead", "writeback": "writeback", "attrTimeout": "attr_timeout",
-            "entryTimeout": "entry_timeout", "fuseOptions": "fuse_options", "sharedClient": "shared"}
+            "cacheFreeRatio": "cache_free_ratio", "readahead": "readahead", "writeback": "writeback",
+            "attrTimeout": "attr_timeout", "entryTimeout": "entry_timeout", "fuseOptions": "fuse_options",
+            "sharedClient": "shared"}
 
 
 MOUNT_KEYS = frozenset(_parsers())
@@ -131,7 +143,7 @@ def parse(attributes: Mapping[str, str]) -> MountSettings:
             continue
         if key == "cache":
             values[field_name] = _cache_tiers(raw)
-        elif key in ("cacheLow", "cacheHigh"):
+        elif key in ("cacheLow", "cacheHigh", "cacheFreeRatio"):
             values[field_name] = _number(key, raw, 0.0, 1.0)
         elif key == "readahead":
             if not raw.isdigit():
@@ -151,8 +163,7 @@ def parse(attributes: Mapping[str, str]) -> MountSettings:
                 raise invalid(f"fuseOptions {bad} are malformed or reserved by the driver")
             values[field_name] = options
     settings = MountSettings(**values)  # type: ignore[arg-type]
-    if settings.cache_low and settings.cache_high and float(settings.cache_low) > float(settings.cache_high):
-        raise invalid("cacheLow must not exceed cacheHigh")
+    _check_cache(settings)
     return settings
 
 

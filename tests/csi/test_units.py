@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
+from dataclasses import replace
+from pathlib import Path
 
 import grpc
 import pytest
@@ -14,7 +18,10 @@ from csi_driver.controller import capacity_fits, decode_token, encode_token, req
 from csi_driver.errors import CsiError
 from csi_driver.mountinfo import parse_line
 from csi_driver.mounts import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, mount_flags
+from csi_driver.state import NodeState, PublishRecord, VolumeRecord
 from csi_driver.volume_id import dir_name, fs_tag, make_id, parse_id
+from fusecache.cli.main import build_parser
+from fusecache.errors import CliError
 from tests.csi.harness import capability
 
 Mode = pb.VolumeCapability.AccessMode
@@ -101,7 +108,7 @@ def test_bind_flags() -> None:
 # -- settings ------------------------------------------------------------------------------
 def test_mount_settings_round_trip_through_volume_context() -> None:
     params = {"cache": "mem:1GiB; ssd:/var/cache/a,/var/cache/b:10GiB", "cacheLow": "0.6", "cacheHigh": "0.9",
-              "readahead": "8", "writeback": "true", "attrTimeout": "2", "entryTimeout": "3",
+              "cacheFreeRatio": "0.2", "readahead": "8", "writeback": "true", "attrTimeout": "2", "entryTimeout": "3",
               "fuseOptions": "max_read=131072"}
     parsed = settings.parse(params)
     assert settings.parse(parsed.context()) == parsed
@@ -109,12 +116,18 @@ def test_mount_settings_round_trip_through_volume_context() -> None:
     assert args[args.index("-o") + 1] == "allow_other,max_read=131072"
     assert args[:4] == ["--cache", "mem:1GiB", "--cache", "ssd:/var/cache/a,/var/cache/b:10GiB"]
     assert "--writeback" in args
+    for flag, value in (("--cache-low", "0.6"), ("--cache-high", "0.9"), ("--cache-free-ratio", "0.2"),
+                        ("--readahead", "8")):
+        assert args[args.index(flag) + 1] == value
 
 
 @pytest.mark.parametrize("params", [
     {"cache": "disk:1G"}, {"cache": "ssd:relative/dir:1G"}, {"cache": "mem:lots"},
     {"cacheLow": "1.5"}, {"readahead": "-1"}, {"writeback": "maybe"},
     {"fuseOptions": "allow_other"}, {"fuseOptions": "a;rm -rf /"}, {"cacheLow": "0.9", "cacheHigh": "0.5"},
+    # the cache's own rules: 0 < low < high <= 1 (defaults 0.7/0.95 fill in), free ratio in [0, 1)
+    {"cacheLow": "0.8", "cacheHigh": "0.8"}, {"cacheLow": "0.97"}, {"cacheHigh": "0.5"}, {"cacheLow": "0"},
+    {"cache": "mem:1G", "cacheFreeRatio": "1"}, {"cacheFreeRatio": "x"}, {"cache": "mem:/x:1G"},
 ])
 def test_bad_mount_settings_are_invalid_argument(params: dict[str, str]) -> None:
     with pytest.raises(CsiError) as info:
@@ -198,3 +211,59 @@ def test_log_records_are_scrubbed(caplog: pytest.LogCaptureFixture) -> None:
     assert len(seen) == 1
     assert "pw123" not in seen[0] and "s3cr3t-value" not in seen[0] and "pw456" not in seen[0]
     assert "redis://u:****@h:1/0" in seen[0]
+
+
+# -- node records --------------------------------------------------------------------------
+def test_publish_records_compare_the_spec_arguments(tmp_path: Path) -> None:
+    """A second publish at the same target must ask for the same readonly flag, mount flags and
+    access mode; records written before the access mode was kept (mode 0) match any mode."""
+    rw = PublishRecord(False, ["noatime"], created=True, mode=Mode.MULTI_NODE_MULTI_WRITER)
+    assert rw.same_request(PublishRecord(False, ["noatime"], created=False, mode=Mode.MULTI_NODE_MULTI_WRITER))
+    assert not rw.same_request(replace(rw, readonly=True))
+    assert not rw.same_request(replace(rw, flags=["noatime", "noexec"]))
+    assert not rw.same_request(replace(rw, mode=Mode.SINGLE_NODE_WRITER))
+    state = NodeState(tmp_path)
+    state.save_volume(VolumeRecord("vol-1", "key", "/", "/staging", False, [], publishes={"/t": rw}))
+    path = next((tmp_path / "volumes").glob("*.json"))
+    older = json.loads(path.read_text())
+    del older["publishes"]["/t"]["mode"]
+    path.write_text(json.dumps(older))
+    loaded = NodeState(tmp_path).volume("vol-1")
+    assert loaded is not None and loaded.publishes["/t"].mode == 0
+    assert loaded.publishes["/t"].same_request(replace(rw, mode=Mode.SINGLE_NODE_WRITER))
+
+
+# -- the driver's mount settings against the real `fusecache mount` parser --------------------
+def _parse_mount(extra: list[str]) -> argparse.Namespace:
+    return build_parser().parse_args(["mount", "redis://127.0.0.1:6379/1", "/mnt/x", *extra])
+
+
+def _mount_has_cache_flags() -> bool:
+    try:
+        _parse_mount(["--cache", "mem:1GiB"])
+    except CliError:
+        return False
+    return True
+
+
+def test_mount_args_without_cache_are_accepted_by_fusecache_mount() -> None:
+    parsed = settings.parse({"readahead": "8", "attrTimeout": "2", "entryTimeout": "3",
+                             "fuseOptions": "max_read=131072"})
+    args = _parse_mount(parsed.mount_args())
+    assert (args.readahead, args.attr_timeout, args.entry_timeout) == (8, 2.0, 3.0)
+
+
+@pytest.mark.skipif(not _mount_has_cache_flags(), reason="`fusecache mount` has no tiered cache flags (--cache) yet")
+def test_every_cache_setting_maps_to_a_fusecache_mount_flag() -> None:
+    parsed = settings.parse({"cache": "mem:1GiB;ssd:/var/cache/a,/var/cache/b:10GiB", "cacheLow": "0.6",
+                             "cacheHigh": "0.9", "cacheFreeRatio": "0.2", "readahead": "8", "writeback": "true"})
+    _parse_mount(parsed.mount_args())  # a flag it does not know fails with CliError
+    options = {o for action in _mount_parser()._actions for o in action.option_strings}
+    emitted = {a for a in parsed.mount_args() if a.startswith("--")}
+    assert emitted <= options
+    assert {"--cache", "--cache-low", "--cache-high", "--cache-free-ratio", "--writeback", "--readahead"} <= emitted
+
+
+def _mount_parser() -> argparse.ArgumentParser:
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices["mount"]
