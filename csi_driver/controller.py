@@ -119,13 +119,14 @@ class ControllerService(pb_grpc.ControllerServicer):
             raise invalid("mutable_parameters are not supported")
         mount_settings.check_parameters(request.parameters)
         capacity = requested_capacity(request.capacity_range)
+        context_attrs = mount_settings.parse(request.parameters).context()
         fs = self._filesystem(request.secrets, request.parameters)
         meta, fs_settings = self.metas.open_or_format(fs)
         volume_id = make_id(fs_settings.uuid, request.name)
         existing = volumes.find(meta, volume_id.dir)
         if existing is None:
             try:
-                existing = volumes.create(meta, volume_id.dir, request.name, capacity)
+                existing = volumes.create(meta, volume_id.dir, request.name, capacity, context_attrs)
                 log.info("created volume %s (%s bytes) for %r", volume_id, capacity or "unlimited", request.name)
             except FsError as exc:
                 if exc.errno != errno.EEXIST:
@@ -138,7 +139,9 @@ class ControllerService(pb_grpc.ControllerServicer):
             raise already_exists(
                 f"volume {request.name!r} exists with capacity {existing.capacity or 'unlimited'}, "
                 "which does not fit the requested capacity_range")
-        context_attrs = mount_settings.parse(request.parameters).context()
+        if existing.context is not None and existing.context != context_attrs:
+            # Its PV carries the settings it was created with; other ones would be a new volume.
+            raise already_exists(f"volume {request.name!r} exists with other mount parameters")
         return pb.CreateVolumeResponse(volume=pb.Volume(
             volume_id=str(volume_id), capacity_bytes=existing.capacity, volume_context=context_attrs))
 

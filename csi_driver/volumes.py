@@ -2,8 +2,10 @@
 
 Layout and invariants:
 - A dynamic volume is a top-level directory `/<dir>` (see `volume_id.dir_name`) carrying the
-  xattr MARKER = JSON {"name": <CSI name>}. Only directories with the marker are volumes:
-  ListVolumes skips everything else and DeleteVolume refuses to remove an unmarked one.
+  xattr MARKER = JSON {"name": <CSI name>, "context": <mount settings it was created with>}.
+  Only directories with the marker are volumes: ListVolumes skips everything else and
+  DeleteVolume refuses to remove an unmarked one. ("context" is absent in markers written
+  before it was kept; such volumes accept any settings on a repeated CreateVolume.)
 - Its capacity is the directory quota's `max_bytes` (0 = no quota, unlimited).
 - Creation is atomic: the directory is built as `/.csi-creating-<dir>` (marker, quota) and
   renamed into place with RENAME_NOREPLACE, so a crash leaves either nothing visible or a
@@ -36,6 +38,7 @@ class VolumeDir:
     name: str  # CSI name from the marker; "" when the directory is not a CSI volume
     capacity: int  # quota bytes, 0 = unlimited
     max_inodes: int = 0
+    context: dict[str, str] | None = None  # volume context recorded at creation, if any
 
     @property
     def is_volume(self) -> bool:
@@ -51,25 +54,29 @@ def _lookup(meta: Meta, parent: int, name: str) -> Attr | None:
         raise
 
 
-def _marker_name(meta: Meta, ino: int) -> str:
+def _marker(meta: Meta, ino: int) -> tuple[str, dict[str, str] | None]:
+    """(CSI name, recorded volume context) from the marker; ("", None) when unmarked."""
     try:
         raw = meta.getxattr(ino, MARKER)
     except FsError as exc:
         if exc.errno in (errno.ENODATA, errno.ENOENT):
-            return ""
+            return "", None
         raise
     try:
-        return str(json.loads(raw)["name"])
-    except (ValueError, KeyError, TypeError):
-        return ""
+        data = json.loads(raw)
+        context = data.get("context")
+        return str(data["name"]), {str(k): str(v) for k, v in context.items()} if context is not None else None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return "", None
 
 
 def _describe(meta: Meta, dir_name: str, attr: Attr) -> VolumeDir:
     if not attr.is_dir:
         return VolumeDir(dir_name, attr.ino, "", 0)
     quota = meta.get_quota(attr.ino)
-    return VolumeDir(dir_name, attr.ino, _marker_name(meta, attr.ino),
-                     quota.max_bytes if quota else 0, quota.max_inodes if quota else 0)
+    name, context = _marker(meta, attr.ino)
+    return VolumeDir(dir_name, attr.ino, name, quota.max_bytes if quota else 0,
+                     quota.max_inodes if quota else 0, context)
 
 
 def find(meta: Meta, dir_name: str) -> VolumeDir | None:
@@ -78,7 +85,8 @@ def find(meta: Meta, dir_name: str) -> VolumeDir | None:
     return None if attr is None else _describe(meta, dir_name, attr)
 
 
-def create(meta: Meta, dir_name: str, csi_name: str, capacity: int) -> VolumeDir:
+def create(meta: Meta, dir_name: str, csi_name: str, capacity: int,
+           context: dict[str, str] | None = None) -> VolumeDir:
     """Create volume `/<dir_name>`; raises FsError(EEXIST) if it appeared meanwhile."""
     staging = CREATING_PREFIX + dir_name
     attr = _lookup(meta, ROOT_INO, staging)
@@ -89,14 +97,14 @@ def create(meta: Meta, dir_name: str, csi_name: str, capacity: int) -> VolumeDir
             if exc.errno != errno.EEXIST:
                 raise
             attr = meta.lookup(ROOT_INO, staging.encode())
-    marker = json.dumps({"name": csi_name, "created": round(time.time())}).encode()
+    marker = json.dumps({"name": csi_name, "created": round(time.time()), "context": context or {}}).encode()
     meta.setxattr(attr.ino, MARKER, marker)
     if capacity:
         meta.set_quota(attr.ino, capacity, 0)
     else:
         _drop_quota(meta, attr.ino)  # a leftover from an earlier attempt with a size
     meta.rename(ROOT_INO, staging.encode(), ROOT_INO, dir_name.encode(), RENAME_NOREPLACE)
-    return VolumeDir(dir_name, attr.ino, csi_name, capacity)
+    return VolumeDir(dir_name, attr.ino, csi_name, capacity, context=dict(context or {}))
 
 
 def _drop_quota(meta: Meta, ino: int) -> None:

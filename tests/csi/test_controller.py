@@ -113,6 +113,26 @@ def test_create_is_idempotent_and_rejects_a_different_size(driver: Driver, meta:
     assert quota is not None and quota.max_bytes == GiB  # unchanged
 
 
+
+def test_create_again_with_other_mount_parameters_is_already_exists(driver: Driver, meta: Meta) -> None:
+    """The spec's idempotency covers parameters too: the PV carries the settings the volume was
+    created with, so a repeat asking for others is another volume of the same name."""
+    params = {"readahead": "2", "csi.storage.k8s.io/pvc/name": "data"}
+    first = create(driver, "pvc-params", required=GiB, parameters=params)
+    # Kubernetes' own keys and an order change are not a difference.
+    assert create(driver, "pvc-params", required=GiB,
+                  parameters={"csi.storage.k8s.io/pvc/name": "other", "readahead": "2"}) == first
+    for other in ({"readahead": "3"}, {}, {"readahead": "2", "sharedClient": "false"}):
+        assert code_of(driver.s.controller.CreateVolume, pb.CreateVolumeRequest(
+            name="pvc-params", volume_capabilities=[MOUNT_CAP], parameters=other,
+            capacity_range=pb.CapacityRange(required_bytes=GiB))) == grpc.StatusCode.ALREADY_EXISTS, other
+    marker = json.loads(meta.getxattr(meta.lookup(ROOT_INO, b"pvc-params").ino, b"trusted.csi.fusecache.io"))
+    assert marker["context"] == {"readahead": "2"}
+    # A volume whose marker predates the recorded context accepts any settings.
+    ino = meta.lookup(ROOT_INO, b"pvc-params").ino
+    meta.setxattr(ino, b"trusted.csi.fusecache.io", json.dumps({"name": "pvc-params"}).encode())
+    assert create(driver, "pvc-params", required=GiB, parameters={"readahead": "3"}).volume_context["readahead"] == "3"
+
 def test_create_without_capacity_has_no_quota(driver: Driver, meta: Meta) -> None:
     volume = create(driver, "pvc-unlimited")
     assert volume.capacity_bytes == 0
