@@ -116,10 +116,14 @@ def _check_cache(settings: MountSettings) -> None:
     try:
         if not settings.cache and limits:
             TierConfig("mem", 1, **limits)  # the watermarks alone must still make sense
-        for tier in settings.cache:
-            config = parse_cache_spec(tier, **limits)
+        tiers = [parse_cache_spec(tier, **limits) for tier in settings.cache]
+        for tier, config in zip(settings.cache, tiers, strict=True):
             if any(not path.startswith("/") for path in config.paths):
                 raise ValueError(f"directories of {tier!r} must be absolute paths")
+        if sum(t.medium == "mem" for t in tiers) > 1:
+            raise ValueError("at most one mem tier")
+        if settings.writeback and not any(t.medium == "ssd" for t in tiers):
+            raise ValueError("writeback stages blocks on disk: it needs an ssd tier in 'cache'")
     except ValueError as exc:
         raise invalid(f"cache settings: {exc}") from None
 

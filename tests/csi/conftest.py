@@ -33,3 +33,11 @@ def driver(fs_meta_url: str, workdir: Path) -> Iterator[Driver]:
     with running_driver(workdir / "driver", "--nodeid", NODE_ID, "--mode", "all",
                         "--meta-url", fs_meta_url, "--check-interval", "60") as running:
         yield running
+
+
+@pytest.fixture
+def plugins(workdir: Path) -> Iterator[tuple[Driver, Driver]]:
+    """A controller plugin and a node plugin, without any default filesystem."""
+    with running_driver(workdir / "controller", "--mode", "controller") as controller, \
+            running_driver(workdir / "node", "--mode", "node", "--nodeid", NODE_ID, "--check-interval", "300") as node:
+        yield controller, node

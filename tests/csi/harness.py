@@ -196,3 +196,15 @@ def format_fs(meta_url: str, workdir: Path, name: str = "csivol") -> Path:
     objects = workdir / "objects"
     run_cli("format", meta_url, name, "--storage", "file", "--bucket", str(objects))
     return objects
+
+
+def mount_has_cache_flags() -> bool:
+    """Does `fusecache mount` take the tiered cache flags (--cache …)?"""
+    from fusecache.cli.main import build_parser
+    from fusecache.errors import CliError
+
+    try:
+        build_parser().parse_args(["mount", "redis://127.0.0.1:6379/1", "/mnt/x", "--cache", "mem:1GiB"])
+    except CliError:
+        return False
+    return True

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
@@ -20,7 +19,7 @@ from csi_driver._proto import csi_pb2 as pb
 from csi_driver.mountinfo import mounts_under
 from fusecache.meta import open_meta
 from fusecache.types import ROOT_INO
-from tests.csi.harness import NODE_ID, Driver, capability, pid_alive, running_driver
+from tests.csi.harness import Driver, capability, pid_alive
 from tests.servers import S3Server
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
@@ -52,14 +51,6 @@ def block_keys(s3: S3Server, bucket: str, volume_name: str) -> list[str]:
                           aws_secret_access_key=s3.secret_key, region_name="us-east-1")
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{volume_name}/blocks/")
     return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
-
-
-@pytest.fixture
-def plugins(workdir: Path) -> Iterator[tuple[Driver, Driver]]:
-    """A controller plugin and a node plugin, without any default filesystem."""
-    with running_driver(workdir / "controller", "--mode", "controller") as controller, \
-            running_driver(workdir / "node", "--mode", "node", "--nodeid", NODE_ID, "--check-interval", "300") as node:
-        yield controller, node
 
 
 def test_kubernetes_lifecycle(plugins: tuple[Driver, Driver], meta_url: str, s3_server: S3Server,

@@ -21,8 +21,7 @@ from csi_driver.mounts import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, mount_f
 from csi_driver.state import NodeState, PublishRecord, VolumeRecord
 from csi_driver.volume_id import dir_name, fs_tag, make_id, parse_id
 from fusecache.cli.main import build_parser
-from fusecache.errors import CliError
-from tests.csi.harness import capability
+from tests.csi.harness import capability, mount_has_cache_flags
 
 Mode = pb.VolumeCapability.AccessMode
 
@@ -128,6 +127,7 @@ def test_mount_settings_round_trip_through_volume_context() -> None:
     # the cache's own rules: 0 < low < high <= 1 (defaults 0.7/0.95 fill in), free ratio in [0, 1)
     {"cacheLow": "0.8", "cacheHigh": "0.8"}, {"cacheLow": "0.97"}, {"cacheHigh": "0.5"}, {"cacheLow": "0"},
     {"cache": "mem:1G", "cacheFreeRatio": "1"}, {"cacheFreeRatio": "x"}, {"cache": "mem:/x:1G"},
+    {"cache": "mem:1G;mem:2G"}, {"writeback": "true"}, {"cache": "mem:1G", "writeback": "true"},
 ])
 def test_bad_mount_settings_are_invalid_argument(params: dict[str, str]) -> None:
     with pytest.raises(CsiError) as info:
@@ -238,14 +238,6 @@ def _parse_mount(extra: list[str]) -> argparse.Namespace:
     return build_parser().parse_args(["mount", "redis://127.0.0.1:6379/1", "/mnt/x", *extra])
 
 
-def _mount_has_cache_flags() -> bool:
-    try:
-        _parse_mount(["--cache", "mem:1GiB"])
-    except CliError:
-        return False
-    return True
-
-
 def test_mount_args_without_cache_are_accepted_by_fusecache_mount() -> None:
     parsed = settings.parse({"readahead": "8", "attrTimeout": "2", "entryTimeout": "3",
                              "fuseOptions": "max_read=131072"})
@@ -253,7 +245,7 @@ def test_mount_args_without_cache_are_accepted_by_fusecache_mount() -> None:
     assert (args.readahead, args.attr_timeout, args.entry_timeout) == (8, 2.0, 3.0)
 
 
-@pytest.mark.skipif(not _mount_has_cache_flags(), reason="`fusecache mount` has no tiered cache flags (--cache) yet")
+@pytest.mark.skipif(not mount_has_cache_flags(), reason="`fusecache mount` has no tiered cache flags (--cache) yet")
 def test_every_cache_setting_maps_to_a_fusecache_mount_flag() -> None:
     parsed = settings.parse({"cache": "mem:1GiB;ssd:/var/cache/a,/var/cache/b:10GiB", "cacheLow": "0.6",
                              "cacheHigh": "0.9", "cacheFreeRatio": "0.2", "readahead": "8", "writeback": "true"})
