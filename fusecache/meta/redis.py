@@ -70,6 +70,7 @@ from ..types import (
     VolumeSettings,
 )
 from . import lua
+from .aio import DirectAddress, MetaRequest
 from .base import MAX_NAME, MAX_XATTR_NAME, RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE, Meta
 from .codec import (
     entry_ino,
@@ -291,6 +292,39 @@ class RedisMeta(Meta):
         _check_name(name)
         res = self._run("LOOKUP", [self._dk(parent)], [parent, name])
         return unpack_attr(int(res[1]), res[2])
+
+    # -- the same reads for a non-blocking client (meta/aio.py) --------------------------
+    def direct_address(self) -> DirectAddress | None:
+        """Where a non-blocking client may send requests: plain standalone Redis only."""
+        if not isinstance(self._r, redis.Redis):
+            return None
+        pool = self._r.connection_pool
+        if pool.connection_class is not redis.Connection:
+            return None  # TLS, unix sockets, Sentinel-managed: keep the blocking client
+        kw = pool.connection_kwargs
+        return DirectAddress(kw.get("host", "localhost"), int(kw.get("port", 6379)), int(kw.get("db", 0)),
+                             kw.get("username"), kw.get("password"))
+
+    def lookup_request(self, parent: int, name: bytes) -> MetaRequest | None:
+        if name in (b".", b".."):
+            return None
+        _check_name(name)
+
+        def decode(res: list[Any]) -> Attr:
+            if res[0] > 0:
+                raise FsError(res[0])
+            return unpack_attr(int(res[1]), res[2])
+
+        script = self._scripts["LOOKUP"]
+        return MetaRequest(("EVALSHA", script.sha, 1, self._dk(parent), self._p, parent, name), decode)
+
+    def getattr_request(self, ino: int) -> MetaRequest:
+        def decode(raw: bytes | None) -> Attr:
+            if raw is None:
+                raise FsError(errno.ENOENT)
+            return unpack_attr(ino, raw)
+
+        return MetaRequest(("GET", self._ik(ino)), decode)
 
     def _get_dir(self, ino: int) -> Attr:
         attr = self._get_attr(ino)
