@@ -124,7 +124,7 @@ class AsyncRedis:
 
 
 class FastReads:
-    """lookup/getattr over `AsyncRedis` when the engine supports it, else in a thread.
+    """lookup/getattr/read over `AsyncRedis` when the engine supports it, else in a thread.
 
     `blocking(fn, *args)` is the caller's way to run an engine method in a worker thread
     (with its error translation)."""
@@ -158,3 +158,7 @@ class FastReads:
     async def getattr(self, ino: int) -> Any:
         request = self.meta.getattr_request(ino) if self.client is not None else None
         return await self._run(request, self.meta.getattr, ino)
+
+    async def read(self, ino: int, chunk_index: int) -> Any:
+        request = self.meta.read_request(ino, chunk_index) if self.client is not None else None
+        return await self._run(request, self.meta.read, ino, chunk_index)

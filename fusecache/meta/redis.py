@@ -326,6 +326,10 @@ class RedisMeta(Meta):
 
         return MetaRequest(("GET", self._ik(ino)), decode)
 
+    def read_request(self, ino: int, chunk_index: int) -> MetaRequest:
+        return MetaRequest(("LRANGE", self._ck(ino, chunk_index), 0, -1),
+                           lambda raws: [unpack_slice(raw) for raw in raws])
+
     def _get_dir(self, ino: int) -> Attr:
         attr = self._get_attr(ino)
         if not attr.is_dir:

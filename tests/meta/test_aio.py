@@ -11,7 +11,7 @@ import trio
 from fusecache.errors import FsError
 from fusecache.meta import open_meta
 from fusecache.meta.aio import AsyncRedis, FastReads, pack_command
-from fusecache.types import ROOT_INO, VolumeSettings
+from fusecache.types import ROOT_INO, Slice, VolumeSettings
 from tests.servers import start_redis
 
 
@@ -43,6 +43,10 @@ def test_fast_reads_match_engine(meta_url: str) -> None:
             assert await reads.lookup(d.ino, b"file") == f
             assert await reads.getattr(f.ino) == meta.getattr(f.ino)
             assert reads.fast == before + 2
+            piece = Slice(0, meta.reserve_slice_ids(1), 10, 0, 10)
+            meta.write(f.ino, 0, piece, 1)
+            assert await reads.read(f.ino, 0) == [piece] == meta.read(f.ino, 0)
+            assert await reads.read(f.ino, 5) == []
             for fn, args, err in [
                 (reads.lookup, (d.ino, b"missing"), errno.ENOENT),
                 (reads.lookup, (f.ino, b"x"), errno.ENOTDIR),
