@@ -31,8 +31,10 @@ def run(args: argparse.Namespace) -> int:
     doc = {
         "setting": settings.masked(),
         "usage": {
-            "used_bytes": max(0, usage.total_bytes - usage.avail_bytes) if settings.capacity else None,
+            "used_bytes": max(0, usage.total_bytes - usage.avail_bytes),
             "used_inodes": usage.used_inodes,
+            "capacity_bytes": settings.capacity or None,
+            "max_inodes": settings.inodes or None,
         },
         "sessions": [
             {

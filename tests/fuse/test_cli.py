@@ -106,6 +106,9 @@ def test_status_masks_secrets_and_lists_sessions(meta_url: str, tmp_path: Path, 
         assert doc["setting"]["secret_key"] == "****"
         assert [s["mountpoint"] for s in doc["sessions"]] == [str(m.path)]
         assert doc["sessions"][0]["pid"] == m.pid
+        (m.path / "f").write_bytes(b"x" * 5000)
+        usage = json.loads(run_cli("status", meta_url).stdout)["usage"]
+        assert usage["used_bytes"] >= 5000 and usage["used_inodes"] == 1
         m.umount()
         assert json.loads(run_cli("status", meta_url).stdout)["sessions"] == []
     finally:
