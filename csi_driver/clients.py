@@ -101,7 +101,8 @@ class FuseClients:
         _rotate(record.log)
         if top_mount(record.mountpoint) is not None:
             unmount_stack(record.mountpoint, only=(FUSECACHE_FSTYPE,))  # a dead predecessor
-        args = ["mount", fs.meta_url, record.mountpoint, *settings.mount_args(), "--log", record.log]
+        args = ["mount", fs.meta_url, record.mountpoint, *settings.mount_args(cache_subdir=record.key),
+                "--log", record.log]
         if record.subdir != "/":
             args += ["--subdir", record.subdir]
         log.info("starting FUSE client %s for %s at %s", record.key, fs.meta_url, record.mountpoint)

@@ -54,11 +54,12 @@ class MountSettings:
     fuse_options: tuple[str, ...] = ()
     shared: bool = True
 
-    def mount_args(self) -> list[str]:
-        """Options for `fusecache mount` (after META_URL MOUNTPOINT)."""
+    def mount_args(self, cache_subdir: str = "") -> list[str]:
+        """Options for `fusecache mount` (after META_URL MOUNTPOINT); `cache_subdir` is
+        appended to every ssd directory (see `client_cache_tier`)."""
         args: list[str] = []
         for tier in self.cache:
-            args += ["--cache", tier]
+            args += ["--cache", client_cache_tier(tier, cache_subdir) if cache_subdir else tier]
         for flag, value in (("--cache-low", self.cache_low), ("--cache-high", self.cache_high),
                             ("--cache-free-ratio", self.cache_free_ratio),
                             ("--readahead", self.readahead), ("--attr-timeout", self.attr_timeout),
@@ -99,6 +100,21 @@ def _number(key: str, value: str, low: float | None = None, high: float | None =
     if (low is not None and number < low) or (high is not None and number > high):
         raise invalid(f"{key} must be within [{low}, {high}]")
     return value
+
+
+def client_cache_tier(tier: str, subdir: str) -> str:
+    """An ssd tier with `subdir` appended to each of its directories (mem tiers unchanged).
+
+    A cache directory serves one client process only (the cache takes an exclusive lock on
+    it), but one StorageClass may start several clients on a node (`sharedClient: "false"`,
+    or two classes with other settings naming the same disk): each client gets a directory
+    of its own below the one configured, named by its client key, so it is the same one
+    across restarts of that client and its cache stays warm."""
+    medium, _, rest = tier.partition(":")
+    if medium.strip().lower() != "ssd":
+        return tier
+    paths, _, size = rest.rpartition(":")
+    return f"{medium}:{','.join(posixpath.join(p.strip(), subdir) for p in paths.split(','))}:{size}"
 
 
 def _cache_tiers(raw: str) -> tuple[str, ...]:

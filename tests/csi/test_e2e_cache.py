@@ -67,9 +67,11 @@ def test_volume_with_tiered_cache_settings(plugins: tuple[Driver, Driver], meta_
             volume_id=volume.volume_id, staging_target_path=str(staging), target_path=str(target),
             volume_capability=cap, readonly=readonly, volume_context=volume.volume_context), timeout=120)
 
-    # The client runs with exactly the flags of the parameters.
+    # The client runs with exactly the flags of the parameters (its ssd directory is its own
+    # below the configured one).
     argv = client_argv(node)
-    assert flag_values(argv, "--cache") == ["mem:16MiB", f"ssd:{ssd}:256MiB"]
+    key = str(node.client_records()[0]["key"])
+    assert flag_values(argv, "--cache") == ["mem:16MiB", f"ssd:{ssd}/{key}:256MiB"]
     assert (flag_values(argv, "--cache-low"), flag_values(argv, "--cache-high")) == (["0.5"], ["0.9"])
     assert flag_values(argv, "--cache-free-ratio") == ["0.01"] and flag_values(argv, "--readahead") == ["2"]
     assert "--writeback" in argv
@@ -79,7 +81,7 @@ def test_volume_with_tiered_cache_settings(plugins: tuple[Driver, Driver], meta_
     assert wrote.returncode == 0, wrote.stderr
     read = pod("read", str(reader / "data.bin"))
     assert read.returncode == 0 and read.stdout == wrote.stdout
-    assert files_under(ssd), "the ssd tier holds the written blocks"
+    assert files_under(ssd / key), "the ssd tier holds the written blocks"
     deadline = time.monotonic() + 60
     while len(block_keys(s3_server, bucket, "cache-fs")) < 7:  # 6 MiB + 123 bytes in 1 MiB blocks
         assert time.monotonic() < deadline, "writeback uploads did not reach the bucket"
@@ -105,3 +107,35 @@ def test_volume_with_tiered_cache_settings(plugins: tuple[Driver, Driver], meta_
     controller.s.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=volume.volume_id, secrets=secrets),
                                          timeout=120)
     assert block_keys(s3_server, bucket, "cache-fs") == []
+
+
+def test_dedicated_clients_get_their_own_ssd_directories(driver: Driver, workdir: Path) -> None:
+    """sharedClient=false starts one client per volume with the same cache settings; a cache
+    directory serves one process only, so each client gets its own below the configured one."""
+    ssd = workdir / "ssd-cache"
+    params = {"cache": f"mem:8MiB;ssd:{ssd}:64MiB", "writeback": "true", "sharedClient": "false"}
+    volumes = [driver.s.controller.CreateVolume(pb.CreateVolumeRequest(
+        name=name, volume_capabilities=[capability()], parameters=params,
+        capacity_range=pb.CapacityRange(required_bytes=32 * MiB)), timeout=60).volume for name in ("pvc-d1", "pvc-d2")]
+    digests = {}
+    for n, volume in enumerate(volumes):
+        staging = workdir / "staging" / str(n)
+        driver.s.node.NodeStageVolume(pb.NodeStageVolumeRequest(
+            volume_id=volume.volume_id, staging_target_path=str(staging), volume_capability=capability(),
+            volume_context=volume.volume_context), timeout=120)
+        wrote = pod("write", str(staging / "f.bin"), str(3 * MiB), str(n))
+        assert wrote.returncode == 0, wrote.stderr
+        digests[n] = wrote.stdout
+    keys = sorted(str(r["key"]) for r in driver.client_records())
+    assert len(keys) == 2
+    assert sorted(p.name for p in ssd.iterdir()) == keys
+    for key in keys:
+        assert files_under(ssd / key), f"client {key} does not use its ssd directory"
+        log = (driver.state_dir / "logs" / f"{key}.log").read_text()
+        assert "in use by process" not in log
+    for n, volume in enumerate(volumes):
+        staging = workdir / "staging" / str(n)
+        assert pod("read", str(staging / "f.bin")).stdout == digests[n]
+        driver.s.node.NodeUnstageVolume(pb.NodeUnstageVolumeRequest(
+            volume_id=volume.volume_id, staging_target_path=str(staging)), timeout=120)
+    assert driver.client_records() == []

@@ -118,6 +118,11 @@ def test_mount_settings_round_trip_through_volume_context() -> None:
     for flag, value in (("--cache-low", "0.6"), ("--cache-high", "0.9"), ("--cache-free-ratio", "0.2"),
                         ("--readahead", "8")):
         assert args[args.index(flag) + 1] == value
+    # A client's own directories below the ssd ones; everything else is the same.
+    own = parsed.mount_args(cache_subdir="0123abcd")
+    assert own[:4] == ["--cache", "mem:1GiB", "--cache", "ssd:/var/cache/a/0123abcd,/var/cache/b/0123abcd:10GiB"]
+    assert own[4:] == args[4:]
+    assert settings.client_cache_tier("ssd:/x:y/z:1G", "k") == "ssd:/x:y/z/k:1G"  # ':' in a directory
 
 
 @pytest.mark.parametrize("params", [
