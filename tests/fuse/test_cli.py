@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -174,3 +175,53 @@ def test_usage_errors(cmd: list[str]) -> None:
     result = subprocess.run([*CLI, *cmd], capture_output=True, text=True)
     assert_clean_failure(result)
     assert result.returncode == 2
+
+
+def test_mount_needs_only_the_meta_url_and_env_overrides_credentials(
+    meta_url: str, tmp_path: Path, s3_server: S3Server, bucket_url: str
+) -> None:
+    vol = format_volume(meta_url, tmp_path, "s3", s3_server, bucket_url)
+    vol.env = {}  # mount with no credentials in the environment: the stored ones serve
+    try:
+        m = vol.mount()
+        (m.path / "f").write_bytes(b"stored credentials work")
+        m.umount()
+        result = run_cli("mount", meta_url, str(m.path), "-d", env={"SECRET_KEY": "an-override"}, check=False)
+        assert_clean_failure(result, "access denied")
+        assert "an-override" not in result.stderr
+    finally:
+        vol.cleanup()
+
+
+def test_format_force_replaces_settings_and_keeps_data(volume: Volume, tmp_path: Path) -> None:
+    m = volume.mount()
+    (m.path / "kept").write_bytes(b"data survives --force")
+    m.umount()
+    env = volume.env
+    bucket = volume.bucket
+    run_cli("format", volume.meta_url, "testvol", "--storage", volume.storage, "--bucket", bucket,
+            "--capacity", "1G", "--force", env=env)
+    doc = json.loads(run_cli("status", volume.meta_url).stdout)
+    assert doc["setting"]["capacity"] == 1 << 30
+    m2 = volume.mount()
+    assert (m2.path / "kept").read_bytes() == b"data survives --force"
+    assert os.statvfs(m2.path).f_blocks * os.statvfs(m2.path).f_frsize == 1 << 30
+
+
+def test_lazy_umount_detaches_while_a_file_is_open(volume: Volume) -> None:
+    m = volume.mount()
+    (m.path / "f").write_bytes(b"still readable")
+    with open(m.path / "f", "rb") as f:
+        run_cli("umount", str(m.path), "--lazy")
+        assert not os.path.ismount(m.path)
+        assert f.read() == b"still readable"
+    deadline = time.monotonic() + 15
+    while Path(f"/proc/{m.pid}").exists():  # the client ends by itself once the file is closed
+        assert time.monotonic() < deadline, "client still running after its lazy unmount completed"
+        time.sleep(0.1)
+
+
+def test_console_script_installed() -> None:
+    exe = Path(sys.executable).parent / "fusecache"
+    result = subprocess.run([str(exe), "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "format" in result.stdout and "mount" in result.stdout
