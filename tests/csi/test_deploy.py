@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -148,3 +149,64 @@ def test_dockerfile_installs_the_package_and_runs_the_driver() -> None:
     images = {c["image"] for kind in ("Deployment", "DaemonSet") for c in
               by_kind(kind)["spec"]["template"]["spec"]["containers"] if "fusecache" in c["image"]}
     assert images == {"fusecache/fusecache-csi:0.1.0"}
+
+
+# -- the README's Kubernetes section ----------------------------------------------------------
+def readme_section() -> str:
+    text = (REPO / "README.md").read_text()
+    return text.split("\n## Kubernetes\n", 1)[1].split("\n## ", 1)[0]
+
+
+def table_keys(section: str, header: str) -> set[str]:
+    """Backticked names in the first column of the table whose header row starts with `header`."""
+    lines = section.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {header} |"))
+    keys: set[str] = set()
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        keys.update(re.findall(r"`([^`]+)`", line.split("|")[1]))
+    return keys
+
+
+def test_readme_kubernetes_examples_are_valid_and_use_known_settings() -> None:
+    section = readme_section()
+    docs = [d for block in re.findall(r"```yaml\n(.*?)```", section, re.S) for d in yaml.safe_load_all(block) if d]
+    assert sorted(d["kind"] for d in docs) == ["PersistentVolume", "PersistentVolumeClaim", "PersistentVolumeClaim",
+                                               "Pod", "StorageClass"]
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    found = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    storage_class = found[("StorageClass", "fusecache")]
+    assert storage_class["provisioner"] == DEFAULT_DRIVER_NAME
+    settings.check_parameters(storage_class["parameters"])
+    assert settings.parse(storage_class["parameters"]).writeback
+    secret = by_kind("Secret", "fusecache-shared")["metadata"]
+    for kind in ("provisioner", "node-stage", "controller-expand"):
+        assert storage_class["parameters"][f"csi.storage.k8s.io/{kind}-secret-name"] == secret["name"]
+        assert storage_class["parameters"][f"csi.storage.k8s.io/{kind}-secret-namespace"] == secret["namespace"]
+    assert found[("PersistentVolumeClaim", "shared-data")]["spec"]["storageClassName"] == "fusecache"
+    pv = found[("PersistentVolume", "datasets")]["spec"]["csi"]
+    assert pv["driver"] == DEFAULT_DRIVER_NAME and pv["nodeStageSecretRef"]["name"] == secret["name"]
+    settings.parse(pv["volumeAttributes"])
+    assert settings.subdir_of(pv["volumeAttributes"]) == "/datasets"
+    assert found[("PersistentVolumeClaim", "datasets")]["spec"]["volumeName"] == "datasets"
+
+
+def test_readme_tables_list_exactly_the_keys_the_driver_knows() -> None:
+    section = readme_section()
+    assert table_keys(section, "key | `fusecache mount` flag") == set(settings.MOUNT_KEYS) | {settings.SUBDIR}
+    assert table_keys(section, "key | meaning") == {
+        fsref.SECRET_META_URL, fsref.SECRET_META_PASSWORD, fsref.SECRET_ACCESS_KEY, fsref.SECRET_SECRET_KEY,
+        *fsref.FORMAT_KEYS}
+    # Each flag the table names is the one the driver passes.
+    every = settings.parse({"cache": "mem:1GiB;ssd:/c:1GiB", "cacheLow": "0.5", "cacheHigh": "0.9",
+                            "cacheFreeRatio": "0.1", "readahead": "1", "writeback": "true", "attrTimeout": "1",
+                            "entryTimeout": "1", "fuseOptions": "max_read=131072"}).mount_args()
+    lines = section.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| key | `fusecache mount` flag |"))
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        for flag in re.findall(r"`(--?[a-z-]+)`", line.split("|")[2]):
+            assert flag in every, flag
