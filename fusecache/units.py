@@ -1,26 +1,39 @@
-"""Human-readable sizes: '4M', '4MiB', '10G', '512k', '1048576'."""
+"""Human-readable sizes, the one parser every command uses: '4M', '4MiB', '10G', '512k', '1048576'.
+
+Units are binary (K = 1024) with an optional `i`/`iB`/`B` suffix; a plain number is bytes.
+"""
 
 from __future__ import annotations
 
 import re
 
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(?:i?b)?\s*$", re.IGNORECASE)
+_SHIFTS = {"": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECASE)
 
 
-def parse_size(text: str) -> int:
-    """Bytes in a size string; binary multiples (K = 1024). ValueError on anything else."""
-    match = _SIZE.match(text)
+def parse_size(text: str | int) -> int:
+    """Bytes in a size such as `4GiB`, `512M`, `1.5g`, `100k`, `4096`. ValueError otherwise."""
+    if isinstance(text, int):
+        if text < 0:
+            raise ValueError(f"size must not be negative: {text}")
+        return text
+    match = _SIZE_RE.match(text)
     if not match:
-        raise ValueError(f"invalid size {text!r} (examples: 4M, 4MiB, 10G, 1048576)")
-    number, unit = match.groups()
-    return int(float(number) * _UNITS[unit.lower()])
+        raise ValueError(f"invalid size {text!r}: expected a number with an optional unit K/M/G/T "
+                         "(e.g. 512MiB, 4G, 100GiB, 4096)")
+    number, unit, suffix = match.groups()
+    if suffix.lower().startswith("i") and not unit:
+        raise ValueError(f"invalid size {text!r}: 'i' needs a unit before it (e.g. 4GiB)")
+    if not unit and "." in number:
+        raise ValueError(f"invalid size {text!r}: a size in bytes must be a whole number")
+    return int(float(number) * (1 << _SHIFTS[unit.lower()]))
 
 
 def format_size(n: int) -> str:
+    """A short binary size: 100B, 1.5MiB, 4.0GiB."""
     value = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{n}B" if unit == "B" else f"{value:.1f}{unit}"
         value /= 1024
-    return f"{n} B"
+    raise AssertionError("unreachable")

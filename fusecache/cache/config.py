@@ -12,42 +12,12 @@ The fields mirror Fluid's `tieredstore.levels` (mediumtype, path, quota, low, hi
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
+from fusecache.units import format_size, parse_size
+
 MEDIUMS = ("mem", "ssd")
-
-_UNITS = {"": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50}
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECASE)
-
-
-def parse_size(text: str | int) -> int:
-    """Bytes in a size such as `4GiB`, `512M`, `1.5g`, `100k`, `4096` (binary units)."""
-    if isinstance(text, int):
-        if text < 0:
-            raise ValueError(f"size must not be negative: {text}")
-        return text
-    match = _SIZE_RE.match(text)
-    if not match:
-        raise ValueError(f"invalid size {text!r}: expected a number with an optional unit K/M/G/T "
-                         "(e.g. 512MiB, 4G, 100GiB, 4096)")
-    number, unit, suffix = match.groups()
-    if suffix.lower().startswith("i") and not unit:
-        raise ValueError(f"invalid size {text!r}: 'i' needs a unit before it (e.g. 4GiB)")
-    value = float(number) * (1 << _UNITS[unit.lower()])
-    if not unit and "." in number:
-        raise ValueError(f"invalid size {text!r}: a size in bytes must be a whole number")
-    return int(value)
-
-
-def format_size(n: int) -> str:
-    """A short human-readable binary size: 4.0GiB, 512.0MiB, 100B."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{n}B" if unit == "B" else f"{value:.1f}{unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
+__all__ = ["MEDIUMS", "TierConfig", "format_size", "parse_cache_spec", "parse_size"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -253,13 +253,23 @@ class DiskTier:
     # ----------------------------------------------------------------- reads
 
     def get(self, key: str) -> bytes | None:
+        return self._read(key, record=True)
+
+    def read_staged(self, key: str) -> bytes | None:
+        """The data of a staged block, for its upload (no hit counted, no change of the
+        eviction order). None if the block is not staged here or its file is unreadable."""
+        return self._read(key, record=False, staged_only=True)
+
+    def _read(self, key: str, *, record: bool, staged_only: bool = False) -> bytes | None:
         for _ in range(3):  # a file moved by uploaded() is retried under its new name
             with self._lock:
                 entry = self._entries.get(key)
-                if entry is None or not entry.ready:
-                    self._misses += 1
+                if entry is None or not entry.ready or (staged_only and not entry.staged):
+                    if record:
+                        self._misses += 1
                     return None
-                self._evictable.touch(key)
+                if record:
+                    self._evictable.touch(key)
                 path = entry.path
             try:
                 data = blockfile.read_block(path, key, verify=self._verify)
@@ -283,18 +293,25 @@ class DiskTier:
                 if not entry.staged:  # a staged file is the only copy: keep it for a retry
                     self._drop(key, entry)
             else:
-                with self._lock:
-                    self._hits += 1
+                if record:
+                    with self._lock:
+                        self._hits += 1
                 return data
             break
-        with self._lock:
-            self._misses += 1
+        if record:
+            with self._lock:
+                self._misses += 1
         return None
 
     def contains(self, key: str) -> bool:
         with self._lock:
             entry = self._entries.get(key)
             return entry is not None and entry.ready
+
+    def is_staged(self, key: str) -> bool:
+        with self._lock:
+            entry = self._entries.get(key)
+            return entry is not None and entry.staged
 
     # ----------------------------------------------------------------- writes
 

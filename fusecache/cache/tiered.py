@@ -173,6 +173,19 @@ class TieredCache:
             if disk.uploaded(key):
                 return
 
+    def read_staged(self, key: str) -> bytes | None:
+        """A staged block's bytes, for its upload; None if it is no longer staged (uploaded
+        or removed meanwhile) or its file turned out unreadable. Counts no hit."""
+        for disk in self._disks:
+            data = disk.read_staged(key)
+            if data is not None:
+                return data
+        return None
+
+    def is_staged(self, key: str) -> bool:
+        """Whether the block is staged (dirty) in some tier, being written or ready."""
+        return any(disk.is_staged(key) for disk in self._disks)
+
     def pending_staged(self) -> list[str]:
         """Keys of staged blocks not yet uploaded, including those found at start-up."""
         keys: set[str] = set()

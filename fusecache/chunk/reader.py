@@ -6,7 +6,8 @@ readahead) wait for one load instead of fetching the block twice.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
 
 import trio
 
@@ -30,16 +31,51 @@ class _Load:
 
 
 class BlockLoader:
-    def __init__(self, chunks: ChunkStore, workers: Workers) -> None:
+    """Loads blocks through the chunk store, once per block at a time (single-flight).
+
+    It also keeps the blocks it returned most recently (`recent_bytes` of them): the kernel
+    asks for a block in several requests of up to 1 MiB, and without this each request of
+    an SSD-cached block would read and checksum the whole cache file again. Blocks are
+    immutable, so a remembered block is never stale.
+    """
+
+    def __init__(self, chunks: ChunkStore, workers: Workers, recent_bytes: int = 64 << 20) -> None:
         self.chunks = chunks
         self.workers = workers
         self._inflight: dict[BlockId, _Load] = {}
-        self.fetches = 0
+        self._recent: OrderedDict[BlockId, bytes] = OrderedDict()
+        self._recent_bytes = recent_bytes
+        self._recent_used = 0
+        self.fetches = 0  # loads started (cache or store)
+        self.recent_hits = 0
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
 
     def is_loading(self, block: BlockId) -> bool:
         return block in self._inflight
 
-    async def load(self, block: BlockId) -> bytes:
+    def is_ready(self, block: BlockId) -> bool:
+        """Whether the block is loading or was just loaded (a prefetch would add nothing)."""
+        return block in self._inflight or block in self._recent
+
+    def forget(self, blocks: Iterable[BlockId]) -> None:
+        for block in blocks:
+            data = self._recent.pop(block, None)
+            if data is not None:
+                self._recent_used -= len(data)
+
+    async def load(self, block: BlockId, *, keep: bool = True) -> bytes:
+        """The block's bytes. `keep=False` (warmup): do not remember it for readers."""
+        data = self._recent.get(block)
+        if data is not None:
+            self._recent.move_to_end(block)
+            self.recent_hits += 1
+            return data
+        return await self._load_once(block, keep)
+
+    async def _load_once(self, block: BlockId, keep: bool) -> bytes:
         pending = self._inflight.get(block)
         if pending is not None:
             await pending.done.wait()
@@ -48,8 +84,11 @@ class BlockLoader:
             assert pending.data is not None
             return pending.data
         pending = self._inflight[block] = _Load()
+        self.fetches += 1
         try:
             pending.data = await self.workers.io(self.chunks.load_block, *block)
+            if keep:
+                self._remember(block, pending.data)
             return pending.data
         except BaseException as exc:
             pending.error = exc
@@ -57,6 +96,25 @@ class BlockLoader:
         finally:
             del self._inflight[block]
             pending.done.set()
+
+    async def warm(self, block: BlockId) -> bool:
+        """Make sure the block is in the cache; True if it had to be fetched (or loaded)."""
+        if self.chunks.is_cached(*block):
+            return False
+        await self._load_once(block, keep=False)  # not from `recent`: it must reach the cache
+        return True
+
+    def _remember(self, block: BlockId, data: bytes) -> None:
+        if len(data) > self._recent_bytes:
+            return
+        old = self._recent.pop(block, None)
+        if old is not None:
+            self._recent_used -= len(old)
+        self._recent[block] = data
+        self._recent_used += len(data)
+        while self._recent_used > self._recent_bytes:
+            _, dropped = self._recent.popitem(last=False)
+            self._recent_used -= len(dropped)
 
 
 async def read_file_range(

@@ -1,138 +1,251 @@
 """Block I/O of slices: the one place that turns (slice id, block index) into object keys.
 
 Synchronous and thread-safe: the async reader/writer call it from worker threads. Every
-block goes through the block cache: reads look there first and admit what they fetch;
-writes admit what they upload (write-through), so a file just written reads back locally.
+block goes through the block cache (`fusecache.cache.TieredCache`):
+
+- reads look there first (MEM, then SSD tiers) and admit what they fetch from the store;
+- writes, by default, PUT the block and then admit it (write-through), so a file just
+  written reads back locally;
+- with `writeback`, a block is staged durably on an SSD tier instead and `upload_block`
+  returns at once; `writeback.Uploader` uploads it in the background (docs/cache.md).
+
+The cache is an accelerator only: any failure inside it is logged and treated as a miss (or
+as a refused admission), never passed to a reader or writer.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 from ..errors import FsError, ObjectNotFound, ObjectStoreError
 from ..layout import block_count, block_key, block_len, slice_keys
 from ..object.base import ObjectStore
+from .writeback import Uploader
 
 log = logging.getLogger(__name__)
+
+# A block committed by a writeback client on another node may not be uploaded yet: a missing
+# object is retried for this long before the read fails with EIO.
+MISSING_WAIT = 10.0
 
 
 class BlockCache(Protocol):
     """What the chunk store needs of a cache (fusecache.cache.TieredCache provides it)."""
 
+    @property
+    def can_stage(self) -> bool: ...
+
     def get(self, key: str) -> bytes | None: ...
 
     def put(self, key: str, data: bytes) -> None: ...
 
+    def contains(self, key: str) -> str | None: ...
+
     def remove(self, key: str) -> None: ...
 
+    def evict(self, keys: Iterable[str]) -> int: ...
 
-class NoCache:
-    def get(self, key: str) -> bytes | None:
-        return None
+    def stage(self, key: str, data: bytes) -> bool: ...
 
-    def put(self, key: str, data: bytes) -> None:
-        pass
+    def uploaded(self, key: str) -> None: ...
 
-    def remove(self, key: str) -> None:
-        pass
+    def read_staged(self, key: str) -> bytes | None: ...
+
+    def is_staged(self, key: str) -> bool: ...
+
+    def pending_staged(self) -> list[str]: ...
+
+    def stats(self) -> Any: ...  # CacheStats
+
+    def close(self) -> None: ...
+
+
+class StoreCounters:
+    """Object store traffic of this client (thread-safe counters)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.gets = self.get_bytes = self.puts = self.put_bytes = 0
+        self.get_errors = self.put_errors = 0
+
+    def add(self, **deltas: int) -> None:
+        with self._lock:
+            for name, delta in deltas.items():
+                setattr(self, name, getattr(self, name) + delta)
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return {"gets": self.gets, "get_bytes": self.get_bytes, "puts": self.puts,
+                    "put_bytes": self.put_bytes, "get_errors": self.get_errors,
+                    "put_errors": self.put_errors}
+
+
+def _block_length(key: str) -> int:
+    """The length a block key carries in its name (layout.block_key), 0 if unparseable."""
+    try:
+        return int(key.rsplit("_", 1)[1])
+    except (IndexError, ValueError):
+        return 0
 
 
 class ChunkStore:
-    def __init__(self, store: ObjectStore, volume: str, block_size: int, cache: BlockCache | None = None):
+    def __init__(self, store: ObjectStore, volume: str, block_size: int, cache: BlockCache | None = None,
+                 *, writeback: bool = False, upload_threads: int = 8, missing_wait: float = MISSING_WAIT) -> None:
         self.store = store
         self.volume = volume
         self.block_size = block_size
-        self.cache: BlockCache = cache or NoCache()
-        self.bytes_fetched = 0
-        self.bytes_uploaded = 0
+        self.cache = cache
+        self.writeback = writeback and cache is not None and cache.can_stage
+        self.missing_wait = missing_wait
+        self.counters = StoreCounters()
+        self.uploader: Uploader | None = None
+        if cache is not None and cache.can_stage:
+            # Also without --writeback: staged blocks left by an earlier writeback mount
+            # must still be uploaded.
+            self.uploader = Uploader(self._put_object, self.store.delete, cache, threads=upload_threads)
+        self._cache_failures: set[str] = set()
+
+    # ----------------------------------------------------------------- keys
 
     def key(self, slice_id: int, slice_size: int, index: int) -> str:
         return block_key(self.volume, slice_id, index, block_len(slice_size, self.block_size, index))
+
+    def blocks_of(self, slice_size: int) -> int:
+        return block_count(slice_size, self.block_size)
+
+    # ----------------------------------------------------------------- reads
 
     def load_block(self, slice_id: int, slice_size: int, index: int) -> bytes:
         """One whole block: from the cache, else from the object store (then cached).
 
         A missing or short object is EIO: a reader gets an error, never wrong bytes."""
         key = self.key(slice_id, slice_size, index)
-        data = self.cache.get(key)
+        data = self._cache_call("get", key)
         if data is not None:
             return data
-        expected = block_len(slice_size, self.block_size, index)
-        try:
-            data = self.store.get(key)
-        except ObjectNotFound:
-            log.error("block %s is missing from the object store", key)
-            raise FsError(5, f"block {key} is missing") from None
-        except ObjectStoreError as exc:
-            log.error("cannot read block %s: %s", key, exc)
-            raise FsError(5, str(exc)) from None
-        if len(data) != expected:
-            log.error("block %s has %d bytes, expected %d", key, len(data), expected)
-            raise FsError(5, f"block {key} is corrupt")
-        self.bytes_fetched += len(data)
-        self.cache.put(key, data)
+        data = self._fetch(key, block_len(slice_size, self.block_size, index))
+        self._cache_call("put", key, data)
         return data
 
-    def cached_block(self, slice_id: int, slice_size: int, index: int) -> bytes | None:
-        return self.cache.get(self.key(slice_id, slice_size, index))
+    def is_cached(self, slice_id: int, slice_size: int, index: int) -> bool:
+        return self._cache_call("contains", self.key(slice_id, slice_size, index)) is not None
+
+    def evict(self, keys: list[str]) -> int:
+        """Drop clean cached copies of these blocks (staged blocks stay)."""
+        return self._cache_call("evict", keys) or 0
+
+    def _fetch(self, key: str, expected: int) -> bytes:
+        deadline = time.monotonic() + self.missing_wait
+        delay = 0.1
+        while True:
+            try:
+                data = self.store.get(key)
+                break
+            except ObjectNotFound:
+                if time.monotonic() + delay > deadline:
+                    self.counters.add(get_errors=1)
+                    log.error("block %s is missing from the object store", key)
+                    raise FsError(5, f"block {key} is missing") from None
+                # Perhaps staged by a writeback client and not uploaded yet: wait a little.
+                log.info("block %s is not in the object store yet; retrying", key)
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+            except ObjectStoreError as exc:
+                self.counters.add(get_errors=1)
+                log.error("cannot read block %s: %s", key, exc)
+                raise FsError(5, str(exc)) from None
+        if len(data) != expected:
+            self.counters.add(get_errors=1)
+            log.error("block %s has %d bytes, expected %d", key, len(data), expected)
+            raise FsError(5, f"block {key} is corrupt")
+        self.counters.add(gets=1, get_bytes=len(data))
+        return data
+
+    # ----------------------------------------------------------------- writes
 
     def upload_block(self, slice_id: int, index: int, data: bytes) -> None:
         """Store one block of a slice being written. Only a slice's last block may be
-        shorter than the block size; its key carries its length."""
+        shorter than the block size; its key carries its length.
+
+        Write-through: returns once the store has the block. Writeback: returns once the
+        block is staged durably on disk (its upload follows in the background); if it cannot
+        be staged, it is uploaded synchronously as in write-through."""
         key = block_key(self.volume, slice_id, index, len(data))
+        if self.writeback and self.uploader is not None and self._cache_call("stage", key, data):
+            self.uploader.submit(key, len(data))
+            return
         try:
-            self.store.put(key, data)
+            self._put_object(key, data)
         except ObjectStoreError as exc:
             log.error("cannot upload block %s: %s", key, exc)
             raise FsError(5, str(exc)) from None
-        self.bytes_uploaded += len(data)
-        self.cache.put(key, bytes(data))
+        self._cache_call("put", key, bytes(data))
+
+    def _put_object(self, key: str, data: bytes) -> None:
+        try:
+            self.store.put(key, data)
+        except ObjectStoreError:
+            self.counters.add(put_errors=1)
+            raise
+        self.counters.add(puts=1, put_bytes=len(data))
+
+    def resume_uploads(self) -> int:
+        """Queue the staged blocks an earlier process left behind (crash, or an unmount that
+        could not reach the store). Returns how many."""
+        if self.uploader is None or self.cache is None:
+            return 0
+        keys = self._cache_call("pending_staged") or []
+        for key in keys:
+            self.uploader.submit(key, _block_length(key))
+        if keys:
+            log.warning("uploading %d staged blocks left by an earlier mount", len(keys))
+        return len(keys)
+
+    def cache_stats(self) -> dict[str, Any] | None:
+        stats = self._cache_call("stats")
+        return stats.to_dict() if stats is not None else None
+
+    def pending_uploads(self) -> tuple[int, int]:
+        return self.uploader.pending() if self.uploader is not None else (0, 0)
+
+    # ----------------------------------------------------------------- removal
 
     def remove_slice(self, slice_id: int, slice_size: int) -> None:
         """Delete every block object of a slice (idempotent) and drop them from the cache."""
         for key in slice_keys(self.volume, slice_id, slice_size, self.block_size):
-            self.cache.remove(key)
+            if self.uploader is not None:
+                self.uploader.cancel(key)
+            self._cache_call("remove", key)
             self.store.delete(key)
 
-    def blocks_of(self, slice_size: int) -> int:
-        return block_count(slice_size, self.block_size)
+    # ----------------------------------------------------------------- life cycle
 
+    def close(self, drain_stall: float = 60.0) -> int:
+        """Finish background uploads (until the store stops making progress for
+        `drain_stall` seconds), then close the cache. Returns blocks left staged."""
+        left = 0
+        if self.uploader is not None:
+            left = self.uploader.drain(drain_stall)
+            self.uploader.close()
+            if left:
+                log.warning("%d staged blocks could not be uploaded; the next mount will upload them", left)
+        self._cache_call("close")
+        return left
 
-class SmallLru:
-    """A bounded in-memory block cache (used when no tiered cache is configured)."""
+    # ----------------------------------------------------------------- helpers
 
-    def __init__(self, capacity: int) -> None:
-        import threading
-        from collections import OrderedDict
-
-        self.capacity = capacity
-        self.used = 0
-        self._blocks: OrderedDict[str, bytes] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> bytes | None:
-        with self._lock:
-            data = self._blocks.get(key)
-            if data is not None:
-                self._blocks.move_to_end(key)
-            return data
-
-    def put(self, key: str, data: bytes) -> None:
-        if len(data) > self.capacity:
-            return
-        with self._lock:
-            old = self._blocks.pop(key, None)
-            if old is not None:
-                self.used -= len(old)
-            self._blocks[key] = data
-            self.used += len(data)
-            while self.used > self.capacity:
-                _, dropped = self._blocks.popitem(last=False)
-                self.used -= len(dropped)
-
-    def remove(self, key: str) -> None:
-        with self._lock:
-            old = self._blocks.pop(key, None)
-            if old is not None:
-                self.used -= len(old)
+    def _cache_call(self, method: str, *args: Any) -> Any:
+        """Call the cache; a failure there is logged (once per method) and ignored."""
+        if self.cache is None:
+            return None
+        try:
+            return getattr(self.cache, method)(*args)
+        except Exception:
+            if method not in self._cache_failures:
+                self._cache_failures.add(method)
+                log.exception("block cache %s failed; going on without the cache for this block", method)
+            return None

@@ -8,9 +8,9 @@ import sys
 
 from ..errors import CliError
 from . import format as format_cmd
-from . import info, mount, status, umount
+from . import info, mount, stats, status, umount, warmup
 
-COMMANDS = (format_cmd, mount, umount, status, info)
+COMMANDS = (format_cmd, mount, umount, status, info, warmup, stats)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -3,6 +3,9 @@
 The one place that wires the layers: meta → object store → block cache → chunk store →
 vfs → fuse ops. With `-d` the command starts itself again as a detached process and
 returns once that process reports the mount ready (or prints why it failed).
+
+Cache tiers (`--cache`, in tier order) mirror Fluid's tieredstore levels; see docs/cache.md.
+Without `--cache` a client keeps a MEM tier of DEFAULT_CACHE.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import signal
 import socket
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from .. import __version__
@@ -23,10 +27,17 @@ from ..types import ROOT_INO
 from .common import connect_meta, load_volume
 from .mountinfo import is_mounted, mount_entry
 
+if TYPE_CHECKING:
+    from ..cache import TierConfig
+    from ..fuse.ops import FuseOps
+    from ..vfs.vfs import Vfs
+
 log = logging.getLogger(__name__)
 READY_FD_ENV = "FUSECACHE_READY_FD"
 HEARTBEAT = 10.0
 STALE_SESSION = 60.0
+DEFAULT_CACHE = "mem:256MiB"
+UPLOAD_DRAIN_STALL = 60.0  # seconds without upload progress after which unmount stops waiting
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -40,9 +51,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="FUSE mount options, comma separated (e.g. allow_other)")
     p.add_argument("--attr-timeout", type=float, default=1.0, help="kernel attribute cache seconds (default 1)")
     p.add_argument("--entry-timeout", type=float, default=1.0, help="kernel name cache seconds (default 1)")
-    p.add_argument("--readahead", type=int, default=4, help="blocks prefetched for sequential reads (0: off)")
+    p.add_argument("--readahead", type=int, default=4, metavar="N",
+                   help="most blocks prefetched ahead of a sequential reader (default 4; 0: off)")
     p.add_argument("--buffer-blocks", type=int, default=32, help="blocks buffered for upload at once")
-    p.add_argument("--mem-cache", default="256M", help="in-memory block cache size (default 256M)")
+    p.add_argument("--cache", action="append", default=[], metavar="SPEC",
+                   help="a cache tier, repeatable, in lookup order: mem:SIZE or ssd:DIR[,DIR...]:SIZE "
+                        f"(default {DEFAULT_CACHE})")
+    p.add_argument("--cache-low", type=float, default=0.7, metavar="RATIO",
+                   help="eviction stops at this share of a tier's quota (default 0.7)")
+    p.add_argument("--cache-high", type=float, default=0.95, metavar="RATIO",
+                   help="eviction starts above this share of a tier's quota (default 0.95)")
+    p.add_argument("--cache-free-ratio", type=float, default=0.1, metavar="RATIO",
+                   help="an ssd tier stops growing when its disk has less free space than this (default 0.1)")
+    p.add_argument("--writeback", action="store_true",
+                   help="stage written blocks on the ssd tier and upload them in the background")
+    p.add_argument("--mem-cache", metavar="SIZE", help="same as --cache mem:SIZE (kept for compatibility)")
+    p.add_argument("--metrics", metavar="ADDR:PORT", help="serve Prometheus metrics on this address")
     p.add_argument("--io-threads", type=int, default=32, help="object store worker threads")
     p.add_argument("--log", help="log file (default with -d: /var/log/fusecache/<name>.log or ~/.fusecache/)")
     p.set_defaults(run=run)
@@ -119,7 +143,45 @@ def open_volume(args: argparse.Namespace) -> Volume:
     return Volume(meta, settings, store, root)
 
 
+def cache_tiers(args: argparse.Namespace) -> list[TierConfig]:
+    """The cache tiers the flags ask for, validated (CliError with exit code 2 otherwise)."""
+    from ..cache import parse_cache_spec
+
+    specs = list(args.cache)
+    if args.mem_cache:
+        if any(spec.strip().lower().startswith("mem:") for spec in specs):
+            raise CliError("--mem-cache and --cache mem:SIZE both size the memory tier; give one", 2)
+        specs.insert(0, f"mem:{args.mem_cache}")
+    try:
+        tiers = [parse_cache_spec(spec or "", low=args.cache_low, high=args.cache_high,
+                                  free_ratio=args.cache_free_ratio)
+                 for spec in specs or [DEFAULT_CACHE]]
+    except ValueError as exc:
+        raise CliError(str(exc), 2) from None
+    if sum(t.medium == "mem" for t in tiers) > 1:
+        raise CliError("at most one mem cache tier can be given", 2)
+    # The client runs with -d from the same directory, but logs and stats read better absolute.
+    tiers = [replace(t, paths=tuple(os.path.abspath(p) for p in t.paths)) for t in tiers]
+    if args.writeback and not args.read_only and not any(t.medium == "ssd" for t in tiers):
+        raise CliError("--writeback stages blocks on disk: it needs an ssd cache tier "
+                       "(--cache ssd:DIR:SIZE)", 2)
+    return tiers
+
+
+def metrics_address(text: str) -> tuple[str, int]:
+    """`ADDR:PORT`, `[v6addr]:PORT` or `:PORT` (all interfaces) → (addr, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise CliError(f"--metrics {text!r}: expected ADDR:PORT, e.g. 127.0.0.1:9567", 2)
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
 def run(args: argparse.Namespace) -> int:
+    args.cache_tiers = cache_tiers(args)  # fail before starting a background client
+    if args.metrics:
+        metrics_address(args.metrics)
+    if args.readahead < 0:
+        raise CliError("--readahead must be 0 (off) or a number of blocks", 2)
     args.mountpoint = _check_mountpoint(args.mountpoint)
     if args.background:
         return _start_background(args)
@@ -207,26 +269,53 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def _serve_volume(args: argparse.Namespace, volume: Volume) -> int:
+    from ..cache import TieredCache
+    from ..chunk.store import ChunkStore
+    from ..fuse.ops import FuseOps
+    from ..vfs.vfs import Vfs, VfsOptions
+    from ..workers import Workers
+    from .stats import start_metrics
+
+    meta, settings = volume.meta, volume.settings
+    # The volume's uuid names its cache directories: volumes never share cached blocks,
+    # even two volumes of the same name on different metadata servers.
+    cache = TieredCache.open(args.cache_tiers, settings.uuid)  # type: ignore[attr-defined]
+    chunks = ChunkStore(volume.store, settings.name, settings.block_size, cache,  # type: ignore[arg-type, attr-defined]
+                        writeback=args.writeback and not args.read_only,
+                        upload_threads=max(2, args.io_threads // 4))
+    try:
+        chunks.resume_uploads()
+        workers = Workers(meta_threads=16, io_threads=args.io_threads)
+        options = VfsOptions(read_only=args.read_only, readahead_blocks=args.readahead,
+                             upload_slots=max(2, args.buffer_blocks))
+        vfs = Vfs(meta, chunks, settings, workers, options)  # type: ignore[arg-type]
+        vfs.about = {
+            "volume": settings.name, "uuid": settings.uuid, "pid": os.getpid(),  # type: ignore[attr-defined]
+            "mountpoint": args.mountpoint, "subdir": args.subdir, "version": __version__,
+        }
+        ops = FuseOps(vfs, volume.root, args.attr_timeout, args.entry_timeout)
+        metrics = start_metrics(*metrics_address(args.metrics), vfs.stats) if args.metrics else None
+    except BaseException:
+        chunks.close()
+        volume.store.close()  # type: ignore[attr-defined]
+        raise
+    try:
+        return _run_session(args, volume, vfs, ops)
+    finally:
+        if metrics is not None:
+            metrics.close()
+        # Uploads of writeback blocks finish first (the mount is already gone), then the
+        # cache writes its MEM blocks down to disk and releases its directories.
+        chunks.close(drain_stall=UPLOAD_DRAIN_STALL)
+        volume.store.close()  # type: ignore[attr-defined]
+
+
+def _run_session(args: argparse.Namespace, volume: Volume, vfs: Vfs, ops: FuseOps) -> int:
+    """Mount, serve FUSE requests until unmounted, and end the metadata session."""
     import pyfuse3
     import trio
 
-    from ..chunk.store import ChunkStore, SmallLru
-    from ..fuse.ops import FuseOps
-    from ..units import parse_size
-    from ..vfs.vfs import Vfs, VfsOptions
-    from ..workers import Workers
-
     meta, settings = volume.meta, volume.settings
-    try:
-        cache = SmallLru(parse_size(args.mem_cache))
-    except ValueError as exc:
-        raise CliError(str(exc), 2) from None
-    chunks = ChunkStore(volume.store, settings.name, settings.block_size, cache)  # type: ignore[arg-type]
-    workers = Workers(meta_threads=16, io_threads=args.io_threads)
-    options = VfsOptions(read_only=args.read_only, readahead_blocks=max(0, args.readahead),
-                         upload_slots=max(2, args.buffer_blocks))
-    vfs = Vfs(meta, chunks, settings, workers, options)  # type: ignore[arg-type]
-    ops = FuseOps(vfs, volume.root, args.attr_timeout, args.entry_timeout)
 
     # Many threads (uploads, metadata) hand results to the trio thread; a shorter GIL switch
     # interval cuts the latency of each hand-off, which every FUSE request waits on.
@@ -247,7 +336,6 @@ def _serve_volume(args: argparse.Namespace, volume: Volume) -> int:
     finally:
         pyfuse3.close(unmount=not unmounted)
         meta.close_session(sid)  # type: ignore[attr-defined]
-        volume.store.close()  # type: ignore[attr-defined]
     return 0
 
 

@@ -1,4 +1,11 @@
-"""`fusecache umount MOUNTPOINT [--lazy]`: unmount a fusecache volume."""
+"""`fusecache umount MOUNTPOINT [--lazy] [--clean-cache]`: unmount a fusecache volume.
+
+`--clean-cache` also deletes the volume's blocks from the client's SSD cache directories
+(only this volume's: every volume has its own subdirectory there). The client is asked for
+its directories before the unmount; after it, the command waits for the client to exit (it
+first finishes uploading writeback blocks and releases its directories), then cleans.
+Staged blocks that could still not be uploaded are kept for the next mount.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +14,21 @@ import os
 import shutil
 import subprocess
 import time
+from typing import Any
 
 from ..errors import CliError
 from .mountinfo import FSTYPE, mount_entry
 
+CLIENT_EXIT_TIMEOUT = 300.0  # seconds to wait for the client to finish its uploads and exit
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("umount", help="unmount a volume", description=__doc__)
+    p = sub.add_parser("umount", help="unmount a volume", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     p.add_argument("-l", "--lazy", action="store_true", help="detach now, finish when no longer busy")
+    p.add_argument("--clean-cache", action="store_true",
+                   help="also delete this volume's blocks from the client's cache directories")
     p.set_defaults(run=run)
 
 
@@ -29,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     tool = shutil.which("fusermount3") or shutil.which("fusermount")
     if tool is None:
         raise CliError("fusermount3 not found (install the fuse3 package)")
+    client = _client_stats(path) if args.clean_cache else None
     cmd = [tool, "-u", *(["-z"] if args.lazy else []), path]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
@@ -39,4 +53,51 @@ def run(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + 10
     while mount_entry(path) is not None and time.monotonic() < deadline:
         time.sleep(0.05)
+    if client is not None:
+        _clean_cache(client)
     return 0
+
+
+def _client_stats(path: str) -> dict[str, Any]:
+    from .stats import read_stats
+
+    try:
+        return read_stats(path)
+    except CliError as exc:
+        raise CliError(f"--clean-cache: cannot ask the client which cache directories it uses ({exc.message}); "
+                       "nothing was unmounted") from None
+
+
+def _wait_exit(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass  # alive, and not ours to signal
+        time.sleep(0.1)
+    return False
+
+
+def _clean_cache(client: dict[str, Any]) -> None:
+    from ..cache import TierConfig, TieredCache
+
+    tiers = [TierConfig("ssd", max(1, t["quota"]), tuple(t["paths"]))
+             for t in (client.get("cache") or {}).get("tiers", []) if t["medium"] == "ssd"]
+    if not tiers:
+        return  # memory only: the client's exit freed it
+    pid = int(client["pid"])
+    if not _wait_exit(pid, CLIENT_EXIT_TIMEOUT):
+        raise CliError(f"unmounted, but the client (pid {pid}) is still running (uploading staged blocks?); "
+                       "its cache was not cleaned")
+    cache = TieredCache.open(tiers, client["uuid"])
+    try:
+        kept = cache.clean()
+    finally:
+        cache.close()
+    dirs = ", ".join(os.path.join(p, client["uuid"]) for t in tiers for p in t.paths)
+    print(f"removed the cached blocks of volume {client.get('volume', '?')} from {dirs}")
+    if kept:
+        print(f"kept {kept} staged blocks that were never uploaded; the next mount of the volume uploads them")

@@ -154,16 +154,21 @@ class FuseOps(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         return self._entry(await self.vfs.link(self._vol(inode), self._vol(new_parent_inode), new_name))
 
+    def _file_info(self, fh: int) -> pyfuse3.FileInfo:
+        # keep_cache: the file is unchanged since the kernel last cached it, so its page
+        # cache stays valid; without it the kernel drops the file's pages on this open.
+        return pyfuse3.FileInfo(fh=fh, keep_cache=self.vfs.keeps_cache(fh))
+
     @fs_errors
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        return pyfuse3.FileInfo(fh=await self.vfs.open(self._vol(inode), flags))
+        return self._file_info(await self.vfs.open(self._vol(inode), flags))
 
     @fs_errors
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         fh, attr = await self.vfs.create(self._vol(parent_inode), name, mode, flags, _ctx(ctx))
-        return pyfuse3.FileInfo(fh=fh), self._entry(attr)
+        return self._file_info(fh), self._entry(attr)
 
     @fs_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:

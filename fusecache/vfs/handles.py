@@ -35,9 +35,12 @@ class FileHandle:
     fh: int
     ino: int
     flags: int
+    keep_cache: bool = False  # the kernel may keep the file's page cache (unchanged since cached)
     next_offset: int = 0  # where a sequential reader would read next
     sequential: int = 0  # consecutive sequential reads seen
     readahead_to: int = 0  # file offset up to which blocks were prefetched
+    readahead_blocks: int = 0  # current readahead window, grows while the reader keeps up
+    readahead_grow_at: int = 0  # reaching this offset widens the window
 
 
 @dataclass

@@ -5,20 +5,25 @@ are the volume's own; a mount of a subdirectory maps its root in `fuse/ops.py`.
 
 Consistency model (close-to-open): `open` fetches fresh attributes and drops this
 client's cached slice lists of the file, and `flush` (every close) commits all buffered
-writes, so a reader that opens after a writer closed sees the writer's data.
+writes, so a reader that opens after a writer closed sees the writer's data. The kernel's
+page cache of a file is kept across opens only while the file's (mtime, size) are those
+this client saw when it last let the kernel cache it; any change, by any client, makes the
+next open drop it.
 """
 
 from __future__ import annotations
 
 import errno
 import itertools
+import json
 import logging
 import os
 import stat
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import trio
 
@@ -30,13 +35,18 @@ from ..errors import FsError, MetaError
 from ..meta.base import MAX_NAME, MAX_XATTR_NAME, MAX_XATTR_VALUE, Meta
 from ..types import Attr, DirEntry, SetAttr, Slice, StatFs, VolumeSettings
 from ..workers import Workers
+from . import control
 from .handles import DirHandle, FileHandle, OpenInode
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-INFO_XATTR = b"fusecache.info"  # virtual, read-only: a file's chunks/slices/objects as JSON
+INFO_XATTR = control.INFO  # virtual, read-only: a file's chunks/slices/objects as JSON
 CAPABILITY_XATTR = b"security.capability"
+# Reads this close to where the last one ended still count as sequential: the kernel sends
+# reads of up to 1 MiB, and concurrent ones may arrive slightly out of order.
+SEQUENTIAL_SLACK = 1 << 20
+PAGE_VERSIONS = 1 << 16  # files whose page-cache version is remembered
 
 
 @dataclass(frozen=True)
@@ -49,9 +59,24 @@ class Ctx:
 @dataclass(frozen=True)
 class VfsOptions:
     read_only: bool = False
-    readahead_blocks: int = 4  # blocks prefetched ahead of a sequential reader (0 = off)
+    readahead_blocks: int = 4  # most blocks prefetched ahead of a sequential reader (0 = off)
     upload_slots: int = 32  # blocks being uploaded at once (bounds buffered memory)
     idle_flush: float = 5.0  # seconds after which an idle open slice is committed
+    warmup_slots: int = 16  # blocks loaded at once by warmup requests
+    keep_page_cache: bool = True  # let unchanged files keep the kernel page cache across opens
+
+
+@dataclass
+class Counters:
+    """Request figures of this client, for `fusecache stats` (updated on the trio thread)."""
+
+    opens: int = 0
+    keep_cache_opens: int = 0  # opens that let the kernel keep the file's page cache
+    reads: int = 0  # FUSE read requests
+    read_bytes: int = 0
+    readahead_blocks: int = 0  # blocks prefetched for sequential readers
+    warmup_blocks: int = 0  # blocks loaded into the cache by warmup requests
+    warmup_bytes: int = 0
 
 
 class Vfs:
@@ -68,7 +93,13 @@ class Vfs:
         self.settings = settings
         self.workers = workers
         self.options = options or VfsOptions()
-        self.loader = BlockLoader(chunks, workers)
+        block = chunks.block_size
+        # Room for a readahead window being consumed while the next one is fetched.
+        self.loader = BlockLoader(chunks, workers,
+                                  recent_bytes=max(4, 2 * (self.options.readahead_blocks + 1)) * block)
+        self.counters = Counters()
+        self.about: dict[str, Any] = {}  # static facts for stats (volume, pid, mountpoint), set by mount
+        self._page_versions: OrderedDict[int, tuple[int, int]] = OrderedDict()
         self.ids = SliceIds(lambda n: self._meta(meta.reserve_slice_ids, n))
         self.files: dict[int, OpenInode] = {}
         self.handles: dict[int, FileHandle] = {}
@@ -76,7 +107,8 @@ class Vfs:
         self._fh = itertools.count(1)
         self._nursery: trio.Nursery | None = None
         self._upload_slots = trio.CapacityLimiter(self.options.upload_slots)
-        self._readahead_slots = trio.CapacityLimiter(max(1, self.options.readahead_blocks))
+        self._readahead_slots = trio.CapacityLimiter(max(2, 2 * self.options.readahead_blocks))
+        self._warm_slots = trio.CapacityLimiter(max(1, self.options.warmup_slots))
         self._commits: dict[tuple[int, int], int] = {}  # commits per chunk since its last compaction check
         self._compacting: set[tuple[int, int]] = set()
         self._compact_slots = trio.CapacityLimiter(2)  # a compaction holds up to a chunk in memory
@@ -243,8 +275,36 @@ class Vfs:
         state.attr = attr
         state.opens += 1
         fh = next(self._fh)
-        self.handles[fh] = FileHandle(fh, ino, flags)
+        handle = self.handles[fh] = FileHandle(fh, ino, flags)
+        handle.keep_cache = self._page_cache_valid(ino, attr)
+        self.counters.opens += 1
+        self.counters.keep_cache_opens += handle.keep_cache
         return fh
+
+    def keeps_cache(self, fh: int) -> bool:
+        """Whether the kernel may keep its page cache of the file opened as `fh`."""
+        handle = self.handles.get(fh)
+        return handle is not None and handle.keep_cache
+
+    def _page_cache_valid(self, ino: int, attr: Attr) -> bool:
+        """True if the file is unchanged since this client last let the kernel cache it.
+
+        Otherwise the open goes without keep_cache, which makes the kernel drop the file's
+        pages, and the current version is remembered for the next open. A version is taken
+        at open, before any read of this open: pages cached later hold data at least that
+        new, and a newer version only causes one extra invalidation.
+        """
+        if not self.options.keep_page_cache:
+            return False
+        version = (attr.mtime_ns, attr.size)
+        if self._page_versions.get(ino) == version:
+            self._page_versions.move_to_end(ino)
+            return True
+        self._page_versions[ino] = version
+        self._page_versions.move_to_end(ino)
+        if len(self._page_versions) > PAGE_VERSIONS:
+            self._page_versions.popitem(last=False)
+        return False
 
     def _handle(self, fh: int) -> tuple[FileHandle, OpenInode]:
         handle = self.handles.get(fh)
@@ -265,31 +325,51 @@ class Vfs:
         if state.writer is not None and state.writer.dirty:
             await state.writer.flush()  # read what was written, from committed slices
         end = min(offset + size, state.size)
+        self.counters.reads += 1
         if end <= offset:
             return b""
 
         async def slices_of(index: int) -> list[Slice]:
             return await self._slices(state, index)
 
-        if offset == handle.next_offset:
+        if self._sequential(handle, offset, end) and self.options.readahead_blocks:
+            self._readahead(handle, state, end)
+        data = await read_file_range(self.loader, slices_of, offset, end - offset)
+        self.counters.read_bytes += len(data)
+        return data
+
+    @staticmethod
+    def _sequential(handle: FileHandle, offset: int, end: int) -> bool:
+        """Track the handle's access pattern; True when readahead is due.
+
+        A reader is sequential after two reads in a row that continue where the previous
+        one ended (within SEQUENTIAL_SLACK), or from its first read at offset 0. Any jump
+        resets the pattern and the readahead window, so random access never triggers it.
+        """
+        if abs(offset - handle.next_offset) <= SEQUENTIAL_SLACK:
             handle.sequential += 1
+            handle.next_offset = max(handle.next_offset, end)
         else:
             handle.sequential = 0
-            handle.readahead_to = 0
-        handle.next_offset = end
-        if handle.sequential >= 1 and self.options.readahead_blocks:
-            self._readahead(handle, state, end)
-        return await read_file_range(self.loader, slices_of, offset, end - offset)
+            handle.readahead_to = handle.readahead_blocks = handle.readahead_grow_at = 0
+            handle.next_offset = end
+        return handle.sequential >= 2 or (handle.sequential == 1 and offset == 0)
 
     def _readahead(self, handle: FileHandle, state: OpenInode, end: int) -> None:
-        """Prefetch the blocks after a sequential reader's position, once each."""
-        window = self.options.readahead_blocks * self.chunks.block_size
+        """Prefetch the blocks after a sequential reader's position, once each.
+
+        The window starts at one block and doubles, up to `readahead_blocks`, each time the
+        reader reaches the start of the previous window: a reader that stops early (a
+        header, a short file) costs at most one extra block.
+        """
+        block = self.chunks.block_size
+        if end >= handle.readahead_grow_at:
+            handle.readahead_blocks = min(max(1, 2 * handle.readahead_blocks), self.options.readahead_blocks)
         start = max(end, handle.readahead_to)
-        stop = min(end + window, state.size)
-        if stop - start < self.chunks.block_size // 2 and stop < state.size:
-            return  # wait until a worthwhile stretch is due
-        if stop <= start:
-            return
+        stop = min(end + handle.readahead_blocks * block, state.size)
+        if stop <= start or (stop - start < block // 2 and stop < state.size):
+            return  # nothing due yet, or not a worthwhile stretch
+        handle.readahead_grow_at = start
         handle.readahead_to = stop
         self.nursery.start_soon(self._prefetch, state, start, stop - start)
 
@@ -301,13 +381,16 @@ class Vfs:
             blocks = await blocks_in_range(slices_of, self.chunks.block_size, offset, size)
             async with trio.open_nursery() as nursery:
                 for block in blocks:
-                    if not self.loader.is_loading(block):
+                    if not self.loader.is_ready(block):
                         nursery.start_soon(self._prefetch_block, block)
         except FsError as exc:
             log.debug("readahead of inode %d stopped: %s", state.ino, exc)
 
     async def _prefetch_block(self, block: tuple[int, int, int]) -> None:
         async with self._readahead_slots:
+            if self.loader.is_ready(block):
+                return  # the reader got there first
+            self.counters.readahead_blocks += 1
             try:
                 await self.loader.load(block)
             except FsError:
@@ -406,8 +489,8 @@ class Vfs:
 
     async def getxattr(self, ino: int, name: bytes) -> bytes:
         self._check_xattr_name(name)
-        if name == INFO_XATTR:
-            return await self._info(ino)
+        if control.is_control(name):
+            return await self._control(ino, name)
         state = self.files.get(ino) if name == CAPABILITY_XATTR else None
         if state is None:
             return await self._meta(self.meta.getxattr, ino, name)
@@ -431,7 +514,7 @@ class Vfs:
     async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
         self._writable()
         self._check_xattr_name(name)
-        if name == INFO_XATTR:
+        if control.is_control(name):
             raise FsError(errno.EPERM)
         if len(value) > MAX_XATTR_VALUE:
             raise FsError(errno.E2BIG)
@@ -444,13 +527,91 @@ class Vfs:
     async def removexattr(self, ino: int, name: bytes) -> None:
         self._writable()
         self._check_xattr_name(name)
+        if control.is_control(name):
+            raise FsError(errno.EPERM)
         self._forget_xattr(ino, name)
         await self._meta(self.meta.removexattr, ino, name)
 
+    # -- control channel (virtual xattrs, see control.py) ----------------------------------
+    async def _control(self, ino: int, name: bytes) -> bytes:
+        if name == control.INFO:
+            return await self._info(ino)
+        if name == control.STATS:
+            return json.dumps(self.stats()).encode()
+        command = control.parse_block_command(name)
+        if command is None:
+            raise FsError(errno.ENODATA)
+        return await self._block_command(ino, command)
+
+    async def _block_command(self, ino: int, command: control.BlockCommand) -> bytes:
+        """warmup / cached / evict over the blocks of a byte range of a file."""
+        attr = await self._meta(self.meta.getattr, ino)
+        if not attr.is_file:
+            return control.format_answer(0, 0, 0, 0)
+        end = attr.size if command.length < 0 else min(attr.size, command.offset + command.length)
+        if end <= command.offset:
+            return control.format_answer(0, 0, 0, 0)
+        chunk_slices: dict[int, list[Slice]] = {}
+
+        async def slices_of(index: int) -> list[Slice]:
+            if index not in chunk_slices:  # fresh from metadata: not the open-file cache
+                chunk_slices[index] = await self._meta(self.meta.read, ino, index)
+            return chunk_slices[index]
+
+        blocks = await blocks_in_range(slices_of, self.chunks.block_size, command.offset, end - command.offset)
+        sizes = {b: min(self.chunks.block_size, b[1] - b[2] * self.chunks.block_size) for b in blocks}
+        total = sum(sizes.values())
+        done: list[tuple[int, int, int]] = []
+        if command.op == "cached":
+            done = [b for b in blocks if self.chunks.is_cached(*b)]
+        elif command.op == "evict":
+            keys = [self.chunks.key(*b) for b in blocks]
+            self.loader.forget(blocks)
+            evicted = await self.workers.io(self.chunks.evict, keys)
+            return control.format_answer(len(blocks), total, evicted, 0)
+        else:
+            async def warm(block: tuple[int, int, int]) -> None:
+                async with self._warm_slots:
+                    if await self.loader.warm(block):
+                        done.append(block)
+
+            async with trio.open_nursery() as nursery:
+                for block in blocks:
+                    nursery.start_soon(warm, block)
+            self.counters.warmup_blocks += len(done)
+            self.counters.warmup_bytes += sum(sizes[b] for b in done)
+        return control.format_answer(len(blocks), total, len(done), sum(sizes[b] for b in done))
+
+    def stats(self) -> dict[str, Any]:
+        """Everything `fusecache stats` and the Prometheus exporter show (JSON-ready)."""
+        pending_blocks, pending_bytes = self.chunks.pending_uploads()
+        uploader = self.chunks.uploader
+        c = self.counters
+        return {
+            **self.about,
+            "block_size": self.chunks.block_size,
+            "writeback": self.chunks.writeback,
+            "readahead_max_blocks": self.options.readahead_blocks,
+            "cache": self.chunks.cache_stats(),
+            "store": self.chunks.counters.snapshot(),
+            "inflight_fetches": self.loader.inflight,
+            "uploads": {
+                "pending_blocks": pending_blocks,
+                "pending_bytes": pending_bytes,
+                "uploaded_blocks": uploader.uploaded_blocks if uploader else 0,
+                "uploaded_bytes": uploader.uploaded_bytes if uploader else 0,
+                "failed_attempts": uploader.failed_attempts if uploader else 0,
+            },
+            "fuse": {
+                "opens": c.opens, "keep_cache_opens": c.keep_cache_opens, "reads": c.reads,
+                "read_bytes": c.read_bytes, "readahead_blocks": c.readahead_blocks,
+                "recent_block_hits": self.loader.recent_hits,
+            },
+            "warmup": {"blocks": c.warmup_blocks, "bytes": c.warmup_bytes},
+        }
+
     async def _info(self, ino: int) -> bytes:
         """What `fusecache info` shows: inode, size, and every chunk's slices and objects."""
-        import json
-
         from ..layout import CHUNK_SIZE, slice_keys
 
         attr = await self._meta(self.meta.getattr, ino)

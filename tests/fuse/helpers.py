@@ -122,3 +122,26 @@ def format_volume(meta_url: str, workdir: Path, storage: str, s3: S3Server | Non
         bucket = str(workdir / "objects")
     run_cli("format", meta_url, name, "--storage", storage, "--bucket", bucket, *extra, env=env)
     return Volume(meta_url, workdir, storage, bucket, env)
+
+
+def client_stats(path: str | Path) -> dict:
+    """The figures of the client serving `path` (`fusecache stats --json`)."""
+    import json
+
+    return json.loads(run_cli("stats", str(path), "--json").stdout)
+
+
+def tier_stats(stats: dict, medium: str) -> dict:
+    """The first cache tier of this medium in a `client_stats` result."""
+    return next(t for t in stats["cache"]["tiers"] if t["medium"] == medium)
+
+
+def wait_for(predicate, timeout: float = 30, what: str = "condition"):  # type: ignore[no-untyped-def]
+    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
