@@ -118,9 +118,12 @@ class BlockLoader:
 
 
 async def read_file_range(
-    loader: BlockLoader, slices_of: SliceSource, offset: int, size: int
-) -> bytes:
-    """Bytes [offset, offset+size) of a file (the caller clamps to the file length)."""
+    loader: BlockLoader, slices_of: SliceSource, offset: int, size: int, *, view: bool = False
+) -> bytes | memoryview:
+    """Bytes [offset, offset+size) of a file (the caller clamps to the file length).
+
+    `view`: a range inside one block may come back as a memoryview of the block, saving a
+    copy (the FUSE reply takes any buffer); otherwise the result is always bytes."""
     block_size = loader.chunks.block_size
     # Plan every piece first, then load all blocks concurrently.
     plan: list[tuple[int, int, BlockId | None, int]] = []  # (out pos, length, block, off in block)
@@ -153,6 +156,8 @@ async def read_file_range(
                 nursery.start_soon(fetch, block)
     if len(plan) == 1 and plan[0][2] is not None:
         _, length, block, boff = plan[0]
+        if view:
+            return memoryview(blocks[block])[boff : boff + length]
         return blocks[block][boff : boff + length]
     out = bytearray(size)
     for opos, length, block, boff in plan:
