@@ -128,6 +128,17 @@ class Meta(ABC):
     def release(self, ino: int) -> None:
         """The session closed `ino` once; the last release frees an unlinked inode."""
 
+    # Optional non-blocking shortcuts, safe to call on an event loop: they never wait and
+    # never do I/O. False means "not done; make the blocking call instead".
+    def open_nowait(self, ino: int) -> bool:
+        """Note an open of `ino` (as `open` does, without fetching attributes) if that needs
+        no waiting."""
+        return False
+
+    def release_nowait(self, ino: int) -> bool:
+        """`release(ino)` if it needs no server call (it does when it frees the inode)."""
+        return False
+
     # -- file data ------------------------------------------------------------------------
     @abstractmethod
     def read(self, ino: int, chunk_index: int) -> list[Slice]:

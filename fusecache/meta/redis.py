@@ -542,6 +542,32 @@ class RedisMeta(Meta):
                 self._freeing.discard(ino)
                 self._cond.notify_all()
 
+    def open_nowait(self, ino: int) -> bool:
+        if not self._cond.acquire(blocking=False):
+            return False
+        try:
+            if ino in self._freeing or self._unlinks:
+                return False  # `open` would wait for these
+            self._opened[ino] = self._opened.get(ino, 0) + 1
+            return True
+        finally:
+            self._cond.release()
+
+    def release_nowait(self, ino: int) -> bool:
+        if not self._cond.acquire(blocking=False):
+            return False
+        try:
+            count = self._opened.get(ino, 0)
+            if count > 1:
+                self._opened[ino] = count - 1
+                return True
+            if ino in self._sustained:
+                return False  # the last close of an unlinked file frees it: a server call
+            self._opened.pop(ino, None)
+            return True
+        finally:
+            self._cond.release()
+
     def open(self, ino: int, known: Attr | None = None) -> Attr:
         with self._cond:
             self._opened[ino] = self._opened.get(ino, 0) + 1

@@ -87,3 +87,26 @@ def test_password_and_lost_server_fall_back() -> None:
         meta.shutdown()
     finally:
         server.stop()
+
+
+def test_nowait_open_and_release_keep_unlinked_files_alive(meta_url: str) -> None:
+    """The non-blocking open/release count opens exactly like the blocking ones: an
+    unlinked file stays while open, and the last release (blocking path) frees it."""
+    meta = open_meta(meta_url)
+    try:
+        meta.format(settings())
+        meta.new_session("host", 1, "/mnt", "test")
+        f = meta.mknod(ROOT_INO, b"f", 0o100644, 0, 0)
+        assert meta.open_nowait(f.ino) and meta.open_nowait(f.ino)
+        meta.unlink(ROOT_INO, b"f")
+        assert meta.getattr(f.ino).nlink == 0  # kept: this session holds it open
+        assert meta.release_nowait(f.ino)  # one of two opens: no server call needed
+        assert not meta.release_nowait(f.ino)  # the last one frees it: must block
+        meta.release(f.ino)
+        with pytest.raises(FsError) as info:
+            meta.getattr(f.ino)
+        assert info.value.errno == errno.ENOENT
+        g = meta.mknod(ROOT_INO, b"g", 0o100644, 0, 0)
+        assert meta.open_nowait(g.ino) and meta.release_nowait(g.ino)
+    finally:
+        meta.shutdown()
