@@ -568,7 +568,7 @@ class DiskTier:
                 used=self._used, blocks=len(self._entries), hits=self._hits, misses=self._misses,
                 admitted=self._admitted, refused=self._refused, evictions=self._evictions,
                 corrupt=self._corrupt, errors=self._errors, staged_blocks=self._staged_blocks,
-                staged_bytes=self._staged_bytes,
+                staged_bytes=self._staged_bytes, free_ratio=c.free_ratio,
             )
 
     # ----------------------------------------------------------------- failures

@@ -26,6 +26,7 @@ class TierStats:
     errors: int = 0  # I/O errors (ENOSPC, EIO, EROFS, ...) that made the tier skip an operation
     staged_blocks: int = 0
     staged_bytes: int = 0
+    free_ratio: float = 0.0  # ssd: the tier stops growing below this share of free disk
 
     @property
     def hit_ratio(self) -> float:

@@ -171,25 +171,29 @@ class Uploader:
             (log.warning if first else log.debug)("upload of staged block %s failed (%s); retrying", key, exc)
             self._retry_later(key, job)
             return
-        cancelled = self._finish(key, uploaded=len(data))
+        # Everything happens before the job ends, so that a drain() that returned finds the
+        # block clean (or its object deleted). uploaded() of a removed block does nothing.
+        self._cache.uploaded(key)
+        with self._cond:
+            cancelled = job.cancelled
         if cancelled:
+            # The slice was deleted while we uploaded it. (A cancel after this check comes
+            # from a remove_slice whose own delete follows it, after our PUT: also gone.)
             try:
-                self._delete(key)  # the slice was deleted while we uploaded it
+                self._delete(key)
             except Exception as exc:
                 log.warning("cannot delete object %s of a deleted slice: %s", key, exc)
-        else:
-            self._cache.uploaded(key)
+        self._finish(key, uploaded=len(data))
 
-    def _finish(self, key: str, uploaded: int = -1) -> bool:
-        """Forget a job; returns whether it had been cancelled."""
+    def _finish(self, key: str, uploaded: int = -1) -> None:
+        """Forget a job (done, or its block is gone)."""
         with self._cond:
-            job = self._jobs.pop(key, None)
+            self._jobs.pop(key, None)
             if uploaded >= 0:
                 self.uploaded_blocks += 1
                 self.uploaded_bytes += uploaded
             self._last_progress = time.monotonic()
             self._cond.notify_all()
-            return job is not None and job.cancelled
 
     def _retry_later(self, key: str, job: _Job) -> None:
         with self._cond:

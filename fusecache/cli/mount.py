@@ -328,10 +328,9 @@ def _run_session(args: argparse.Namespace, volume: Volume, vfs: Vfs, ops: FuseOp
         meta.close_session(sid)  # type: ignore[attr-defined]
         raise CliError(f"cannot mount {args.mountpoint}: {exc}") from None
     log.info("mounted volume %s at %s (session %d)", settings.name, args.mountpoint, sid)  # type: ignore[attr-defined]
-    _report("ready")
     unmounted = False
     try:
-        trio.run(_main, vfs, meta, sid, args.mountpoint)
+        trio.run(_main, vfs, ops, meta, sid, args.mountpoint)
         unmounted = True
     finally:
         pyfuse3.close(unmount=not unmounted)
@@ -352,16 +351,24 @@ def _widen_kernel_readahead(mountpoint: str, kib: int = 4096) -> None:
         log.info("kernel readahead left at its default: %s", exc.strerror)
 
 
-async def _after_init(mountpoint: str) -> None:
+async def _after_init(ops: FuseOps, mountpoint: str) -> None:
+    """Once the kernel has our INIT reply, widen its readahead, then report the mount ready."""
     import trio
 
-    # The kernel applies its own readahead limit when it processes our INIT reply, which
-    # happens once the session loop runs; widen it after that.
-    await trio.sleep(0.3)
+    # The kernel caps readahead when it processes our INIT reply, which libfuse sends right
+    # after `ops.init()` returns, in the same synchronous step of the session loop: by the
+    # time this task runs again the cap is applied, and widening it now sticks. A file's
+    # readahead window is fixed when it is opened, so this must happen before "ready".
+    initialized = trio.Event()
+    ops.on_init = initialized.set
+    if not ops.initialized:
+        with trio.move_on_after(10):
+            await initialized.wait()
     await trio.to_thread.run_sync(_widen_kernel_readahead, mountpoint)
+    _report("ready")
 
 
-async def _main(vfs, meta, sid: int, mountpoint: str) -> None:  # type: ignore[no-untyped-def]
+async def _main(vfs, ops, meta, sid: int, mountpoint: str) -> None:  # type: ignore[no-untyped-def]
     import pyfuse3
     import trio
 
@@ -370,7 +377,7 @@ async def _main(vfs, meta, sid: int, mountpoint: str) -> None:  # type: ignore[n
         nursery.start_soon(_heartbeat, vfs, meta, sid)
         nursery.start_soon(_janitor, vfs)
         nursery.start_soon(_on_signal, mountpoint)
-        nursery.start_soon(_after_init, mountpoint)
+        nursery.start_soon(_after_init, ops, mountpoint)
         await pyfuse3.main()
         await vfs.flush_all()
         nursery.cancel_scope.cancel()

@@ -73,6 +73,8 @@ def render(s: Stats) -> str:
                          f"{t['low']:>6.2f}{t['high']:>6.2f}{t['blocks']:>9}{_ratio(t['hits'], t['misses']):>11}"
                          f"{t['hits']:>9}{t['misses']:>9}{t['evictions']:>9}  {','.join(t['paths']) or '-'}")
             extra = [f"{name} {t[name]}" for name in ("demotions", "refused", "corrupt", "errors") if t.get(name)]
+            if t["medium"] == "ssd":
+                extra.insert(0, f"stops growing below {100 * t.get('free_ratio', 0):.0f}% free disk")
             if t.get("staged_blocks"):
                 extra.append(f"staged {t['staged_blocks']} blocks ({format_size(t['staged_bytes'])})")
             if extra:

@@ -58,6 +58,13 @@ class FuseOps(pyfuse3.Operations):
         self.root = root
         self.attr_timeout = attr_timeout
         self.entry_timeout = entry_timeout
+        self.initialized = False  # the kernel's INIT request arrived
+        self.on_init: Callable[[], None] | None = None
+
+    def init(self) -> None:
+        self.initialized = True
+        if self.on_init is not None:
+            self.on_init()
 
     # Kernel inode 1 is always the mount's root; with --subdir that is another volume inode.
     def _vol(self, ino: int) -> int:
@@ -171,7 +178,7 @@ class FuseOps(pyfuse3.Operations):
         return self._file_info(fh), self._entry(attr)
 
     @fs_errors
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:  # type: ignore[override]
         return await self.vfs.read(fh, off, size)
 
     @fs_errors

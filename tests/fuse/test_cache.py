@@ -229,6 +229,19 @@ def test_concurrent_readers_fetch_each_block_once(s3_volume: Volume) -> None:
     assert client_stats(m.path)["store"]["gets"] == 8
 
 
+def test_ssd_tier_over_two_directories(s3_volume: Volume, tmp_path: Path) -> None:
+    writer = s3_volume.mount()
+    data = write_files(writer.path, {"f": 16 * MiB})["f"]
+    a, b = tmp_path / "disk-a", tmp_path / "disk-b"
+    m = s3_volume.mount("--cache", f"ssd:{a},{b}:64MiB", "--cache-free-ratio", "0.05")
+    assert (m.path / "f").read_bytes() == data
+    ssd = tier_stats(client_stats(m.path), "ssd")
+    assert ssd["paths"] == [str(a), str(b)] and ssd["free_ratio"] == 0.05
+    in_a, in_b = len(files_under(a, "clean")), len(files_under(b, "clean"))
+    assert in_a + in_b == ssd["blocks"] == 16
+    assert in_a >= 3 and in_b >= 3  # spread by hash of the key
+
+
 def test_stats_cli_and_prometheus_metrics(s3_volume: Volume, tmp_path: Path) -> None:
     port = free_port()
     writer = s3_volume.mount()
