@@ -267,7 +267,14 @@ class Vfs:
     async def open(self, ino: int, flags: int, known: Attr | None = None) -> int:
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
             self._writable()
-        attr = await self._meta(self.meta.open, ino, known)
+        if self.meta.open_nowait(ino):  # the usual case: no thread hand-off
+            try:
+                attr = known or await self.reads.getattr(ino)
+            except BaseException:
+                await self._release_meta(ino)
+                raise
+        else:
+            attr = await self._meta(self.meta.open, ino, known)
         state = self.files.get(ino)
         if state is None:
             state = self.files[ino] = OpenInode(ino, attr)
@@ -467,7 +474,11 @@ class Vfs:
         finally:
             if state.opens == 0:
                 del self.files[handle.ino]
-            await self._meta(self.meta.release, handle.ino)
+            await self._release_meta(handle.ino)
+
+    async def _release_meta(self, ino: int) -> None:
+        if not self.meta.release_nowait(ino):
+            await self._meta(self.meta.release, ino)
 
     async def flush_idle(self) -> None:
         for state in list(self.files.values()):
