@@ -262,7 +262,13 @@ class Vfs:
                 raise FsError(errno.EISDIR) from None
             if flags & os.O_TRUNC and attr.size:
                 attr = await self.setattr(attr.ino, SetAttr(size=0))
-        return await self.open(attr.ino, flags, attr), attr
+            return await self.open(attr.ino, flags, attr), attr
+        fh = await self.open(attr.ino, flags, attr)
+        # A file this call created has no extended attributes: the kernel's question about
+        # security.capability before the first write needs no round trip.
+        state = self.files[attr.ino]
+        state.capability, state.capability_known = None, True
+        return fh, attr
 
     async def open(self, ino: int, flags: int, known: Attr | None = None) -> int:
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
