@@ -20,9 +20,8 @@ def test_capacity_limit_gives_enospc_and_df_shows_it(meta_url: str, tmp_path: Pa
         st = os.statvfs(m.path)
         assert st.f_blocks * st.f_frsize == 8 * MiB
         (m.path / "fits").write_bytes(os.urandom(5 * MiB))
-        with pytest.raises(OSError) as info:
-            with open(m.path / "too-big", "wb") as f:
-                f.write(os.urandom(6 * MiB))
+        with pytest.raises(OSError) as info, open(m.path / "too-big", "wb") as f:
+            f.write(os.urandom(6 * MiB))
         assert info.value.errno == errno.ENOSPC
         # What was within the limit is intact, and space can be reclaimed and reused.
         assert len((m.path / "fits").read_bytes()) == 5 * MiB
