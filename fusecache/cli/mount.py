@@ -296,7 +296,7 @@ def _serve_volume(args: argparse.Namespace, volume: Volume) -> int:
         ops = FuseOps(vfs, volume.root, args.attr_timeout, args.entry_timeout)
         metrics = start_metrics(*metrics_address(args.metrics), vfs.stats) if args.metrics else None
     except BaseException:
-        chunks.close()
+        chunks.close(drain_stall=0)  # staged blocks wait for the next mount
         volume.store.close()  # type: ignore[attr-defined]
         raise
     try:

@@ -6,9 +6,9 @@ are the volume's own; a mount of a subdirectory maps its root in `fuse/ops.py`.
 Consistency model (close-to-open): `open` fetches fresh attributes and drops this
 client's cached slice lists of the file, and `flush` (every close) commits all buffered
 writes, so a reader that opens after a writer closed sees the writer's data. The kernel's
-page cache of a file is kept across opens only while the file's (mtime, size) are those
-this client saw when it last let the kernel cache it; any change, by any client, makes the
-next open drop it.
+page cache of a file is kept across opens only while the file's (mtime, ctime, size) are
+those this client saw when it last let the kernel cache it; any change, by any client, makes
+the next open drop it.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ class Vfs:
                                   recent_bytes=max(4, 2 * (self.options.readahead_blocks + 1)) * block)
         self.counters = Counters()
         self.about: dict[str, Any] = {}  # static facts for stats (volume, pid, mountpoint), set by mount
-        self._page_versions: OrderedDict[int, tuple[int, int]] = OrderedDict()
+        self._page_versions: OrderedDict[int, tuple[int, int, int]] = OrderedDict()
         self.ids = SliceIds(lambda n: self._meta(meta.reserve_slice_ids, n))
         # The hottest reads (lookup, getattr, slice lists) skip the thread hand-off.
         self.reads = FastReads.for_engine(meta, self._meta)
@@ -312,7 +312,9 @@ class Vfs:
         """
         if not self.options.keep_page_cache:
             return False
-        version = (attr.mtime_ns, attr.size)
+        # ctime too: a tool may set mtime back (rsync -t, touch -r) after changing the data,
+        # but nobody can set ctime, and every write moves it.
+        version = (attr.mtime_ns, attr.ctime_ns, attr.size)
         if self._page_versions.get(ino) == version:
             self._page_versions.move_to_end(ino)
             return True

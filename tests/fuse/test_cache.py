@@ -104,6 +104,19 @@ def test_demotion_and_ssd_reuse_after_remount_make_no_gets(s3_volume: Volume, tm
     assert tier_stats(stats, "ssd")["hits"] == 9
 
 
+def test_write_through_leaves_written_blocks_in_the_cache(s3_volume: Volume, tmp_path: Path) -> None:
+    cache = f"ssd:{tmp_path / 'cache'}:64MiB"
+    m = s3_volume.mount("--cache", cache)
+    data = write_files(m.path, {"f": 3 * MiB})["f"]
+    stats = client_stats(m.path)
+    assert stats["store"]["puts"] == 3 and tier_stats(stats, "ssd")["blocks"] == 3
+    assert stats["uploads"]["pending_blocks"] == 0  # write-through: nothing left to upload
+    m.umount()
+    again = s3_volume.mount("--cache", cache)
+    assert (again.path / "f").read_bytes() == data
+    assert client_stats(again.path)["store"]["gets"] == 0
+
+
 def test_corrupt_or_truncated_cache_file_is_refetched(s3_volume: Volume, tmp_path: Path) -> None:
     writer = s3_volume.mount()
     data = write_files(writer.path, {"f": 4 * MiB})["f"]
@@ -192,6 +205,12 @@ def test_page_cache_kept_while_unchanged_and_dropped_after_a_remote_change(s3_vo
     third = client_stats(b.path)["fuse"]
     assert third["reads"] > second["reads"]
     assert third["keep_cache_opens"] == second["keep_cache_opens"]
+    # Even with its mtime set back (as rsync -t does), changed data is not served stale.
+    old = os.stat(a.path / "f")
+    (a.path / "f").write_bytes(b"333" * 300_000)
+    os.utime(a.path / "f", ns=(old.st_atime_ns, old.st_mtime_ns))
+    assert os.stat(a.path / "f").st_mtime_ns == old.st_mtime_ns
+    assert (b.path / "f").read_bytes() == b"333" * 300_000
 
 
 def test_readahead_for_sequential_readers_only(s3_volume: Volume) -> None:
