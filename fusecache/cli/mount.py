@@ -5,7 +5,7 @@ vfs → fuse ops. With `-d` the command starts itself again as a detached proces
 returns once that process reports the mount ready (or prints why it failed).
 
 Cache tiers (`--cache`, in tier order) mirror Fluid's tieredstore levels; see docs/cache.md.
-Without `--cache` a client keeps a MEM tier of DEFAULT_CACHE.
+Without `--cache` a client keeps a 256 MiB MEM tier (`DEFAULT_CACHE`).
 """
 
 from __future__ import annotations
