@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import json
-import os
 
-from ..errors import CliError
-from .mountinfo import FSTYPE, owning_mount
+from .mountinfo import read_client_json
 
 INFO_XATTR = "fusecache.info"
 
@@ -21,18 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _info(path: str) -> dict:
-    if not os.path.lexists(path):
-        raise CliError(f"{path}: no such file or directory")
-    entry = owning_mount(path)
-    if entry is None or entry.fstype != FSTYPE:
-        raise CliError(f"{path} is not inside a fusecache mount")
-    try:
-        raw = os.getxattr(path, INFO_XATTR, follow_symlinks=False)
-    except OSError as exc:
-        if exc.errno == errno.ENOTCONN:
-            raise CliError(f"{path}: the fusecache client of this mount is not running") from None
-        raise CliError(f"{path}: {exc.strerror}") from None
-    return json.loads(raw)
+    return read_client_json(path, INFO_XATTR, "its layout", follow_symlinks=False)  # type: ignore[no-any-return]
 
 
 def run(args: argparse.Namespace) -> int:

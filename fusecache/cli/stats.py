@@ -8,7 +8,6 @@ as Prometheus metrics (`start_metrics`), every name prefixed `fusecache_`.
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import logging
 import os
@@ -17,7 +16,7 @@ from typing import Any
 
 from ..errors import CliError
 from ..units import format_size
-from .mountinfo import FSTYPE, owning_mount
+from .mountinfo import read_client_json
 
 log = logging.getLogger(__name__)
 STATS_XATTR = "fusecache.stats"
@@ -33,18 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def read_stats(path: str) -> Stats:
     """The figures of the client serving `path` (CliError if there is none)."""
-    if not os.path.lexists(path):
-        raise CliError(f"{path}: no such file or directory")
-    entry = owning_mount(path)
-    if entry is None or entry.fstype != FSTYPE:
-        raise CliError(f"{path} is not inside a fusecache mount")
-    try:
-        raw = os.getxattr(path, STATS_XATTR)
-    except OSError as exc:
-        if exc.errno == errno.ENOTCONN:
-            raise CliError(f"{path}: the fusecache client of this mount is not running") from None
-        raise CliError(f"{path}: cannot read the client's figures: {exc.strerror}") from None
-    return json.loads(raw)
+    return read_client_json(path, STATS_XATTR, "the client\'s figures")  # type: ignore[no-any-return]
 
 
 def run(args: argparse.Namespace) -> int:
