@@ -29,7 +29,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -80,27 +79,6 @@ def read_small(root: Path, count: int) -> tuple[float, float]:
             total += len(f.read())
     secs = time.perf_counter() - start
     return count / secs, total / MiB / secs
-
-
-def drop_cache_files(directory: Path) -> None:
-    """Push the cache files out of the kernel page cache, so a warm read hits the disk."""
-    os.sync()
-    for dirpath, _dirs, files in os.walk(directory):
-        for name in files:
-            try:
-                fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            except OSError:
-                continue
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
-
-
-def timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 # -- filesystems -------------------------------------------------------------------------------
@@ -207,7 +185,7 @@ def run_workloads(fs: Fusecache | Juicefs, args: argparse.Namespace) -> Rows:
 
     # Warm: the cache holds everything, read from disk by a fresh client; then hot, right
     # away (this VM's DAMON pages out memory idle for a few seconds, page cache included).
-    drop_cache_files(fs.cache_dir)
+    ref.drop_page_cache(fs.cache_dir)
     mnt = fs.mount()
     gets = fs.gets()
     rows["1 GiB warm MiB/s"] = read_big(mnt)
@@ -221,11 +199,11 @@ def run_workloads(fs: Fusecache | Juicefs, args: argparse.Namespace) -> Rows:
     # Warmup into an empty cache, then a read of it all.
     fs.clear_cache()
     mnt = fs.mount()
-    secs = timed(lambda: fs.warmup(mnt / "big", mnt / "small"))
+    secs = ref.timed(lambda: fs.warmup(mnt / "big", mnt / "small"))
     rows["warmup MiB/s"] = total_mib / secs
     rows["warmup files/s"] = (args.small + 1) / secs
     gets = fs.gets()
-    drop_cache_files(fs.cache_dir)
+    ref.drop_page_cache(fs.cache_dir)
     rows["1 GiB after warmup MiB/s"] = read_big(mnt)
     if isinstance(fs, Fusecache):
         rows["GETs after warmup"] = fs.gets() - gets

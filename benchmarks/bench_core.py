@@ -17,14 +17,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.reference import juicefs_binary  # noqa: E402
+from benchmarks.reference import drop_page_cache, juicefs_binary, timed  # noqa: E402
 from tests.servers import find_tool, start_redis, start_s3  # noqa: E402
 
 MiB = 1 << 20
@@ -35,23 +34,6 @@ class Result:
     name: str
     unit: str
     value: float
-
-
-def drop_file_cache(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
-def timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def seq_write(path: Path, mib: int) -> float:
@@ -125,7 +107,7 @@ def run_workloads(fs: FsUnderTest, args: argparse.Namespace) -> dict[str, float]
     res.update({f"{k} ops/s": v for k, v in ops.items()})
     fs.umount()
     mnt = fs.mount()  # cold: fresh client, empty caches
-    drop_file_cache(mnt / "big")
+    drop_page_cache(mnt / "big")
     res["seq read cold MiB/s"] = seq_read(mnt / "big")
     res["small read cold files/s"] = small_read(mnt / "small", args.small)
     fs.umount()

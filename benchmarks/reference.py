@@ -54,6 +54,30 @@ class Throughput:
         return self.nbytes / self.seconds / 1e6 if self.seconds > 0 else float("inf")
 
 
+def timed(fn: Callable[[], object]) -> float:
+    """Seconds `fn()` takes."""
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def drop_page_cache(path: Path) -> None:
+    """Push a file, or every file under a directory, out of the kernel page cache (after a
+    sync, so dirty pages are clean and can go), so the next read really hits the disk or
+    the filesystem under test."""
+    os.sync()
+    paths = [Path(d, n) for d, _, names in os.walk(path) for n in names] if path.is_dir() else [path]
+    for p in paths:
+        try:
+            fd = os.open(p, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
 def format_table(rows: Sequence[Throughput]) -> str:
     width = max([len(r.name) for r in rows] + [9])
     lines = [f"{'reference':<{width}}  {'MB/s':>9}  {'MiB':>7}  {'seconds':>8}"]

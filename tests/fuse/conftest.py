@@ -26,3 +26,13 @@ def volume(request: pytest.FixtureRequest, meta_url: str, tmp_path: Path, s3_ser
 def mnt(volume: Volume) -> Path:
     """The path of one mount of a fresh volume."""
     return volume.mount().path
+
+
+@pytest.fixture
+def s3_volume(meta_url: str, tmp_path: Path, s3_server: S3Server, bucket_url: str) -> Iterator[Volume]:
+    """An S3 volume with 1 MiB blocks (small blocks keep the cache tests fast)."""
+    vol = format_volume(meta_url, tmp_path, "s3", s3_server, bucket_url, "--block-size", "1M")
+    try:
+        yield vol
+    finally:
+        vol.cleanup()

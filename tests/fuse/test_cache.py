@@ -19,19 +19,10 @@ import pytest
 
 from tests.cache.helpers import bytes_on_disk, files_under
 from tests.fuse.helpers import Volume, client_stats, format_volume, run_cli, sha256_file, tier_stats
-from tests.servers import S3Server, free_port
+from tests.servers import free_port
 
 MiB = 1 << 20
 
-
-@pytest.fixture
-def s3_volume(meta_url: str, tmp_path: Path, s3_server: S3Server, bucket_url: str) -> Iterator[Volume]:
-    """An S3 volume with 1 MiB blocks (small blocks keep these tests fast)."""
-    vol = format_volume(meta_url, tmp_path, "s3", s3_server, bucket_url, "--block-size", "1M")
-    try:
-        yield vol
-    finally:
-        vol.cleanup()
 
 
 def write_files(root: Path, sizes: dict[str, int], seed: int = 0) -> dict[str, bytes]:

@@ -29,14 +29,6 @@ def block_keys(volume: Volume) -> set[str]:
     return set(volume.object_keys("testvol/blocks/"))
 
 
-@pytest.fixture
-def s3_volume(meta_url: str, tmp_path: Path, s3_server: S3Server, bucket_url: str) -> Iterator[Volume]:
-    vol = format_volume(meta_url, tmp_path, "s3", s3_server, bucket_url, "--block-size", "1M")
-    try:
-        yield vol
-    finally:
-        vol.cleanup()
-
 
 def test_writeback_uploads_in_background_for_other_clients(s3_volume: Volume, tmp_path: Path) -> None:
     a = s3_volume.mount("--writeback", "--cache", f"ssd:{tmp_path / 'cache'}:64MiB")

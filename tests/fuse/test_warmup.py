@@ -6,24 +6,12 @@ import hashlib
 import json
 import os
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from tests.fuse.helpers import Volume, client_stats, format_volume, run_cli, sha256_file
-from tests.servers import S3Server
+from tests.fuse.helpers import Volume, client_stats, run_cli, sha256_file
 
 MiB = 1 << 20
 
-
-@pytest.fixture
-def s3_volume(meta_url: str, tmp_path: Path, s3_server: S3Server, bucket_url: str) -> Iterator[Volume]:
-    vol = format_volume(meta_url, tmp_path, "s3", s3_server, bucket_url, "--block-size", "1M")
-    try:
-        yield vol
-    finally:
-        vol.cleanup()
 
 
 def make_tree(root: Path) -> dict[str, str]:
