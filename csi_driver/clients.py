@@ -18,8 +18,9 @@ import threading
 import time
 from dataclasses import dataclass
 
+from fusecache.mountinfo import FUSECACHE_FSTYPE, top_mount
+
 from .fsref import Filesystem
-from .mountinfo import FUSECACHE_FSTYPE, top_mount
 from .mounts import unmount_stack
 from .settings import MountSettings
 from .state import ClientRecord

@@ -24,13 +24,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from fusecache.mountinfo import FUSECACHE_FSTYPE, read_mounts, top_mount
 from fusecache.types import ROOT_INO, StatFs
 
 from .clients import DEAD_MOUNT_ERRNOS, ClientStartError, FuseClients, Health, stat_with_timeout
 from .errors import CsiError, already_exists, failed_precondition, internal, invalid, not_found, unavailable
 from .fsref import Filesystem
 from .metapool import MetaPool
-from .mountinfo import FUSECACHE_FSTYPE, read_mounts, top_mount
 from .mounts import bind, same_subtree, unmount_stack
 from .settings import MountSettings, client_key, client_root, parse
 from .state import ClientRecord, NodeState, PublishRecord, VolumeRecord

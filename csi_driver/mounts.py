@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Iterable
 
-from .mountinfo import Mount, mounts_at
+from fusecache.mountinfo import Mount, mounts_at
 
 log = logging.getLogger(__name__)
 

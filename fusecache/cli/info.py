@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .mountinfo import read_client_json
+from .client_xattr import read_client_json
 
 INFO_XATTR = "fusecache.info"
 

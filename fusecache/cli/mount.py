@@ -23,9 +23,9 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from .. import __version__
 from ..errors import CliError, FsError, ObjectStoreError
+from ..mountinfo import is_mounted, top_mount
 from ..types import ROOT_INO
 from .common import connect_meta, load_volume
-from .mountinfo import is_mounted, mount_entry
 
 if TYPE_CHECKING:
     from ..cache import TierConfig
@@ -341,11 +341,11 @@ def _run_session(args: argparse.Namespace, volume: Volume, vfs: Vfs, ops: FuseOp
 def _widen_kernel_readahead(mountpoint: str, kib: int = 4096) -> None:
     """Let the kernel send 1 MiB reads instead of its default 128 KiB: fewer, larger FUSE
     requests. Best effort: the knob is root-only and absent in some containers."""
-    entry = mount_entry(mountpoint)
-    if entry is None or not entry.device:
+    entry = top_mount(mountpoint)
+    if entry is None or not entry.dev:
         return
     try:
-        with open(f"/sys/class/bdi/{entry.device}/read_ahead_kb", "w") as f:
+        with open(f"/sys/class/bdi/{entry.dev}/read_ahead_kb", "w") as f:
             f.write(str(kib))
     except OSError as exc:
         log.info("kernel readahead left at its default: %s", exc.strerror)

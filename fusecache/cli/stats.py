@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import CliError
 from ..units import format_size
-from .mountinfo import read_client_json
+from .client_xattr import read_client_json
 
 log = logging.getLogger(__name__)
 STATS_XATTR = "fusecache.stats"

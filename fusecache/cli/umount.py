@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from ..errors import CliError
-from .mountinfo import FSTYPE, mount_entry
+from ..mountinfo import FUSECACHE_FSTYPE, top_mount
 
 CLIENT_EXIT_TIMEOUT = 300.0  # seconds to wait for the client to finish its uploads and exit
 
@@ -34,10 +34,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     path = os.path.abspath(args.mountpoint)
-    entry = mount_entry(path)
+    entry = top_mount(path)
     if entry is None:
         raise CliError(f"{path} is not mounted")
-    if entry.fstype != FSTYPE:
+    if entry.fstype != FUSECACHE_FSTYPE:
         raise CliError(f"{path} is not a fusecache mount (it is {entry.fstype})")
     tool = shutil.which("fusermount3") or shutil.which("fusermount")
     if tool is None:
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
             raise CliError(f"{path} is busy (files are open); close them or use --lazy")
         raise CliError(f"cannot unmount {path}: {reason}")
     deadline = time.monotonic() + 10
-    while mount_entry(path) is not None and time.monotonic() < deadline:
+    while top_mount(path) is not None and time.monotonic() < deadline:
         time.sleep(0.05)
     if client is not None:
         _clean_cache(client)

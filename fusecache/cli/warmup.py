@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 
 from ..errors import CliError
 from ..layout import CHUNK_SIZE
+from ..mountinfo import FUSECACHE_FSTYPE, owning_mount
 from ..units import format_size
 from ..vfs.control import parse_answer
-from .mountinfo import FSTYPE, owning_mount
 
 PIECE = CHUNK_SIZE  # bytes per request: a chunk boundary is always a block boundary
 REDRAW = 0.2  # seconds between progress bar updates on a terminal
@@ -77,7 +77,7 @@ def collect_files(paths: list[str]) -> Iterator[FileItem]:
         except OSError as exc:
             raise CliError(f"{top}: {exc.strerror}") from None
         entry = owning_mount(top)
-        if entry is None or entry.fstype != FSTYPE:
+        if entry is None or entry.fstype != FUSECACHE_FSTYPE:
             raise CliError(f"{top} is not inside a fusecache mount")
         if stat.S_ISREG(st.st_mode):
             yield FileItem(top, st.st_size)

@@ -23,7 +23,7 @@ import grpc
 
 from csi_driver._proto import csi_pb2 as pb
 from csi_driver._proto import csi_pb2_grpc as pb_grpc
-from csi_driver.mountinfo import mounts_under
+from fusecache.mountinfo import mounts_under
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "fusecache.cli.main"]

@@ -16,8 +16,8 @@ import boto3
 import pytest
 
 from csi_driver._proto import csi_pb2 as pb
-from csi_driver.mountinfo import mounts_under
 from fusecache.meta import open_meta
+from fusecache.mountinfo import mounts_under
 from fusecache.types import ROOT_INO
 from tests.csi.harness import Driver, capability, pid_alive
 from tests.servers import S3Server

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from csi_driver._proto import csi_pb2 as pb
-from csi_driver.mountinfo import mounts_under
+from fusecache.mountinfo import mounts_under
 from tests.csi.harness import Driver, capability, mount_has_cache_flags
 from tests.csi.test_e2e import block_keys, pod
 from tests.servers import S3Server

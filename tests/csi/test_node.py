@@ -10,8 +10,8 @@ import grpc
 import pytest
 
 from csi_driver._proto import csi_pb2 as pb
-from csi_driver.mountinfo import mounts_at, mounts_under, read_mounts, top_mount
 from fusecache.meta import open_meta
+from fusecache.mountinfo import mounts_at, mounts_under, read_mounts, top_mount
 from fusecache.types import ROOT_INO
 from tests.csi.harness import MOUNT_CAP, NODE_ID, Driver, capability, pid_alive
 

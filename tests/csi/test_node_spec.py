@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from csi_driver._proto import csi_pb2 as pb
-from csi_driver.mountinfo import top_mount
+from fusecache.mountinfo import top_mount
 from tests.csi.harness import MOUNT_CAP, Driver, capability
 from tests.csi.test_node import code_of, create, fuse_clients, publish, stage, unpublish, unstage
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from csi_driver._proto import csi_pb2 as pb
-from csi_driver.mountinfo import mounts_under, top_mount
+from fusecache.mountinfo import mounts_under, top_mount
 from tests.csi.harness import NODE_ID, Driver, pid_alive, running_driver
 from tests.csi.test_node import create, publish, stage, unpublish, unstage
 

@@ -16,11 +16,11 @@ from csi_driver._proto import csi_pb2 as pb
 from csi_driver.capabilities import capability_problem, check_capability
 from csi_driver.controller import capacity_fits, decode_token, encode_token, requested_capacity
 from csi_driver.errors import CsiError
-from csi_driver.mountinfo import parse_line
 from csi_driver.mounts import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, mount_flags
 from csi_driver.state import NodeState, PublishRecord, VolumeRecord
 from csi_driver.volume_id import dir_name, fs_tag, make_id, parse_id
 from fusecache.cli.main import build_parser
+from fusecache.mountinfo import parse_line
 from tests.csi.harness import capability, mount_has_cache_flags
 
 Mode = pb.VolumeCapability.AccessMode

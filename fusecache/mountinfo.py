@@ -77,6 +77,23 @@ def top_mount(path: str) -> Mount | None:
     return stack[-1] if stack else None
 
 
+def is_mounted(path: str) -> bool:
+    return top_mount(path) is not None
+
+
+def owning_mount(path: str) -> Mount | None:
+    """The mount that contains `path` (the longest mountpoint prefix of its real path)."""
+    path = os.path.realpath(path)
+    best: Mount | None = None
+    for m in read_mounts():
+        mp = m.mountpoint
+        if (path == mp or path.startswith(mp.rstrip("/") + "/")) and (
+            best is None or len(mp) >= len(best.mountpoint)
+        ):
+            best = m
+    return best
+
+
 def mounts_under(directory: str) -> list[Mount]:
     """Mounts strictly inside `directory`."""
     prefix = os.path.normpath(os.path.abspath(directory)).rstrip("/") + "/"
