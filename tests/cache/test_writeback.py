@@ -79,9 +79,11 @@ def test_left_over_staged_blocks_are_uploaded_by_the_next_store(tmp_path: Path) 
         chunks.upload_block(3, i, bytes([i]) * BS)
     assert chunks.close(drain_stall=0.5) == 3  # store down at exit: the blocks stay staged
     store.down.clear()
+    store.hold.clear()  # PUTs wait, so the resumed uploads are still pending when counted
     cache2, chunks2 = make(tmp_path, store)
     assert chunks2.resume_uploads() == 3
     assert chunks2.pending_uploads() == (3, 3 * BS)
+    store.hold.set()
     assert chunks2.close() == 0
     assert keys(store) == {chunks2.key(3, 3 * BS, i) for i in range(3)}
     assert cache2.pending_staged() == []
