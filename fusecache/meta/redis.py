@@ -135,7 +135,7 @@ class RedisMeta(Meta):
                           "WRITE", "COMPACT", "TAKE_GARBAGE", "SETXATTR", "REMOVEXATTR",
                           "NEW_SESSION", "HEARTBEAT", "STALE_SESSIONS", "CLOSE_SESSION",
                           "RELEASE_SUSTAINED", "STATFS", "SET_QUOTA", "FORMAT"):
-            self._scripts[attr_name] = client.register_script(lua.PRELUDE + getattr(lua, attr_name))
+            self._scripts[attr_name] = client.register_script(lua.script(getattr(lua, attr_name)))
         self._ino_lock = threading.Lock()
         self._ino_next = 0
         self._ino_end = 0
