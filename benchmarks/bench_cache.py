@@ -277,7 +277,11 @@ def main() -> None:
     args.cache_mib = args.cache_mib or int(data_mib * 1.25) + 64
 
     redis = start_redis()
-    s3 = start_s3()
+    try:
+        s3 = start_s3()
+    except BaseException:
+        redis.stop()  # the redis-server just started must not outlive a failed start
+        raise
     workdir = Path(tempfile.mkdtemp(prefix="fc-bench-cache-"))
     env = {"ACCESS_KEY": s3.access_key, "SECRET_KEY": s3.secret_key}
     results: dict[str, Rows] = {}
