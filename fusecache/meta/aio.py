@@ -1,8 +1,8 @@
-"""A non-blocking Redis path for the hottest metadata reads, on the trio loop.
+"""A non-blocking Redis path for the hottest metadata calls, on the trio loop.
 
 Every FUSE lookup/getattr would otherwise pay a hand-off to a worker thread and back: on
 a busy 2-core node those extra wake-ups cost more than the Redis round trip itself. The
-engine describes such a read as a `MetaRequest` (a Redis command plus a decoder; the
+engine describes such a call as a `MetaRequest` (a Redis command plus a decoder; the
 engine keeps its key schema and codecs to itself), and `AsyncRedis` sends it over a trio
 socket and parses the reply with hiredis. Nothing here blocks the loop.
 
@@ -17,6 +17,7 @@ import errno
 import logging
 import os
 import socket
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -191,32 +192,44 @@ class AsyncRedis:
         self._idle.clear()
 
 
-class FastReads:
-    """lookup/getattr/read over `AsyncRedis` when the engine supports it, else in a thread.
+class FastCalls:
+    """The hottest metadata calls over `AsyncRedis` when the engine supports it, else in a
+    thread: lookup, getattr and slice lists, and the creates and unlinks of regular files.
 
     `blocking(fn, *args)` is the caller's way to run an engine method in a worker thread
-    (with its error translation)."""
+    (with its error translation).
+
+    A mutation that falls back after its request was sent may have run: the blocking call
+    then reports what it finds (EEXIST for a create that happened), as the blocking
+    engine's own reconnect-and-retry does."""
 
     def __init__(self, meta: Any, blocking: Callable[..., Any], client: AsyncRedis | None) -> None:
         self.meta = meta
         self.blocking = blocking
         self.client = client
-        self.fast = 0  # requests answered without a thread (for stats and tests)
+        self.direct = 0  # calls answered without a thread (for stats and tests)
 
     @classmethod
-    def for_engine(cls, meta: Any, blocking: Callable[..., Any]) -> FastReads:
+    def for_engine(cls, meta: Any, blocking: Callable[..., Any]) -> FastCalls:
         address = meta.direct_address() if hasattr(meta, "direct_address") else None
         return cls(meta, blocking, AsyncRedis(address) if address is not None else None)
 
+    async def _send(self, request: MetaRequest) -> tuple[bool, Any]:
+        """(True, decoded reply), or (False, None) when the call must go the blocking way."""
+        assert self.client is not None
+        try:
+            reply = await self.client.execute(*request.command)
+        except FallBack as exc:
+            log.debug("metadata call falls back to a thread: %s", exc)
+            return False, None
+        self.direct += 1
+        return True, request.decode(reply)
+
     async def _run(self, request: MetaRequest | None, fn: Callable[..., Any], *args: Any) -> Any:
-        if self.client is not None and request is not None:
-            try:
-                reply = await self.client.execute(*request.command)
-            except FallBack as exc:
-                log.debug("metadata read falls back to a thread: %s", exc)
-            else:
-                self.fast += 1
-                return request.decode(reply)
+        if request is not None:
+            done, result = await self._send(request)
+            if done:
+                return result
         return await self.blocking(fn, *args)
 
     async def lookup(self, parent: int, name: bytes) -> Any:
@@ -230,3 +243,23 @@ class FastReads:
     async def read(self, ino: int, chunk_index: int) -> Any:
         request = self.meta.read_request(ino, chunk_index) if self.client is not None else None
         return await self._run(request, self.meta.read, ino, chunk_index)
+
+    async def mknod(self, parent: int, name: bytes, mode: int, uid: int, gid: int, rdev: int = 0) -> Any:
+        request = None
+        if self.client is not None and stat.S_ISREG(mode):
+            request = self.meta.create_file_request(parent, name, mode, uid, gid)
+        return await self._run(request, self.meta.mknod, parent, name, mode, uid, gid, rdev)
+
+    async def unlink(self, parent: int, name: bytes) -> None:
+        prepared = self.meta.unlink_request(parent, name) if self.client is not None else None
+        if prepared is None:
+            return await self.blocking(self.meta.unlink, parent, name)  # type: ignore[no-any-return]
+        request, finish = prepared
+        try:
+            done, kept = await self._send(request)
+        finally:
+            finish()
+        if not done:
+            await self.blocking(self.meta.unlink, parent, name)
+        elif kept is not None:
+            await self.blocking(self.meta.settle_unlinked, kept)  # may free it: a script

@@ -191,6 +191,19 @@ class RedisMeta(Meta):
             self._ino_next += 1
             return ino
 
+    def _new_ino_nowait(self) -> int | None:
+        """An inode number from the batch at hand, or None when getting one would block."""
+        if not self._ino_lock.acquire(blocking=False):
+            return None
+        try:
+            if self._ino_next >= self._ino_end:
+                return None
+            ino = self._ino_next
+            self._ino_next += 1
+            return ino
+        finally:
+            self._ino_lock.release()
+
     def _get_attr(self, ino: int) -> Attr:
         with self._errors():
             raw = self._r.get(self._ik(ino))
@@ -330,6 +343,52 @@ class RedisMeta(Meta):
         return MetaRequest(("LRANGE", self._ck(ino, chunk_index), 0, -1),
                            lambda raws: [unpack_slice(raw) for raw in raws])
 
+    def create_file_request(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> MetaRequest | None:
+        """`mknod` of a regular file as one request; None when it must take the blocking
+        path (this client's batch of inode numbers is used up)."""
+        if stat.S_IFMT(mode) != stat.S_IFREG:
+            return None
+        _check_new_name(name)
+        ino = self._new_ino_nowait()
+        if ino is None:
+            return None
+        attr, args = self._create_args(ino, parent, name, mode, uid, gid)
+
+        def decode(res: list[Any]) -> Attr:
+            if res[0] > 0:
+                raise FsError(res[0])
+            return attr
+
+        script = self._scripts["CREATE"]
+        return MetaRequest(("EVALSHA", script.sha, 1, self._dk(parent), self._p, *args), decode)
+
+    def unlink_request(self, parent: int, name: bytes) -> tuple[MetaRequest, Callable[[], None]] | None:
+        """`unlink` as one request, and the call that must follow it however it ends (it
+        ends the registration `open` waits for). The request decodes to the inode this
+        session kept (it was open: pass it to `settle_unlinked`), or None. None instead of
+        a request when the session's bookkeeping is busy: take the blocking path."""
+        if name in (b".", b".."):
+            return None
+        _check_name(name)
+        started = self._unlink_begin(blocking=False)
+        if started is None:
+            return None
+        keep, ticket = started
+
+        def decode(res: list[Any]) -> int | None:
+            if res[0] > 0:
+                raise FsError(res[0])
+            return int(res[1]) if int(res[2]) == _SUSTAINED else None
+
+        script = self._scripts["UNLINK"]
+        request = MetaRequest(("EVALSHA", script.sha, 1, self._dk(parent), self._p, parent, name,
+                               pack_time(time.time_ns()), keep), decode)
+        return request, lambda: self._unlink_end(ticket)
+
+    def settle_unlinked(self, ino: int) -> None:
+        """After `unlink_request` kept `ino`: keep it while open, else free it."""
+        self._settle(ino, _SUSTAINED)
+
     def _get_dir(self, ino: int) -> Attr:
         attr = self._get_attr(ino)
         if not attr.is_dir:
@@ -373,15 +432,20 @@ class RedisMeta(Meta):
     def _create(self, parent: int, name: bytes, mode: int, uid: int, gid: int, rdev: int = 0,
                 target: bytes = b"") -> Attr:
         _check_new_name(name)
+        attr, args = self._create_args(self._new_ino(), parent, name, mode, uid, gid, rdev, target)
+        self._run("CREATE", [self._dk(parent)], args)
+        return attr
+
+    @staticmethod
+    def _create_args(ino: int, parent: int, name: bytes, mode: int, uid: int, gid: int, rdev: int = 0,
+                     target: bytes = b"") -> tuple[Attr, list[Any]]:
+        """The new inode's attributes and the CREATE script's arguments after the prefix."""
         now = time.time_ns()
-        ino = self._new_ino()
         is_dir = stat.S_ISDIR(mode)
         attr = Attr(ino, mode, uid, gid, nlink=2 if is_dir else 1,
                     size=DIR_SIZE if is_dir else len(target), rdev=rdev,
                     atime_ns=now, mtime_ns=now, ctime_ns=now, parent=parent)
-        self._run("CREATE", [self._dk(parent)],
-                  [parent, name, ino, pack_attr(attr), pack_entry(mode, ino), pack_time(now), target])
-        return attr
+        return attr, [parent, name, ino, pack_attr(attr), pack_entry(mode, ino), pack_time(now), target]
 
     def mknod(self, parent: int, name: bytes, mode: int, uid: int, gid: int, rdev: int = 0) -> Attr:
         kind = stat.S_IFMT(mode)
@@ -505,7 +569,19 @@ class RedisMeta(Meta):
         """The `keep` argument of an unlink-like script: which inodes this session keeps
         when their last link goes (lua.keeper). The call stays registered until it is done,
         so that `open` can wait for calls whose snapshot missed its inode."""
-        with self._cond:
+        started = self._unlink_begin(blocking=True)
+        assert started is not None
+        keep, ticket = started
+        try:
+            yield keep
+        finally:
+            self._unlink_end(ticket)
+
+    def _unlink_begin(self, blocking: bool) -> tuple[str, int] | None:
+        """Register an unlink-like call: its `keep` argument and its ticket."""
+        if not self._cond.acquire(blocking=blocking):
+            return None
+        try:
             if self._sid is None or not self._opened:
                 keep = "0"
             elif len(self._opened) > MAX_HELD_LISTED:
@@ -515,12 +591,14 @@ class RedisMeta(Meta):
             self._unlink_seq += 1
             ticket = self._unlink_seq
             self._unlinks.add(ticket)
-        try:
-            yield keep
+            return keep, ticket
         finally:
-            with self._cond:
-                self._unlinks.discard(ticket)
-                self._cond.notify_all()
+            self._cond.release()
+
+    def _unlink_end(self, ticket: int) -> None:
+        with self._cond:
+            self._unlinks.discard(ticket)
+            self._cond.notify_all()
 
     def _settle(self, ino: int, fate: int) -> None:
         """After a script kept `ino` for this session: keep it while open, else free it

@@ -32,7 +32,7 @@ from ..chunk.reader import BlockLoader, blocks_in_range, read_file_range
 from ..chunk.store import ChunkStore
 from ..chunk.writer import FileWriter, SliceIds
 from ..errors import FsError, MetaError
-from ..meta.aio import FastReads
+from ..meta.aio import FastCalls
 from ..meta.base import MAX_NAME, MAX_XATTR_NAME, MAX_XATTR_VALUE, Meta
 from ..types import Attr, DirEntry, SetAttr, Slice, StatFs, VolumeSettings
 from ..workers import Workers
@@ -102,8 +102,9 @@ class Vfs:
         self.about: dict[str, Any] = {}  # static facts for stats (volume, pid, mountpoint), set by mount
         self._page_versions: OrderedDict[int, tuple[int, int, int]] = OrderedDict()
         self.ids = SliceIds(lambda n: self._meta(meta.reserve_slice_ids, n))
-        # The hottest reads (lookup, getattr, slice lists) skip the thread hand-off.
-        self.reads = FastReads.for_engine(meta, self._meta)
+        # The hottest calls (lookup, getattr, slice lists, file create/unlink) skip the
+        # thread hand-off.
+        self.fast = FastCalls.for_engine(meta, self._meta)
         self.files: dict[int, OpenInode] = {}
         self.handles: dict[int, FileHandle] = {}
         self.dirs: dict[int, DirHandle] = {}
@@ -161,10 +162,10 @@ class Vfs:
     async def lookup(self, parent: int, name: bytes) -> Attr:
         if len(name) > MAX_NAME:
             raise FsError(errno.ENAMETOOLONG)
-        return self._merge(await self.reads.lookup(parent, name))
+        return self._merge(await self.fast.lookup(parent, name))
 
     async def getattr(self, ino: int) -> Attr:
-        return self._merge(await self.reads.getattr(ino))
+        return self._merge(await self.fast.getattr(ino))
 
     async def setattr(self, ino: int, changes: SetAttr) -> Attr:
         self._writable()
@@ -211,7 +212,7 @@ class Vfs:
 
     async def unlink(self, parent: int, name: bytes) -> None:
         self._writable()
-        await self._meta(self.meta.unlink, parent, name)
+        await self.fast.unlink(parent, name)
 
     async def rmdir(self, parent: int, name: bytes) -> None:
         self._writable()
@@ -227,11 +228,11 @@ class Vfs:
 
     # -- directories ----------------------------------------------------------------------
     async def opendir(self, ino: int) -> int:
-        attr = await self.reads.getattr(ino)
+        attr = await self.fast.getattr(ino)
         if not attr.is_dir:
             raise FsError(errno.ENOTDIR)
         entries = await self._meta(self.meta.readdir, ino)
-        parent = await self.reads.getattr(attr.parent or ino) if attr.parent != ino else attr
+        parent = await self.fast.getattr(attr.parent or ino) if attr.parent != ino else attr
         listing = [DirEntry(b".", attr), DirEntry(b"..", parent), *entries]
         fh = next(self._fh)
         self.dirs[fh] = DirHandle(fh, ino, listing)
@@ -251,13 +252,13 @@ class Vfs:
         self._writable()
         self._check_name(name)
         try:
-            attr = await self._meta(self.meta.mknod, parent, name, stat.S_IFREG | (mode & 0o7777), ctx.uid, ctx.gid, 0)
+            attr = await self.fast.mknod(parent, name, stat.S_IFREG | (mode & 0o7777), ctx.uid, ctx.gid)
         except FsError as exc:
             # Another client created it since the kernel's lookup: O_CREAT without O_EXCL
             # opens the existing file, as POSIX says.
             if exc.errno != errno.EEXIST or flags & os.O_EXCL:
                 raise
-            attr = await self.reads.lookup(parent, name)
+            attr = await self.fast.lookup(parent, name)
             if attr.is_dir:
                 raise FsError(errno.EISDIR) from None
             if flags & os.O_TRUNC and attr.size:
@@ -275,7 +276,7 @@ class Vfs:
             self._writable()
         if self.meta.open_nowait(ino):  # the usual case: no thread hand-off
             try:
-                attr = known or await self.reads.getattr(ino)
+                attr = known or await self.fast.getattr(ino)
             except BaseException:
                 await self._release_meta(ino)
                 raise
@@ -333,7 +334,7 @@ class Vfs:
     async def _slices(self, state: OpenInode, index: int) -> list[Slice]:
         cached = state.slices.get(index)
         if cached is None:
-            cached = state.slices[index] = await self.reads.read(state.ino, index)
+            cached = state.slices[index] = await self.fast.read(state.ino, index)
             if len(cached) >= COMPACT_AT:
                 self._schedule_compaction(state.ino, index)
         return cached
@@ -568,7 +569,7 @@ class Vfs:
     async def _block_command(self, ino: int, command: control.BlockCommand) -> bytes:
         """warmup / cached / evict over the blocks of a byte range of a file."""
         if command.length < 0:
-            attr = await self.reads.getattr(ino)
+            attr = await self.fast.getattr(ino)
             end = attr.size if attr.is_file else 0
         else:
             # An explicit range (what the CLI sends) needs no attributes: past the end of the
@@ -581,7 +582,7 @@ class Vfs:
 
         async def slices_of(index: int) -> list[Slice]:
             if index not in chunk_slices:  # fresh from metadata: not the open-file cache
-                chunk_slices[index] = await self.reads.read(ino, index)
+                chunk_slices[index] = await self.fast.read(ino, index)
             return chunk_slices[index]
 
         blocks = await blocks_in_range(slices_of, self.chunks.block_size, command.offset, end - command.offset)
@@ -640,11 +641,11 @@ class Vfs:
         """What `fusecache info` shows: inode, size, and every chunk's slices and objects."""
         from ..layout import CHUNK_SIZE, slice_keys
 
-        attr = await self.reads.getattr(ino)
+        attr = await self.fast.getattr(ino)
         chunks = []
         if attr.is_file:
             for index in range((attr.size + CHUNK_SIZE - 1) // CHUNK_SIZE):
-                slices = await self.reads.read(ino, index)
+                slices = await self.fast.read(ino, index)
                 if not slices:
                     continue
                 chunks.append({

@@ -1,7 +1,8 @@
-"""The non-blocking read path gives exactly what the blocking engine gives."""
+"""The non-blocking metadata path gives exactly what the blocking engine gives."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import time
 
@@ -10,7 +11,7 @@ import trio
 
 from fusecache.errors import FsError
 from fusecache.meta import open_meta
-from fusecache.meta.aio import AsyncRedis, FastReads, pack_command
+from fusecache.meta.aio import AsyncRedis, FastCalls, pack_command
 from fusecache.types import ROOT_INO, Slice, VolumeSettings
 from tests.servers import start_redis
 
@@ -33,16 +34,16 @@ def test_fast_reads_match_engine(meta_url: str) -> None:
         meta.format(settings())
         d = meta.mkdir(ROOT_INO, b"dir", 0o755, 1, 2)
         f = meta.mknod(d.ino, b"file", 0o100644, 3, 4)
-        reads = FastReads.for_engine(meta, _blocking)
+        reads = FastCalls.for_engine(meta, _blocking)
         assert reads.client is not None
 
         async def main() -> None:
             # The first EVALSHA may find the script unloaded on a fresh server: it falls back.
             assert await reads.lookup(ROOT_INO, b"dir") == meta.lookup(ROOT_INO, b"dir")
-            before = reads.fast
+            before = reads.direct
             assert await reads.lookup(d.ino, b"file") == f
             assert await reads.getattr(f.ino) == meta.getattr(f.ino)
-            assert reads.fast == before + 2
+            assert reads.direct == before + 2
             piece = Slice(0, meta.reserve_slice_ids(1), 10, 0, 10)
             meta.write(f.ino, 0, piece, 1)
             assert await reads.read(f.ino, 0) == [piece] == meta.read(f.ino, 0)
@@ -69,19 +70,19 @@ def test_password_and_lost_server_fall_back() -> None:
     try:
         meta = open_meta(server.url(3))
         meta.format(settings())
-        reads = FastReads.for_engine(meta, _blocking)
+        reads = FastCalls.for_engine(meta, _blocking)
 
         async def main() -> None:
             await reads.getattr(ROOT_INO)
-            assert reads.fast == 1  # authenticated and selected db 3
+            assert reads.direct == 1  # authenticated and selected db 3
 
         trio.run(main)
-        wrong = FastReads(meta, _blocking, AsyncRedis(reads.client.address.__class__(  # type: ignore[union-attr]
+        wrong = FastCalls(meta, _blocking, AsyncRedis(reads.client.address.__class__(  # type: ignore[union-attr]
             "127.0.0.1", server.port, 3, None, "wrong")))
 
         async def with_wrong_password() -> None:
             assert (await wrong.getattr(ROOT_INO)).ino == ROOT_INO  # answered by the thread path
-            assert wrong.fast == 0
+            assert wrong.direct == 0
 
         trio.run(with_wrong_password)
         meta.shutdown()
@@ -108,5 +109,81 @@ def test_nowait_open_and_release_keep_unlinked_files_alive(meta_url: str) -> Non
         assert info.value.errno == errno.ENOENT
         g = meta.mknod(ROOT_INO, b"g", 0o100644, 0, 0)
         assert meta.open_nowait(g.ino) and meta.release_nowait(g.ino)
+    finally:
+        meta.shutdown()
+
+
+def test_fast_create_and_unlink_match_engine(meta_url: str) -> None:
+    """Creates and unlinks of regular files on the non-blocking path: the same inodes,
+    entries, errnos, limits and open-file handling as the blocking engine."""
+    meta = open_meta(meta_url)
+    try:
+        meta.format(settings())
+        meta.new_session("host", 1, "/mnt", "test")
+        d = meta.mkdir(ROOT_INO, b"d", 0o755, 0, 0)
+        fast = FastCalls.for_engine(meta, _blocking)
+        assert fast.client is not None
+
+        async def main() -> None:
+            first = await fast.mknod(d.ino, b"a", 0o100640, 7, 8)  # no inode batch yet: blocking path
+            a = await fast.mknod(d.ino, b"b", 0o100640, 7, 8)
+            created_direct = fast.direct
+            assert created_direct >= 1  # the second create found an inode number at hand
+            for f in (first, a):
+                assert meta.getattr(f.ino) == f and f.uid == 7 and f.mode == 0o100640
+            assert meta.lookup(d.ino, b"b") == a
+            assert meta.getattr(d.ino).mtime_ns >= a.mtime_ns  # the parent was touched
+            for args, err in [((d.ino, b"b"), errno.EEXIST), ((a.ino, b"x"), errno.ENOTDIR),
+                              ((999_999, b"x"), errno.ENOENT), ((d.ino, b"n" * 256), errno.ENAMETOOLONG)]:
+                with pytest.raises(FsError) as info:
+                    await fast.mknod(*args, 0o100644, 0, 0)
+                assert info.value.errno == err
+            fifo = await fast.mknod(d.ino, b"p", 0o010644, 0, 0)  # not a regular file: blocking path
+            assert meta.getattr(fifo.ino).mode == 0o010644
+
+            meta.mknod(d.ino, b"tmp", 0o100644, 0, 0)
+            meta.unlink(d.ino, b"tmp")  # loads the UNLINK script into Redis (else NOSCRIPT: fallback)
+            before = fast.direct
+            await fast.unlink(d.ino, b"a")
+            assert fast.direct == before + 1
+            for args, err in [((d.ino, b"a"), errno.ENOENT), ((ROOT_INO, b"d"), errno.EISDIR)]:
+                with pytest.raises(FsError) as info:
+                    await fast.unlink(*args)
+                assert info.value.errno == err
+            with pytest.raises(FsError):
+                meta.getattr(first.ino)
+
+            # An open file loses its last link: kept (nlink 0) until the last close frees it.
+            assert meta.open_nowait(a.ino)
+            await fast.unlink(d.ino, b"b")
+            assert meta.getattr(a.ino).nlink == 0
+            meta.release(a.ino)
+            with pytest.raises(FsError) as info:
+                meta.getattr(a.ino)
+            assert info.value.errno == errno.ENOENT
+            await fast.client.aclose()  # type: ignore[union-attr]
+
+        trio.run(main)
+        assert meta.statfs(ROOT_INO).used_inodes == 2  # d and the fifo (the root is not counted)
+    finally:
+        meta.shutdown()
+
+
+def test_fast_create_respects_the_inode_limit(meta_url: str) -> None:
+    meta = open_meta(meta_url)
+    try:
+        meta.format(dataclasses.replace(settings(), inodes=2))  # the root is not counted
+        meta.mknod(ROOT_INO, b"warm", 0o100644, 0, 0)  # fills this client's inode batch
+        fast = FastCalls.for_engine(meta, _blocking)
+
+        async def main() -> None:
+            await fast.mknod(ROOT_INO, b"two", 0o100644, 0, 0)
+            assert fast.direct == 1
+            with pytest.raises(FsError) as info:
+                await fast.mknod(ROOT_INO, b"three", 0o100644, 0, 0)
+            assert info.value.errno == errno.ENOSPC
+            await fast.client.aclose()  # type: ignore[union-attr]
+
+        trio.run(main)
     finally:
         meta.shutdown()
