@@ -78,6 +78,7 @@ def test_cache_on_full_tmpfs_never_raises(tmpfs: Callable[..., Path]) -> None:
     cache = TieredCache([mem(4 * BS), ssd(64 << 20, disk, free_ratio=0.0)], "v")
     for i in range(20):
         cache.put(key_of(i, BS), block_of(i, BS))
+    cache.wait_demotions()  # demotion to SSD runs in the background
     assert cache.stats().tiers[1].blocks > 0
     filler = fill_bytes(disk)
     for i in range(20, 60):
