@@ -3,8 +3,9 @@
 Every FUSE lookup/getattr would otherwise pay a hand-off to a worker thread and back: on
 a busy 2-core node those extra wake-ups cost more than the Redis round trip itself. The
 engine describes such a call as a `MetaRequest` (a Redis command plus a decoder; the
-engine keeps its key schema and codecs to itself), and `AsyncRedis` sends it over a trio
-socket and parses the reply with hiredis. Nothing here blocks the loop.
+engine keeps its key schema and codecs to itself), and `AsyncRedis` sends it over a
+non-blocking socket that trio watches, and parses the reply with hiredis. Nothing here
+blocks the loop.
 
 Anything unusual (a script not loaded yet, a lost connection, TLS/Sentinel/Cluster
 deployments) falls back to the engine's own blocking call in a worker thread, which has
