@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks import reference as ref  # noqa: E402
 from benchmarks.latency_proxy import LatencyProxy  # noqa: E402
-from tests.servers import start_redis, start_s3  # noqa: E402
+from tests.servers import find_tool, redis_and_s3  # noqa: E402
 
 MiB = 1 << 20
 Rows = dict[str, float]
@@ -276,39 +276,27 @@ def main() -> None:
     data_mib = args.big_mib + args.small * args.small_kib // 1024
     args.cache_mib = args.cache_mib or int(data_mib * 1.25) + 64
 
-    redis = start_redis()
-    try:
-        s3 = start_s3()
-    except BaseException:
-        redis.stop()  # the redis-server just started must not outlive a failed start
-        raise
-    workdir = Path(tempfile.mkdtemp(prefix="fc-bench-cache-"))
-    env = {"ACCESS_KEY": s3.access_key, "SECRET_KEY": s3.secret_key}
-    results: dict[str, Rows] = {}
-    juicefs: Juicefs | None = None
-    try:
-        results["reference"] = reference_rows(s3, workdir, args.big_mib)
-        fc = Fusecache(redis.url(1), s3.make_bucket("fcbench"), env, workdir, args.cache_mib, args.mem_mib)
-        results["fusecache"] = run_workloads(fc, args)
-        results["latency"] = readahead_with_latency(redis.url(3), s3, env, workdir, args)
-        if not args.no_juicefs:
-            try:
-                ref.juicefs_binary()
-            except RuntimeError:
-                pass
-            else:
+    with redis_and_s3() as (redis, s3):
+        workdir = Path(tempfile.mkdtemp(prefix="fc-bench-cache-"))
+        env = {"ACCESS_KEY": s3.access_key, "SECRET_KEY": s3.secret_key}
+        results: dict[str, Rows] = {}
+        juicefs: Juicefs | None = None
+        try:
+            results["reference"] = reference_rows(s3, workdir, args.big_mib)
+            fc = Fusecache(redis.url(1), s3.make_bucket("fcbench"), env, workdir, args.cache_mib, args.mem_mib)
+            results["fusecache"] = run_workloads(fc, args)
+            results["latency"] = readahead_with_latency(redis.url(3), s3, env, workdir, args)
+            if not args.no_juicefs and find_tool("juicefs"):
                 juicefs = Juicefs(redis.url(2), s3.make_bucket("jfsbench"), env, workdir, args.cache_mib)
                 results["juicefs"] = run_workloads(juicefs, args)
-    finally:
-        if juicefs is not None:
-            juicefs.cleanup()
-        for mp in (workdir / "fc-mnt", workdir / "latency" / "fc-mnt"):
-            if os.path.ismount(mp):
-                subprocess.run(["fusermount3", "-u", "-z", str(mp)], capture_output=True)
-        time.sleep(1)
-        s3.stop()
-        redis.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        finally:
+            if juicefs is not None:
+                juicefs.cleanup()
+            for mp in (workdir / "fc-mnt", workdir / "latency" / "fc-mnt"):
+                if os.path.ismount(mp):
+                    subprocess.run(["fusermount3", "-u", "-z", str(mp)], capture_output=True)
+            time.sleep(1)  # let the clients exit before their servers stop
+            shutil.rmtree(workdir, ignore_errors=True)
     report(results, args)
 
 

@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.reference import drop_page_cache, juicefs_binary, timed  # noqa: E402
-from tests.servers import find_tool, start_redis, start_s3  # noqa: E402
+from tests.servers import find_tool, redis_and_s3  # noqa: E402
 
 MiB = 1 << 20
 
@@ -228,32 +228,25 @@ def main() -> None:
     parser.add_argument("--fc-opt", action="append", default=[], help="extra fusecache mount option")
     args = parser.parse_args()
 
-    redis = start_redis()
-    try:
-        s3 = start_s3()
-    except BaseException:
-        redis.stop()  # the redis-server just started must not outlive a failed start
-        raise
-    workdir = Path(tempfile.mkdtemp(prefix="fc-bench-"))
-    env = {"ACCESS_KEY": s3.access_key, "SECRET_KEY": s3.secret_key}
-    rows: dict[str, dict[str, float]] = {}
-    try:
-        if not args.no_reference:
-            rows["reference"] = reference_rows(s3, workdir, args.big_mib)
-        rows["floor"] = floor_rows(workdir, args.meta_ops)
-        fc = Fusecache(redis.url(1), s3.make_bucket("fcbench"), env, workdir, args.fc_opt)
-        rows["fusecache"] = run_workloads(fc, args)
-        if not args.no_juicefs and find_tool("juicefs"):
-            jfs = Juicefs(redis.url(2), s3.make_bucket("jfsbench"), env, workdir)
-            rows["juicefs"] = run_workloads(jfs, args)
-    finally:
-        for mp in (workdir / "fc-mnt", workdir / "jfs-mnt", workdir / "floor-mnt"):
-            if os.path.ismount(mp):
-                subprocess.run(["fusermount3", "-u", "-z", str(mp)], capture_output=True)
-        time.sleep(1)
-        s3.stop()
-        redis.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+    with redis_and_s3() as (redis, s3):
+        workdir = Path(tempfile.mkdtemp(prefix="fc-bench-"))
+        env = {"ACCESS_KEY": s3.access_key, "SECRET_KEY": s3.secret_key}
+        rows: dict[str, dict[str, float]] = {}
+        try:
+            if not args.no_reference:
+                rows["reference"] = reference_rows(s3, workdir, args.big_mib)
+            rows["floor"] = floor_rows(workdir, args.meta_ops)
+            fc = Fusecache(redis.url(1), s3.make_bucket("fcbench"), env, workdir, args.fc_opt)
+            rows["fusecache"] = run_workloads(fc, args)
+            if not args.no_juicefs and find_tool("juicefs"):
+                jfs = Juicefs(redis.url(2), s3.make_bucket("jfsbench"), env, workdir)
+                rows["juicefs"] = run_workloads(jfs, args)
+        finally:
+            for mp in (workdir / "fc-mnt", workdir / "jfs-mnt", workdir / "floor-mnt"):
+                if os.path.ismount(mp):
+                    subprocess.run(["fusermount3", "-u", "-z", str(mp)], capture_output=True)
+            time.sleep(1)  # let the clients exit before their servers stop
+            shutil.rmtree(workdir, ignore_errors=True)
 
     print(f"\nS3 server: {s3.kind} on loopback; big file {args.big_mib} MiB, "
           f"{args.small} files of {args.small_kib} KiB, {args.meta_ops} metadata ops\n")

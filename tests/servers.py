@@ -14,6 +14,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -170,3 +172,15 @@ def start_s3(port: int | None = None, datadir: Path | None = None) -> S3Server:
                 "--no-check-certificate", str(datadir)]
         kind = "rclone"
     return S3Server(port, _start(args, port, datadir, env, owns_workdir=owns_datadir), datadir, kind)
+
+
+@contextmanager
+def redis_and_s3() -> Iterator[tuple[RedisServer, S3Server]]:
+    """A redis-server and an S3 server for one run (benchmarks); both are stopped on the way
+    out, the first one also when the second fails to start."""
+    with ExitStack() as stack:
+        redis = start_redis()
+        stack.callback(redis.stop)
+        s3 = start_s3()
+        stack.callback(s3.stop)
+        yield redis, s3

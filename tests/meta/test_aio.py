@@ -11,9 +11,9 @@ import trio
 
 from fusecache.errors import FsError
 from fusecache.meta import open_meta
-from fusecache.meta.aio import AsyncRedis, FastCalls, pack_command
+from fusecache.meta.aio import AsyncRedis, DirectAddress, FastCalls, pack_command
 from fusecache.types import ROOT_INO, Slice, VolumeSettings
-from tests.servers import start_redis
+from tests.servers import RedisServer, start_redis
 
 
 def settings() -> VolumeSettings:
@@ -187,3 +187,19 @@ def test_fast_create_respects_the_inode_limit(meta_url: str) -> None:
         trio.run(main)
     finally:
         meta.shutdown()
+
+
+def test_a_call_cancelled_mid_flight_gives_its_connection_up(redis_server: RedisServer) -> None:
+    """The reply of a cancelled call would reach the next caller on that connection: it is
+    closed instead, and its slot in the (here single-connection) pool is free again."""
+    client = AsyncRedis(DirectAddress("127.0.0.1", redis_server.port), max_connections=1)
+
+    async def main() -> None:
+        with trio.move_on_after(0.3) as scope:
+            await client.execute("BLPOP", "fc-test-never-pushed", 5)  # blocks server-side
+        assert scope.cancelled_caught
+        with trio.fail_after(2):  # would wait for the lost slot (or the BLPOP reply) forever
+            assert await client.execute("PING") == b"PONG"
+        await client.aclose()
+
+    trio.run(main)
