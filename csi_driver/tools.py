@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from .logs import scrub
 
 # Without an installed console script (a development checkout), run the CLI module itself.
-_FALLBACK = [sys.executable, "-m", "fusecache.cli.main"]
+_FALLBACK = [sys.executable, "-P", "-m", "fusecache.cli.main"]
 
 
 def fusecache_command(configured: str = "") -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from ..errors import CliError
@@ -29,19 +30,47 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    verbose = False
     try:
         args = build_parser().parse_args(argv)
+        verbose = args.verbose
         logging.basicConfig(
             level=logging.DEBUG if args.verbose else logging.WARNING,
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
-        return int(args.run(args) or 0)
+        code = int(args.run(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
     except CliError as exc:
         print(f"fusecache: {exc.message}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("fusecache: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `fusecache ... | head`: the reader went away; end quietly, as cat does.
+        _silence_stdout()
+        return 141
+    except Exception as exc:
+        # One line for the user; the traceback goes to the log (a mount's --log file, or
+        # stderr with -v), never unasked to the terminal.
+        if verbose or _logs_to_file():
+            logging.getLogger("fusecache").error("unexpected error", exc_info=True)
+        print(f"fusecache: unexpected error: {type(exc).__name__}: {exc}"
+              + ("" if verbose else " (run with -v for details)"), file=sys.stderr)
+        return 1
+
+
+def _logs_to_file() -> bool:
+    return any(isinstance(h, logging.FileHandler) for h in logging.getLogger().handlers)
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

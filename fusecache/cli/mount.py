@@ -210,11 +210,14 @@ def _start_background(args: argparse.Namespace) -> int:
     argv = [url if a == args.meta_url else a for a in argv]
     read_fd, write_fd = os.pipe()
     env[READY_FD_ENV] = str(write_fd)
-    log_path = args.log or _default_log_path(args)
+    log_path = os.path.abspath(args.log or _default_log_path(args))
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    argv = _without_option(argv, "--log")
     with open(log_path, "ab") as logfile:
+        # -P: a `fusecache/` folder in the caller's working directory (as $HOME has after
+        # quickstart) must not shadow the installed package.
         proc = subprocess.Popen(
-            [sys.executable, "-m", "fusecache.cli.main", *argv, *([] if args.log else ["--log", log_path])],
+            [sys.executable, "-P", "-m", "fusecache.cli.main", *argv, "--log", log_path],
             stdin=subprocess.DEVNULL, stdout=logfile, stderr=logfile,
             env=env, pass_fds=(write_fd,), start_new_session=True,
         )
@@ -227,6 +230,20 @@ def _start_background(args: argparse.Namespace) -> int:
     proc.wait(timeout=30)
     reason = verdict.removeprefix("error: ")
     raise CliError(reason or f"mount process exited with code {proc.returncode}; see {log_path}")
+
+
+def _without_option(argv: list[str], flag: str) -> list[str]:
+    """`argv` without `flag VALUE` / `flag=VALUE`."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == flag:
+            skip = True
+        elif not arg.startswith(flag + "="):
+            out.append(arg)
+    return out
 
 
 def _default_log_path(args: argparse.Namespace) -> str:

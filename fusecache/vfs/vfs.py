@@ -261,10 +261,9 @@ class Vfs:
             attr = await self.fast.lookup(parent, name)
             if attr.is_dir:
                 raise FsError(errno.EISDIR) from None
-            if flags & os.O_TRUNC and attr.size:
-                attr = await self.setattr(attr.ino, SetAttr(size=0))
-            return await self.open(attr.ino, flags, attr), attr
-        fh = await self.open(attr.ino, flags, attr)
+            fh = await self.open(attr.ino, flags, attr)  # truncates with O_TRUNC
+            return fh, self.files[attr.ino].attr
+        fh = await self.open(attr.ino, flags & ~os.O_TRUNC, attr)  # new and empty: nothing to cut
         # A file this call created has no extended attributes: the kernel's question about
         # security.capability before the first write needs no round trip.
         state = self.files[attr.ino]
@@ -282,6 +281,14 @@ class Vfs:
                 raise
         else:
             attr = await self._meta(self.meta.open, ino, known)
+        if flags & os.O_TRUNC and attr.is_file:
+            # With atomic O_TRUNC (libfuse's default) the kernel sends no setattr: the open
+            # itself must truncate, and like any truncation it sets mtime and ctime.
+            try:
+                attr = await self._truncate_on_open(ino)
+            except BaseException:
+                await self._release_meta(ino)
+                raise
         state = self.files.get(ino)
         if state is None:
             state = self.files[ino] = OpenInode(ino, attr)
@@ -297,6 +304,17 @@ class Vfs:
         self.counters.opens += 1
         self.counters.keep_cache_opens += handle.keep_cache
         return fh
+
+    async def _truncate_on_open(self, ino: int) -> Attr:
+        state = self.files.get(ino)
+        if state is not None and state.writer is not None:
+            await state.writer.flush()  # bytes written before this open come before the cut
+        attr = await self._meta(self.meta.setattr, ino, SetAttr(size=0))
+        if state is not None:
+            if state.writer is not None:
+                state.writer.end = 0
+            state.slices.clear()
+        return attr
 
     def keeps_cache(self, fh: int) -> bool:
         """Whether the kernel may keep its page cache of the file opened as `fh`."""

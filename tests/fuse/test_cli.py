@@ -225,3 +225,52 @@ def test_console_script_installed() -> None:
     exe = Path(sys.executable).parent / "fusecache"
     result = subprocess.run([str(exe), "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "format" in result.stdout and "mount" in result.stdout
+
+
+def test_mount_d_from_a_directory_holding_a_fusecache_folder(volume: Volume, tmp_path: Path) -> None:
+    """$HOME after quickstart holds a `fusecache/` checkout; the detached client must still
+    import the installed package."""
+    home = tmp_path / "home"
+    (home / "fusecache").mkdir(parents=True)
+    (home / "fusecache" / "__init__.py").write_text("raise ImportError('the wrong fusecache')\n")
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    exe = Path(sys.executable).parent / "fusecache"
+    result = subprocess.run([str(exe), "mount", volume.meta_url, str(mp), "-d", "--log", "mount.log"],
+                            cwd=home, capture_output=True, text=True, env={**os.environ, **volume.env}, timeout=60)
+    assert result.returncode == 0, result.stderr
+    pid = int(result.stdout.split("pid ")[1].split(",")[0])
+    from tests.fuse.helpers import Mount
+
+    volume.mounts.append(Mount(mp, pid, home / "mount.log"))
+    (mp / "f").write_bytes(b"ok")
+    assert (mp / "f").read_bytes() == b"ok"
+    assert (home / "mount.log").exists(), "a relative --log is taken from the caller's directory"
+
+
+def _run_main_with(body: str, *pipe: str) -> subprocess.CompletedProcess[str]:
+    """Run fusecache's main() with the `status` command replaced by `body`."""
+    code = ("import sys\nimport fusecache.cli.status as s\n"
+            f"def run(args):\n{body}\n"
+            "s.run = run\nfrom fusecache.cli.main import main\nsys.exit(main(['status', 'redis://x']))\n")
+    cmd = f"{sys.executable} -c {__import__('shlex').quote(code)}"
+    if pipe:
+        cmd += " | " + " ".join(pipe)
+    return subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, timeout=60)
+
+
+def test_an_unexpected_error_is_one_line_without_traceback() -> None:
+    result = _run_main_with("    raise RuntimeError('boom')")
+    assert_clean_failure(result, "unexpected error", "boom")
+    verbose = subprocess.run(
+        [sys.executable, "-c", "import sys\nimport fusecache.cli.status as s\n"
+         "def run(args):\n    raise RuntimeError('boom')\n"
+         "s.run = run\nfrom fusecache.cli.main import main\nsys.exit(main(['-v', 'status', 'redis://x']))\n"],
+        capture_output=True, text=True, timeout=60)
+    assert verbose.returncode == 1 and "Traceback" in verbose.stderr, "-v keeps the traceback"
+
+
+def test_output_piped_into_head_ends_quietly() -> None:
+    result = _run_main_with("    for i in range(200000):\n        print('line', i)", "head", "-1")
+    assert result.stdout == "line 0\n"
+    assert result.stderr == "", result.stderr
