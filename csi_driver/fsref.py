@@ -7,7 +7,7 @@ StorageClass or the static PV), or, when it carries none, the driver's default `
     metapassword  the Redis password, instead of putting it in the URL
     access-key    object storage credentials, handed to `fusecache format`/`mount` by env
     secret-key
-    storage, bucket, name, block-size, fs-capacity, fs-inodes
+    storage, bucket, name, block-size, fs-capacity, fs-inodes, trash-days, garbage-delay
                   format a new filesystem on first use (also accepted as StorageClass
                   parameters, secrets win)
 
@@ -30,9 +30,11 @@ SECRET_META_URL = "metaurl"
 SECRET_META_PASSWORD = "metapassword"
 SECRET_ACCESS_KEY = "access-key"
 SECRET_SECRET_KEY = "secret-key"
-FORMAT_KEYS = ("storage", "bucket", "name", "block-size", "fs-capacity", "fs-inodes")
+FORMAT_KEYS = ("storage", "bucket", "name", "block-size", "fs-capacity", "fs-inodes", "trash-days",
+               "garbage-delay")
 # key -> `fusecache format` option (fs-capacity is the whole filesystem's, not a volume's)
-_FORMAT_OPTIONS = {"block-size": "block-size", "fs-capacity": "capacity", "fs-inodes": "inodes"}
+_FORMAT_OPTIONS = {"block-size": "block-size", "fs-capacity": "capacity", "fs-inodes": "inodes",
+                   "trash-days": "trash-days", "garbage-delay": "garbage-delay"}
 ENV_META_URL = "FUSECACHE_META_URL"  # the driver's default filesystem, like --meta-url
 
 

@@ -127,9 +127,11 @@ def delete(meta: Meta, dir_name: str) -> bool:
 
 def remove_tree(meta: Meta, parent: int, name: bytes, attr: Attr) -> None:
     """Depth-first removal without recursion (trees can be deep). Entries that vanish
-    meanwhile (another delete of the same volume after a crash) are fine."""
+    meanwhile (another delete of the same volume after a crash) are fine. Files bypass the
+    trash: deleting a volume is the reclaim policy's decision, not a mistake to undo (and
+    the freed data still waits out the garbage delay)."""
     if not attr.is_dir:
-        _ignore_enoent(meta.unlink, parent, name)
+        _ignore_enoent(meta.unlink, parent, name, False)
         return
     # (parent ino, name, ino, children already pushed)
     stack: list[tuple[int, bytes, int, bool]] = [(parent, name, attr.ino, False)]
@@ -152,7 +154,7 @@ def remove_tree(meta: Meta, parent: int, name: bytes, attr: Attr) -> None:
             if entry.attr.is_dir:
                 stack.append((ino, entry.name, entry.attr.ino, False))
             else:
-                _ignore_enoent(meta.unlink, ino, entry.name)
+                _ignore_enoent(meta.unlink, ino, entry.name, False)
 
 
 def _ignore_enoent(func: object, *args: object) -> None:

@@ -7,6 +7,10 @@ import stat
 from dataclasses import asdict, dataclass, field, replace
 
 ROOT_INO = 1
+# The volume's trash directory, `.trash` at the root (found by lookup, never listed). A fixed
+# number far above any counter-allocated inode, and below 2**53 so Lua handles it exactly.
+TRASH_INO = 1 << 52
+TRASH_NAME = b".trash"
 
 # File types as stored in metadata (the S_IFMT bits of st_mode).
 TYPE_FILE = stat.S_IFREG
@@ -78,10 +82,17 @@ class Slice:
     size: int
     off: int
     length: int
+    # xxh3-64 of each block of the slice object, computed at upload; a block fetched from the
+    # object store must match. Empty for holes and for slices written before checksums.
+    hashes: tuple[int, ...] = ()
 
     @property
     def end(self) -> int:
         return self.pos + self.length
+
+    def block_hash(self, index: int) -> int:
+        """The expected checksum of block `index` (0: none recorded)."""
+        return self.hashes[index] if index < len(self.hashes) else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +128,7 @@ class SessionInfo:
     version: str
     started: float
     heartbeat: float = 0.0
+    origin: str = ""  # boot id and pid namespace of the client's machine (see cli/mount.py)
 
 
 @dataclass(frozen=True)
@@ -134,6 +146,8 @@ class VolumeSettings:
     inodes: int = 0  # 0 = unlimited
     created: float = 0.0
     extra: dict[str, str] = field(default_factory=dict)
+    trash_days: int = 1  # unlinked files wait this long in /.trash (0: no trash)
+    garbage_delay: float = 300.0  # seconds a dropped slice keeps its objects (see docs/data-safety.md)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -37,3 +37,25 @@ def format_size(n: int) -> str:
             return f"{n}B" if unit == "B" else f"{value:.1f}{unit}"
         value /= 1024
     raise AssertionError("unreachable")
+
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
+_SECONDS = {"ms": 0.001, "s": 1, "": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as `90`, `30s`, `5m`, `1h`, `2d`. ValueError otherwise."""
+    match = _DURATION_RE.match(text)
+    if not match:
+        raise ValueError(f"invalid duration {text!r}: expected a number with an optional unit "
+                         "ms/s/m/h/d (e.g. 30s, 5m, 1h)")
+    number, unit = match.groups()
+    return float(number) * _SECONDS[(unit or "").lower()]
+
+
+def format_duration(seconds: float) -> str:
+    """A short duration: 45s, 5m, 2h, 3d (rounded to the largest whole unit that fits)."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"

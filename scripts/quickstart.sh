@@ -15,7 +15,7 @@ FC=.venv/bin/fusecache
 mkdir -p "$STATE/redis" "$STATE/objects" "$MNT"
 
 if ! redis-cli -p "$PORT" ping >/dev/null 2>&1; then
-  redis-server --port "$PORT" --bind 127.0.0.1 --dir "$STATE/redis" --appendonly yes \
+  redis-server --port "$PORT" --bind 127.0.0.1 --dir "$STATE/redis" --appendonly yes --appendfsync always \
     --daemonize yes --pidfile "$STATE/redis/redis.pid" --logfile "$STATE/redis/redis.log"
   for _ in $(seq 50); do redis-cli -p "$PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
 fi

@@ -95,17 +95,22 @@ class RedisServer:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def start_redis(password: str = "") -> RedisServer:
+def start_redis(password: str = "", *, port: int | None = None, workdir: Path | None = None,
+                aof: bool = False) -> RedisServer:
+    """`aof`: durable as docs/data-safety.md asks (appendonly, appendfsync always).
+    `port` and `workdir` restart a server that was stopped (or killed) where it was."""
     exe = shutil.which("redis-server")
     if not exe:
         raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
-    port = free_port()
-    workdir = Path(tempfile.mkdtemp(prefix="fc-redis-"))
+    port = port or free_port()
+    owns_workdir = workdir is None
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="fc-redis-"))
     args = [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir),
-            "--save", "", "--appendonly", "no", "--protected-mode", "no", "--databases", "64"]
+            "--save", "", "--protected-mode", "no", "--databases", "64"]
+    args += ["--appendonly", "yes", "--appendfsync", "always"] if aof else ["--appendonly", "no"]
     if password:
         args += ["--requirepass", password]
-    return RedisServer(port, _start(args, port, workdir), workdir, password)
+    return RedisServer(port, _start(args, port, workdir, owns_workdir=owns_workdir), workdir, password)
 
 
 @dataclass

@@ -3,9 +3,10 @@
 Overwrites add slices; without compaction a chunk written over and over would keep every
 old slice (objects never freed) and every read would resolve a longer list. The new slice
 holds the chunk's visible bytes (inner holes as zeros, outer holes dropped). It is uploaded
-first; `Meta.compact` then swaps it in only if the chunk still starts with the slices we
-read, and queues the old ones as garbage. If the chunk changed meanwhile the new objects
-are deleted and nothing else happens.
+first, always straight to the object store (never staged by writeback); `Meta.compact`
+then swaps it in only if the chunk still starts with the slices we read, and queues the old
+ones as delayed garbage. If the chunk changed meanwhile the new objects are deleted and
+nothing else happens.
 """
 
 from __future__ import annotations
@@ -39,9 +40,15 @@ async def compact_chunk(
     # Read through the chunk as if it were a file holding only this chunk.
     data = await read_file_range(loader, current, start, end - start)
     block_size = chunks.block_size
+    hashes = []
     for i in range(0, len(data), block_size):
-        await workers.io(chunks.upload_block, new_id, i // block_size, data[i : i + block_size])
-    new = Slice(start, new_id, len(data), 0, len(data))
+        # durable: rewritten data goes to the object store even under writeback, since the
+        # old slices it replaces will be deleted from there.
+        hashes.append(await workers.io(lambda i=i: chunks.upload_block(new_id, i // block_size,
+                                                                       data[i : i + block_size], durable=True)))
+    new = Slice(start, new_id, len(data), 0, len(data), tuple(hashes))
+    # An exception here (metadata unreachable) leaves the new objects in place: the swap may
+    # have happened. Only a refusal (the chunk changed) is known to leave them unused.
     if await workers.meta(meta.compact, ino, index, slices, new):
         log.debug("inode %d chunk %d: %d slices compacted into slice %d", ino, index, len(slices), new_id)
         return True

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
+from typing import NamedTuple
 
 import trio
 
@@ -17,7 +18,21 @@ from ..workers import Workers
 from .slices import segments
 from .store import ChunkStore
 
-BlockId = tuple[int, int, int]  # (slice id, slice size, block index)
+
+class BlockId(NamedTuple):
+    """One block of a slice object, and the checksum its bytes must have (0: unknown)."""
+
+    slice_id: int
+    size: int  # of the slice object
+    index: int
+    hash: int = 0
+
+    @property
+    def where(self) -> tuple[int, int, int]:
+        """(slice id, slice size, index): what names the block's object."""
+        return self.slice_id, self.size, self.index
+
+
 SliceSource = Callable[[int], Awaitable[list[Slice]]]  # chunk index → slices
 
 
@@ -66,16 +81,17 @@ class BlockLoader:
             if data is not None:
                 self._recent_used -= len(data)
 
-    async def load(self, block: BlockId, *, keep: bool = True) -> bytes:
-        """The block's bytes. `keep=False` (warmup): do not remember it for readers."""
+    async def load(self, block: BlockId, *, keep: bool = True, wait_missing: bool = True) -> bytes:
+        """The block's bytes. `keep=False` (warmup): do not remember it for readers.
+        `wait_missing=False`: a missing object is BlockMissing at once (see ChunkStore)."""
         data = self._recent.get(block)
         if data is not None:
             self._recent.move_to_end(block)
             self.recent_hits += 1
             return data
-        return await self._load_once(block, keep)
+        return await self._load_once(block, keep, wait_missing)
 
-    async def _load_once(self, block: BlockId, keep: bool) -> bytes:
+    async def _load_once(self, block: BlockId, keep: bool, wait_missing: bool = True) -> bytes:
         pending = self._inflight.get(block)
         if pending is not None:
             await pending.done.wait()
@@ -86,7 +102,7 @@ class BlockLoader:
         pending = self._inflight[block] = _Load()
         self.fetches += 1
         try:
-            pending.data = await self.workers.io(self.chunks.load_block, *block)
+            pending.data = await self.workers.io(self.chunks.load_block, *block, wait_missing)
             if keep:
                 self._remember(block, pending.data)
             return pending.data
@@ -99,7 +115,7 @@ class BlockLoader:
 
     async def warm(self, block: BlockId) -> bool:
         """Make sure the block is in the cache; True if it had to be fetched (or loaded)."""
-        if self.chunks.is_cached(*block):
+        if self.chunks.is_cached(*block.where):
             return False
         await self._load_once(block, keep=False)  # not from `recent`: it must reach the cache
         return True
@@ -118,12 +134,14 @@ class BlockLoader:
 
 
 async def read_file_range(
-    loader: BlockLoader, slices_of: SliceSource, offset: int, size: int, *, view: bool = False
+    loader: BlockLoader, slices_of: SliceSource, offset: int, size: int, *, view: bool = False,
+    wait_missing: bool = True,
 ) -> bytes | memoryview:
     """Bytes [offset, offset+size) of a file (the caller clamps to the file length).
 
     `view`: a range inside one block may come back as a memoryview of the block, saving a
-    copy (the FUSE reply takes any buffer); otherwise the result is always bytes."""
+    copy (the FUSE reply takes any buffer); otherwise the result is always bytes.
+    `wait_missing`: see BlockLoader.load."""
     block_size = loader.chunks.block_size
     # Plan every piece first, then load all blocks concurrently.
     plan: list[tuple[int, int, BlockId | None, int]] = []  # (out pos, length, block, off in block)
@@ -138,7 +156,7 @@ async def read_file_range(
             while left > 0:
                 bidx, boff = divmod(soff, block_size)
                 take = min(left, block_size - boff)
-                plan.append((out_pos, take, (seg.id, seg.size, bidx), boff))
+                plan.append((out_pos, take, BlockId(seg.id, seg.size, bidx, seg.block_hash(bidx)), boff))
                 out_pos += take
                 soff += take
                 left -= take
@@ -146,10 +164,10 @@ async def read_file_range(
     wanted = {p[2] for p in plan if p[2] is not None}
     if len(wanted) == 1:
         (only,) = wanted
-        blocks[only] = await loader.load(only)
+        blocks[only] = await loader.load(only, wait_missing=wait_missing)
     elif wanted:
         async def fetch(block: BlockId) -> None:
-            blocks[block] = await loader.load(block)
+            blocks[block] = await loader.load(block, wait_missing=wait_missing)
 
         async with trio.open_nursery() as nursery:
             for block in wanted:
@@ -176,5 +194,5 @@ async def blocks_in_range(slices_of: SliceSource, block_size: int, offset: int, 
             first = seg.off // block_size
             last = (seg.off + seg.length - 1) // block_size
             for bidx in range(first, last + 1):
-                seen[(seg.id, seg.size, bidx)] = None
+                seen[BlockId(seg.id, seg.size, bidx, seg.block_hash(bidx))] = None
     return list(seen)

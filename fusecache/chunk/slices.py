@@ -22,10 +22,10 @@ def visible(slices: list[Slice]) -> list[Slice]:
                 kept.append(old)
                 continue
             if old.pos < new.pos:  # left remainder of the covered piece
-                kept.append(Slice(old.pos, old.id, old.size, old.off, new.pos - old.pos))
+                kept.append(Slice(old.pos, old.id, old.size, old.off, new.pos - old.pos, old.hashes))
             if old.end > new.end:  # right remainder
                 cut = new.end - old.pos
-                kept.append(Slice(new.end, old.id, old.size, old.off + cut, old.end - new.end))
+                kept.append(Slice(new.end, old.id, old.size, old.off + cut, old.end - new.end, old.hashes))
         kept.append(new)
         kept.sort(key=lambda s: s.pos)
         pieces = kept
@@ -47,7 +47,7 @@ def segments(slices: list[Slice], pos: int, length: int) -> list[Slice]:
             cursor = piece.pos
         stop = min(piece.end, end)
         skip = cursor - piece.pos
-        out.append(Slice(cursor, piece.id, piece.size, piece.off + skip, stop - cursor))
+        out.append(Slice(cursor, piece.id, piece.size, piece.off + skip, stop - cursor, piece.hashes))
         cursor = stop
     if cursor < end:
         out.append(Slice(cursor, 0, 0, 0, end - cursor))

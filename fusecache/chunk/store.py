@@ -15,22 +15,41 @@ as a refused admission), never passed to a reader or writer.
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+import xxhash
+
 from ..errors import FsError, ObjectNotFound, ObjectStoreError
 from ..layout import block_count, block_key, block_len, slice_keys
 from ..object.base import ObjectStore
 from .writeback import Uploader
+
+Buffer = bytes | bytearray | memoryview
 
 log = logging.getLogger(__name__)
 
 # A block committed by a writeback client on another node may not be uploaded yet: a missing
 # object is retried for this long before the read fails with EIO.
 MISSING_WAIT = 10.0
+
+
+class BlockMissing(FsError):
+    """A block's object is not in the store. The slice list that named it may be stale
+    (another client compacted or truncated the chunk): re-read it before reporting EIO."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(errno.EIO, f"block {key} is missing")
+        self.key = key
+
+
+def block_hash(data: Buffer) -> int:
+    """The checksum kept in metadata for every block (xxh3-64)."""
+    return xxhash.xxh3_64_intdigest(data)
 
 
 class BlockCache(Protocol):
@@ -119,15 +138,20 @@ class ChunkStore:
 
     # ----------------------------------------------------------------- reads
 
-    def load_block(self, slice_id: int, slice_size: int, index: int) -> bytes:
+    def load_block(self, slice_id: int, slice_size: int, index: int, expected_hash: int = 0,
+                   wait_missing: bool = True) -> bytes:
         """One whole block: from the cache, else from the object store (then cached).
 
-        A missing or short object is EIO: a reader gets an error, never wrong bytes."""
+        Bytes from the store must match `expected_hash` (the checksum metadata recorded at
+        upload; 0: none recorded). A missing, short or corrupt object is EIO (BlockMissing
+        when missing): a reader gets an error, never wrong bytes, and nothing is cached.
+        `wait_missing`: wait up to `missing_wait` for a missing object first (a writeback
+        client may not have uploaded it yet)."""
         key = self.key(slice_id, slice_size, index)
         data = self._cache_call("get", key)
         if data is not None:
             return data
-        data = self._fetch(key, block_len(slice_size, self.block_size, index))
+        data = self._fetch(key, block_len(slice_size, self.block_size, index), expected_hash, wait_missing)
         self._cache_call("put", key, data)
         return data
 
@@ -138,8 +162,8 @@ class ChunkStore:
         """Drop clean cached copies of these blocks (staged blocks stay)."""
         return self._cache_call("evict", keys) or 0
 
-    def _fetch(self, key: str, expected: int) -> bytes:
-        deadline = time.monotonic() + self.missing_wait
+    def _fetch(self, key: str, expected: int, expected_hash: int, wait_missing: bool) -> bytes:
+        deadline = time.monotonic() + (self.missing_wait if wait_missing else 0.0)
         delay = 0.1
         while True:
             try:
@@ -148,8 +172,9 @@ class ChunkStore:
             except ObjectNotFound:
                 if time.monotonic() + delay > deadline:
                     self.counters.add(get_errors=1)
-                    log.error("block %s is missing from the object store", key)
-                    raise FsError(5, f"block {key} is missing") from None
+                    if wait_missing:
+                        log.error("block %s is missing from the object store", key)
+                    raise BlockMissing(key) from None
                 # Perhaps staged by a writeback client and not uploaded yet: wait a little.
                 log.info("block %s is not in the object store yet; retrying", key)
                 time.sleep(delay)
@@ -157,33 +182,42 @@ class ChunkStore:
             except ObjectStoreError as exc:
                 self.counters.add(get_errors=1)
                 log.error("cannot read block %s: %s", key, exc)
-                raise FsError(5, str(exc)) from None
+                raise FsError(errno.EIO, str(exc)) from None
         if len(data) != expected:
             self.counters.add(get_errors=1)
             log.error("block %s has %d bytes, expected %d", key, len(data), expected)
-            raise FsError(5, f"block {key} is corrupt")
+            raise FsError(errno.EIO, f"block {key} is corrupt")
+        if expected_hash and block_hash(data) != expected_hash:
+            self.counters.add(get_errors=1)
+            log.error("block %s is corrupt: its checksum does not match the one recorded at upload", key)
+            raise FsError(errno.EIO, f"block {key} is corrupt")
         self.counters.add(gets=1, get_bytes=len(data))
         return data
 
     # ----------------------------------------------------------------- writes
 
-    def upload_block(self, slice_id: int, index: int, data: bytes) -> None:
-        """Store one block of a slice being written. Only a slice's last block may be
-        shorter than the block size; its key carries its length.
+    def upload_block(self, slice_id: int, index: int, data: bytes, *, durable: bool = False) -> int:
+        """Store one block of a slice being written; returns its checksum (block_hash),
+        which the slice's commit records. Only a slice's last block may be shorter than the
+        block size; its key carries its length.
 
         Write-through: returns once the store has the block. Writeback: returns once the
         block is staged durably on disk (its upload follows in the background); if it cannot
-        be staged, it is uploaded synchronously as in write-through."""
+        be staged, it is uploaded synchronously as in write-through. `durable` forces
+        write-through: data rewritten from existing slices (compaction) must never live on
+        one node's disk only."""
+        digest = block_hash(data)
         key = block_key(self.volume, slice_id, index, len(data))
-        if self.writeback and self.uploader is not None and self._cache_call("stage", key, data):
+        if not durable and self.writeback and self.uploader is not None and self._cache_call("stage", key, data):
             self.uploader.submit(key, len(data))
-            return
+            return digest
         try:
             self._put_object(key, data)
         except ObjectStoreError as exc:
             log.error("cannot upload block %s: %s", key, exc)
-            raise FsError(5, str(exc)) from None
+            raise FsError(errno.EIO, str(exc)) from None
         self._cache_call("put", key, bytes(data))
+        return digest
 
     def _put_object(self, key: str, data: bytes) -> None:
         try:

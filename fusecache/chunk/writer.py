@@ -7,13 +7,20 @@ Rules (they are what keeps data safe):
 2. A finished slice is committed to metadata only after all its blocks are stored, and
    slices of one file commit in the order they were started (a newer slice must land after
    the older one it may overlap, or reads would resolve the overlap wrongly).
-3. A failed upload or commit poisons the writer: the next write/flush returns EIO, and the
-   objects of the uncommitted slice are deleted.
+3. A failed upload or commit poisons the writer: the next write/flush returns an error.
+   The objects of the slice are deleted only when the commit is *known* not to have
+   happened: an upload failed (no commit was tried) or metadata refused it with an errno
+   (ENOSPC, EDQUOT, ENOENT...). EIO means the outcome is unknown (the metadata server
+   stopped answering, a reply was lost): the commit may have gone through, so the objects
+   stay; if it did not, `fusecache gc` finds them as leaked.
 4. `flush()` returns once every byte written before it is committed.
+5. Every block's checksum (computed at upload) is committed with the slice, so a reader
+   can verify what the object store returns.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -40,6 +47,7 @@ class SliceIds:
         self._next = 0
         self._end = 0
         self._lock = trio.Lock()
+        self._unsettled: set[int] = set()  # handed out, neither committed nor given up yet
 
     async def next(self) -> int:
         async with self._lock:
@@ -48,7 +56,17 @@ class SliceIds:
                 self._end = self._next + self._batch
             sid = self._next
             self._next += 1
+            self._unsettled.add(sid)
             return sid
+
+    def settle(self, slice_id: int) -> None:
+        """The slice was committed, or will never be: its objects are no longer ours alone."""
+        self._unsettled.discard(slice_id)
+
+    def lowest_in_use(self) -> int:
+        """The lowest slice id this client may still commit (0 before the first reservation):
+        every id it hands out later is higher."""
+        return min(self._unsettled, default=self._next)
 
 
 class _OpenSlice:
@@ -60,6 +78,7 @@ class _OpenSlice:
         self.buf = bytearray()  # bytes of the block being filled
         self.next_block = 0
         self.uploads = 0
+        self.hashes: dict[int, int] = {}  # block index -> checksum
         self.uploaded = trio.Event()
         self.uploaded.set()
         self.error: BaseException | None = None
@@ -148,7 +167,7 @@ class FileWriter:
 
     async def _upload_task(self, s: _OpenSlice, index: int, block: bytes, token: object) -> None:
         try:
-            await self.workers.io(self.chunks.upload_block, s.id, index, block)
+            s.hashes[index] = await self.workers.io(self.chunks.upload_block, s.id, index, block)
         except Exception as exc:
             log.error("upload of slice %d block %d failed: %s", s.id, index, exc)
             s.error = exc
@@ -172,21 +191,28 @@ class FileWriter:
             if s.previous is not None:
                 await s.previous.committed.wait()
                 s.previous = None  # let the chain be collected
+            known_failed = True  # nothing reached metadata
             if s.error is None and self.error is None:
-                piece = Slice(s.pos, s.id, s.length, 0, s.length)
+                piece = Slice(s.pos, s.id, s.length, 0, s.length, tuple(s.hashes[i] for i in range(s.next_block)))
                 try:
                     await self.commit(s.chunk_index, piece)
                     return
                 except FsError as exc:
                     s.error = exc
+                    known_failed = exc.errno != errno.EIO
                 except Exception as exc:
                     log.error("commit of slice %d of inode %d failed: %s", s.id, self.ino, exc)
                     s.error = exc
-            err = s.error if isinstance(s.error, FsError) else FsError(5, "write failed")
+                    known_failed = False
+            err = s.error if isinstance(s.error, FsError) else FsError(errno.EIO, "write failed")
             if self.error is None:
                 self.error = err
-            self.nursery.start_soon(self._discard, s)
+            if known_failed:
+                self.nursery.start_soon(self._discard, s)
+            else:
+                log.warning("slice %d of inode %d: commit outcome unknown; its objects are kept", s.id, self.ino)
         finally:
+            self.ids.settle(s.id)
             s.committed.set()
 
     async def _discard(self, s: _OpenSlice) -> None:

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
-from ..errors import CliError, MetaError
+from ..errors import CliError, MetaError, ObjectStoreError
 from ..meta.base import Meta
+from ..object.base import ObjectStore
 from ..types import VolumeSettings
 from .secrets import mask_url
+
+if TYPE_CHECKING:
+    from ..meta.redis import RedisMeta
 
 
 def connect_meta(url: str) -> Meta:
@@ -35,3 +40,32 @@ def load_volume(meta: Meta) -> VolumeSettings:
             settings, access_key=access or settings.access_key, secret_key=secret or settings.secret_key
         )
     return settings
+
+
+def open_store(settings: VolumeSettings) -> ObjectStore:
+    """The volume's object store, or CliError naming why it cannot be used."""
+    from ..object import create_store
+
+    try:
+        return create_store(settings.storage, settings.bucket, settings.access_key, settings.secret_key)
+    except (ObjectStoreError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+
+
+def redis_engine(meta: Meta, command: str) -> RedisMeta:
+    """Commands that read the whole volume speak the Redis engine's schema."""
+    from ..meta.redis import RedisMeta
+
+    if not isinstance(meta, RedisMeta):
+        raise CliError(f"{command} supports Redis metadata only")
+    return meta
+
+
+def eviction_problem(meta: Meta) -> str | None:
+    """Why Redis might drop metadata under memory pressure, or None. A Redis that evicts
+    keys (any maxmemory-policy but noeviction) can silently lose files and slices."""
+    policy = getattr(meta, "server_config", lambda _: None)("maxmemory-policy")
+    if policy is None or policy == "noeviction":
+        return None
+    return (f"Redis maxmemory-policy is {policy!r}: under memory pressure Redis would evict metadata keys "
+            "and lose files; set it to noeviction (CONFIG SET maxmemory-policy noeviction)")

@@ -6,14 +6,15 @@ import argparse
 import errno
 import os
 import re
+import sys
 import time
 import uuid
 
 from ..errors import CliError, FsError, MetaError, ObjectStoreError
 from ..layout import CHUNK_SIZE
 from ..types import VolumeSettings
-from ..units import format_size, parse_size
-from .common import connect_meta
+from ..units import format_duration, format_size, parse_duration, parse_size
+from .common import connect_meta, eviction_problem
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 
@@ -31,7 +32,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--block-size", default="4M", help="block (object) size, 64K..16M (default 4M)")
     p.add_argument("--capacity", default="0", help="volume capacity limit, e.g. 100G (default: unlimited)")
     p.add_argument("--inodes", type=int, default=0, help="inode limit (default: unlimited)")
-    p.add_argument("--force", action="store_true", help="replace the settings of an existing volume (data is kept)")
+    p.add_argument("--trash-days", type=int, default=1, metavar="N",
+                   help="keep deleted and replaced files in /.trash for N days (default 1; 0: no trash)")
+    p.add_argument("--garbage-delay", default="5m", metavar="DURATION",
+                   help="how long the objects of dropped data are kept after compaction, overwrite "
+                        "or truncation, for readers elsewhere that still use them (default 5m)")
+    p.add_argument("--force", action="store_true",
+                   help="replace the settings of an existing volume (data is kept); also format on a Redis "
+                        "that may evict keys")
     p.set_defaults(run=run)
 
 
@@ -47,6 +55,12 @@ def _settings(args: argparse.Namespace) -> VolumeSettings:
         raise CliError(f"block size {args.block_size} must be a power of two between 64K and 16M", 2)
     if args.inodes < 0:
         raise CliError("--inodes must not be negative", 2)
+    if args.trash_days < 0:
+        raise CliError("--trash-days must be 0 (no trash) or a number of days", 2)
+    try:
+        garbage_delay = parse_duration(args.garbage_delay)
+    except ValueError as exc:
+        raise CliError(f"--garbage-delay: {exc}", 2) from None
     bucket = args.bucket
     if not bucket:
         if args.storage == "s3":
@@ -61,7 +75,7 @@ def _settings(args: argparse.Namespace) -> VolumeSettings:
     return VolumeSettings(
         name=args.name, uuid=str(uuid.uuid4()), storage=args.storage, bucket=bucket,
         access_key=access, secret_key=secret, block_size=block_size, capacity=capacity,
-        inodes=args.inodes, created=time.time(),
+        inodes=args.inodes, created=time.time(), trash_days=args.trash_days, garbage_delay=garbage_delay,
     )
 
 
@@ -80,6 +94,11 @@ def run(args: argparse.Namespace) -> int:
                 f"a volume named {existing.name!r} already exists at this META_URL; "
                 "use --force to replace its settings (its data is kept)"
             )
+        problem = eviction_problem(meta)
+        if problem is not None:
+            if not args.force:
+                raise CliError(f"{problem}, or format anyway with --force")
+            print(f"fusecache: warning: {problem}", file=sys.stderr)
         if existing is not None:
             if existing.name != settings.name:
                 raise CliError(f"--force cannot rename volume {existing.name!r} to {settings.name!r}", 2)
@@ -106,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         meta.shutdown()
     limit = format_size(settings.capacity) if settings.capacity else "unlimited"
+    trash = f"trash {settings.trash_days} days" if settings.trash_days else "no trash"
     print(f"volume {settings.name!r} formatted: storage {settings.storage} {store.describe()}, "
-          f"block size {format_size(settings.block_size)}, capacity {limit}")
+          f"block size {format_size(settings.block_size)}, capacity {limit}, {trash}, "
+          f"garbage delay {format_duration(settings.garbage_delay)}")
     return 0

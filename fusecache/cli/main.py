@@ -9,9 +9,9 @@ import sys
 
 from ..errors import CliError
 from . import format as format_cmd
-from . import info, mount, stats, status, umount, warmup
+from . import fsck, gc, info, mount, stats, status, umount, warmup
 
-COMMANDS = (format_cmd, mount, umount, status, info, warmup, stats)
+COMMANDS = (format_cmd, mount, umount, status, info, warmup, stats, fsck, gc)
 
 
 class _Parser(argparse.ArgumentParser):

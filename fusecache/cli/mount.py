@@ -25,11 +25,12 @@ from .. import __version__
 from ..errors import CliError, FsError, ObjectStoreError
 from ..mountinfo import is_mounted, top_mount
 from ..types import ROOT_INO
-from .common import connect_meta, load_volume
+from .common import connect_meta, eviction_problem, load_volume
 
 if TYPE_CHECKING:
     from ..cache import TierConfig
     from ..fuse.ops import FuseOps
+    from ..meta.base import Meta
     from ..vfs.vfs import Vfs
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ HEARTBEAT = 10.0
 STALE_SESSION = 60.0
 DEFAULT_CACHE = "mem:256MiB"
 UPLOAD_DRAIN_STALL = 60.0  # seconds without upload progress after which unmount stops waiting
+TRASH_EVERY = 600.0  # seconds between looks for trash older than the volume's trash_days
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -128,6 +130,9 @@ def open_volume(args: argparse.Namespace) -> Volume:
     meta = connect_meta(args.meta_url)
     try:
         settings = load_volume(meta)
+        problem = eviction_problem(meta)
+        if problem is not None:
+            _warn(problem)
         root = _resolve_subdir(meta, args.subdir)
         try:
             store = create_store(settings.storage, settings.bucket, settings.access_key, settings.secret_key)
@@ -223,7 +228,11 @@ def _start_background(args: argparse.Namespace) -> int:
         )
     os.close(write_fd)
     with os.fdopen(read_fd, "rb") as pipe:
-        verdict = pipe.read().decode(errors="replace").strip()
+        lines = pipe.read().decode(errors="replace").strip().splitlines()
+    for line in lines:
+        if line.startswith("warning: "):
+            print(f"fusecache: {line}", file=sys.stderr)
+    verdict = next((line for line in reversed(lines) if not line.startswith("warning: ")), "")
     if verdict == "ready":
         print(f"mounted {args.mountpoint} (pid {proc.pid}, log {log_path})")
         return 0
@@ -260,6 +269,20 @@ def _report(message: str) -> None:
     try:
         os.write(int(fd), message.encode())
         os.close(int(fd))
+    except OSError:
+        pass
+
+
+def _warn(message: str) -> None:
+    """A warning for the user: logged, and shown by a waiting `mount -d` parent (or on
+    stderr in the foreground)."""
+    log.warning("%s", message)
+    fd = os.environ.get(READY_FD_ENV)
+    if fd is None:
+        print(f"fusecache: warning: {message}", file=sys.stderr)
+        return
+    try:
+        os.write(int(fd), f"warning: {message}\n".encode())
     except OSError:
         pass
 
@@ -338,7 +361,9 @@ def _run_session(args: argparse.Namespace, volume: Volume, vfs: Vfs, ops: FuseOp
     # interval cuts the latency of each hand-off, which every FUSE request waits on.
     sys.setswitchinterval(0.0005)
     meta.clean_stale_sessions(STALE_SESSION)  # type: ignore[attr-defined]
-    sid = meta.new_session(socket.gethostname(), os.getpid(), args.mountpoint, __version__)  # type: ignore[attr-defined]
+    close_dead_local_sessions(meta)  # type: ignore[arg-type]
+    sid = meta.new_session(socket.gethostname(), os.getpid(), args.mountpoint, __version__,  # type: ignore[attr-defined]
+                           machine_origin())
     try:
         pyfuse3.init(ops, args.mountpoint, _fuse_options(args, settings.name))  # type: ignore[attr-defined]
     except RuntimeError as exc:
@@ -353,6 +378,48 @@ def _run_session(args: argparse.Namespace, volume: Volume, vfs: Vfs, ops: FuseOp
         pyfuse3.close(unmount=not unmounted)
         meta.close_session(sid)  # type: ignore[attr-defined]
     return 0
+
+
+def machine_origin() -> str:
+    """What tells this machine and PID namespace apart from others: the kernel's boot id and
+    the PID namespace. Two sessions with the same origin see each other's processes."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        return f"{boot}:{os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return ""
+
+
+def close_dead_local_sessions(meta: Meta) -> int:
+    """End sessions of clients that ran here and died (kill -9, OOM kill): their process is
+    gone, so their open files are closed, and waiting for the stale timeout would only keep
+    unlinked files (and their objects) longer. Only sessions of this very machine and PID
+    namespace are judged, never those of other hosts or containers."""
+    origin = machine_origin()
+    if not origin:
+        return 0
+    closed = 0
+    for session in meta.list_sessions():
+        if session.origin != origin or session.pid == os.getpid():
+            continue
+        if _process_alive(session.pid):
+            continue  # alive (that client, or another program by now: not ours to judge)
+        log.warning("session %d of pid %d on this machine ended without closing; closing it",
+                    session.sid, session.pid)
+        meta.close_session(session.sid)
+        closed += 1
+    return closed
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether `pid` is a running process here (a zombie, killed and not reaped yet, is not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
 
 
 def _widen_kernel_readahead(mountpoint: str, kib: int = 4096) -> None:
@@ -406,22 +473,32 @@ async def _heartbeat(vfs, meta, sid: int) -> None:  # type: ignore[no-untyped-de
     while True:
         await trio.sleep(HEARTBEAT)
         try:
-            await vfs.workers.meta(meta.heartbeat, sid)
+            await vfs.workers.meta(meta.heartbeat, sid, vfs.ids.lowest_in_use())
             await vfs.workers.meta(meta.clean_stale_sessions, STALE_SESSION)
         except Exception as exc:
             log.warning("session heartbeat failed: %s", exc)
 
 
 async def _janitor(vfs) -> None:  # type: ignore[no-untyped-def]
-    """Commit idle buffered writes and delete objects no file references any more."""
+    """Commit idle buffered writes, drop the open notes of closed files, delete objects no
+    file references any more (once their garbage delay passed), and empty old trash."""
     import trio
 
+    from ..meta.trash import purge_expired
+
+    next_trash = trio.current_time() + TRASH_EVERY / 10
     while True:
         await trio.sleep(1.0)
         try:
             await vfs.flush_idle()
+            await vfs.flush_releases()
             while await vfs.collect_garbage() > 0:
                 pass
+            if trio.current_time() >= next_trash:
+                next_trash = trio.current_time() + TRASH_EVERY
+                meta = vfs.meta
+                if meta.trash_days > 0 and await vfs.workers.meta(meta.try_lease, "trash", TRASH_EVERY):
+                    await vfs.workers.meta(purge_expired, meta, meta.trash_days)
         except Exception as exc:
             log.warning("background cleanup failed: %s", exc)
 

@@ -7,9 +7,11 @@ engine keeps its key schema and codecs to itself), and `AsyncRedis` sends it ove
 non-blocking socket that trio watches, and parses the reply with hiredis. Nothing here
 blocks the loop.
 
-Anything unusual (a script not loaded yet, a lost connection, TLS/Sentinel/Cluster
-deployments) falls back to the engine's own blocking call in a worker thread, which has
-the retries and error translation.
+Anything unusual (a script not loaded yet, a lost connection, a server that does not
+answer within SOCKET_TIMEOUT, TLS/Sentinel/Cluster deployments) falls back to the engine's
+own blocking call in a worker thread, which has the retries and error translation. A
+request that may have reached the server is repeated there as it was (`MetaRequest.retry`:
+same operation token, same inode number), so a change never happens twice.
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ import errno
 import logging
 import os
 import socket
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import hiredis
 import trio
+
+from .connect import SOCKET_TIMEOUT
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +46,10 @@ class DirectAddress:
 @dataclass(frozen=True)
 class MetaRequest:
     command: tuple[Any, ...]
-    decode: Callable[[Any], Any]  # raises FsError for namespace errors
+    decode: Callable[[Any], Any]  # raises FsError for namespace errors, FallBack to go blocking
+    # The same request on the blocking path (after a fallback that may have sent it);
+    # None: just make the plain blocking call.
+    retry: Callable[[], Any] | None = None
 
 
 class FallBack(Exception):
@@ -127,8 +133,9 @@ class _Connection:
 
 
 class AsyncRedis:
-    def __init__(self, address: DirectAddress, max_connections: int = 8) -> None:
+    def __init__(self, address: DirectAddress, max_connections: int = 8, timeout: float = SOCKET_TIMEOUT) -> None:
         self.address = address
+        self.timeout = timeout  # for a connection and a reply each; then the blocking path takes over
         self._idle: list[_Connection] = []
         self._open = 0  # connections in use or idle
         self._max = max_connections
@@ -168,16 +175,18 @@ class AsyncRedis:
         self._waiters.unpark()
 
     async def execute(self, *args: Any) -> Any:
-        """One command's reply; FallBack on any error reply or connection trouble."""
+        """One command's reply; FallBack on any error reply, connection trouble or timeout."""
         try:
-            conn = await self._acquire()
-        except (OSError, hiredis.ProtocolError) as exc:
-            raise FallBack(str(exc)) from None
+            with trio.fail_after(self.timeout):
+                conn = await self._acquire()
+        except (OSError, hiredis.ProtocolError, trio.TooSlowError) as exc:
+            raise FallBack(str(exc) or "no free connection in time") from None
         try:
-            reply = await conn.call(*args)
-        except (OSError, hiredis.ProtocolError) as exc:
-            self._discard(conn)
-            raise FallBack(str(exc)) from None
+            with trio.fail_after(self.timeout):
+                reply = await conn.call(*args)
+        except (OSError, hiredis.ProtocolError, trio.TooSlowError) as exc:
+            self._discard(conn)  # a reply may still come: this connection is done for
+            raise FallBack(str(exc) or "no reply in time") from None
         except BaseException:
             self._discard(conn)  # cancelled mid-call: the reply would confuse the next caller
             raise
@@ -195,14 +204,11 @@ class AsyncRedis:
 
 class FastCalls:
     """The hottest metadata calls over `AsyncRedis` when the engine supports it, else in a
-    thread: lookup, getattr and slice lists, and the creates and unlinks of regular files.
+    thread: lookup, getattr, slice lists, open, and the creates and unlinks of regular
+    files.
 
     `blocking(fn, *args)` is the caller's way to run an engine method in a worker thread
-    (with its error translation).
-
-    A mutation that falls back after its request was sent may have run: the blocking call
-    then reports what it finds (EEXIST for a create that happened), as the blocking
-    engine's own reconnect-and-retry does."""
+    (with its error translation)."""
 
     def __init__(self, meta: Any, blocking: Callable[..., Any], client: AsyncRedis | None) -> None:
         self.meta = meta
@@ -215,52 +221,58 @@ class FastCalls:
         address = meta.direct_address() if hasattr(meta, "direct_address") else None
         return cls(meta, blocking, AsyncRedis(address) if address is not None else None)
 
-    async def _send(self, request: MetaRequest) -> tuple[bool, Any]:
-        """(True, decoded reply), or (False, None) when the call must go the blocking way."""
-        assert self.client is not None
-        try:
-            reply = await self.client.execute(*request.command)
-        except FallBack as exc:
-            log.debug("metadata call falls back to a thread: %s", exc)
-            return False, None
-        self.direct += 1
-        return True, request.decode(reply)
-
     async def _run(self, request: MetaRequest | None, fn: Callable[..., Any], *args: Any) -> Any:
-        if request is not None:
-            done, result = await self._send(request)
-            if done:
-                return result
+        if request is not None and self.client is not None:
+            try:
+                reply = await self.client.execute(*request.command)
+            except FallBack as exc:
+                log.debug("metadata call falls back to a thread: %s", exc)
+                if request.retry is not None:
+                    return await self.blocking(request.retry)
+            else:
+                try:
+                    result = request.decode(reply)
+                except FallBack as exc:  # the server refused it as it was: start afresh
+                    log.debug("metadata call goes the blocking way: %s", exc)
+                else:
+                    self.direct += 1
+                    return result
         return await self.blocking(fn, *args)
 
+    def _request(self, make: Callable[..., MetaRequest | None], *args: Any) -> MetaRequest | None:
+        return make(*args) if self.client is not None else None
+
     async def lookup(self, parent: int, name: bytes) -> Any:
-        request = self.meta.lookup_request(parent, name) if self.client is not None else None
-        return await self._run(request, self.meta.lookup, parent, name)
+        return await self._run(self._request(self.meta.lookup_request, parent, name), self.meta.lookup, parent, name)
 
     async def getattr(self, ino: int) -> Any:
-        request = self.meta.getattr_request(ino) if self.client is not None else None
-        return await self._run(request, self.meta.getattr, ino)
+        return await self._run(self._request(self.meta.getattr_request, ino), self.meta.getattr, ino)
 
     async def read(self, ino: int, chunk_index: int) -> Any:
-        request = self.meta.read_request(ino, chunk_index) if self.client is not None else None
-        return await self._run(request, self.meta.read, ino, chunk_index)
+        return await self._run(self._request(self.meta.read_request, ino, chunk_index),
+                               self.meta.read, ino, chunk_index)
 
-    async def mknod(self, parent: int, name: bytes, mode: int, uid: int, gid: int, rdev: int = 0) -> Any:
-        request = None
-        if self.client is not None and stat.S_ISREG(mode):
-            request = self.meta.create_file_request(parent, name, mode, uid, gid)
-        return await self._run(request, self.meta.mknod, parent, name, mode, uid, gid, rdev)
+    async def create(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Any:
+        """A regular file that this session holds open from the start (FUSE create)."""
+        request = self._request(self.meta.create_file_request, parent, name, mode, uid, gid, True)
+        return await self._run(request, self.meta.create_held, parent, name, mode, uid, gid)
 
     async def unlink(self, parent: int, name: bytes) -> None:
-        prepared = self.meta.unlink_request(parent, name) if self.client is not None else None
-        if prepared is None:
-            return await self.blocking(self.meta.unlink, parent, name)  # type: ignore[no-any-return]
-        request, finish = prepared
+        outcome = await self._run(self._request(self.meta.unlink_request, parent, name),
+                                  self.meta.unlink, parent, name)
+        if outcome is not None and outcome[1] == 1:  # kept for openers: perhaps only our own
+            await self.blocking(self.meta.settle_unlinked, *outcome)
+
+    async def open(self, ino: int, known: Any = None) -> Any:
+        """Count an open (noting it in Redis if this session did not hold the file yet) and
+        return fresh attributes, or `known` ones the caller just got."""
+        state = self.meta.open_nowait(ino)
+        if state is None:
+            return await self.blocking(self.meta.open, ino, known)
         try:
-            done, kept = await self._send(request)
-        finally:
-            finish()
-        if not done:
-            await self.blocking(self.meta.unlink, parent, name)
-        elif kept is not None:
-            await self.blocking(self.meta.settle_unlinked, kept)  # may free it: a script
+            if state is True:
+                return known if known is not None else await self.getattr(ino)
+            return await self._run(state, self.meta.open, ino, known)
+        except BaseException:
+            self.meta.release(ino)  # counted above; a note possibly written goes later
+            raise

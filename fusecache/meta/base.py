@@ -32,6 +32,8 @@ MAX_XATTR_VALUE = 65536
 class Meta(ABC):
     """A volume's namespace and the chunk → slice maps of its files."""
 
+    trash_days: int = 0  # from the volume settings (format/load): 0 = no trash
+
     # -- volume ---------------------------------------------------------------------------
     @abstractmethod
     def format(self, settings: VolumeSettings, force: bool = False) -> None:
@@ -54,10 +56,12 @@ class Meta(ABC):
 
     # -- sessions (one per mounted client) ------------------------------------------------
     @abstractmethod
-    def new_session(self, host: str, pid: int, mountpoint: str, version: str) -> int: ...
+    def new_session(self, host: str, pid: int, mountpoint: str, version: str, origin: str = "") -> int: ...
 
     @abstractmethod
-    def heartbeat(self, sid: int) -> None: ...
+    def heartbeat(self, sid: int, in_use: int = 0) -> None:
+        """The session is alive. `in_use`: the lowest slice id it may still commit (0:
+        unknown); objects of such slices are off limits to `fusecache gc`."""
 
     @abstractmethod
     def close_session(self, sid: int) -> None:
@@ -102,9 +106,11 @@ class Meta(ABC):
         """Hard link; EPERM for directories."""
 
     @abstractmethod
-    def unlink(self, parent: int, name: bytes) -> None:
-        """Remove a non-directory entry. When the last link goes, the inode is freed, unless
-        this session holds it open (see `open`): then it is freed on the last `close`."""
+    def unlink(self, parent: int, name: bytes, trash: bool = True) -> None:
+        """Remove a non-directory entry. When the last link goes the inode moves to the
+        volume's trash (if it keeps one and `trash` is true); otherwise it is freed, unless
+        a live session (any client) holds it open: then it is freed on the last close
+        anywhere, or when the last such session ends."""
 
     @abstractmethod
     def rmdir(self, parent: int, name: bytes) -> None: ...
@@ -121,23 +127,40 @@ class Meta(ABC):
     # -- open files -----------------------------------------------------------------------
     @abstractmethod
     def open(self, ino: int, known: Attr | None = None) -> Attr:
-        """Note that this session holds `ino` open; returns fresh attributes (or `known`,
-        attributes the caller has just received, e.g. from a create, saving a round trip)."""
+        """Note that this session holds `ino` open, where every client's unlink sees it;
+        returns fresh attributes (or `known`, attributes the caller has just received,
+        e.g. from a create, saving a round trip)."""
 
     @abstractmethod
     def release(self, ino: int) -> None:
-        """The session closed `ino` once; the last release frees an unlinked inode."""
+        """The session closed `ino` once; after the last release an unlinked inode that no
+        other session holds is freed (possibly a little later, see flush_releases)."""
+
+    def create_held(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Attr:
+        """A regular file created and held open by this session (a FUSE create): `open`
+        of it right after needs no round trip."""
+        return self.mknod(parent, name, mode, uid, gid)
 
     # Optional non-blocking shortcuts, safe to call on an event loop: they never wait and
-    # never do I/O. False means "not done; make the blocking call instead".
-    def open_nowait(self, ino: int) -> bool:
-        """Note an open of `ino` (as `open` does, without fetching attributes) if that needs
-        no waiting."""
-        return False
+    # never do I/O. False/None means "not done; make the blocking call instead".
+    def open_nowait(self, ino: int) -> object:
+        """Count an open of `ino` without waiting: True (fetch attributes as usual), a
+        request that notes the open and returns attributes (engine-specific, see
+        RedisMeta), or None: make the blocking `open` call."""
+        return None
 
     def release_nowait(self, ino: int) -> bool:
-        """`release(ino)` if it needs no server call (it does when it frees the inode)."""
+        """`release(ino)` if that needs no waiting."""
         return False
+
+    def flush_releases(self, min_age: float = 0.0) -> int:
+        """Finish releases of files closed `min_age` seconds ago (engines that note opens
+        on the server do it in batches); returns how many were finished."""
+        return 0
+
+    def try_lease(self, name: str, seconds: float) -> bool:
+        """Whether this client should do the volume-wide chore `name` now."""
+        return True
 
     # -- file data ------------------------------------------------------------------------
     @abstractmethod
@@ -161,8 +184,10 @@ class Meta(ABC):
     # -- garbage: objects no slice references any more ------------------------------------
     @abstractmethod
     def take_garbage(self, limit: int) -> list[tuple[int, int]]:
-        """Up to `limit` (slice_id, slice_size) whose objects must be deleted. They stay
-        listed until `ack_garbage`, so a crash between the two only repeats deletes."""
+        """Up to `limit` (slice_id, slice_size) whose objects must be deleted: slices
+        dropped at least the volume's garbage delay ago. Taken items are hidden from other
+        callers for a while and stay queued until `ack_garbage`, so a crash between the two
+        only repeats deletes."""
 
     @abstractmethod
     def ack_garbage(self, items: list[tuple[int, int]]) -> None: ...

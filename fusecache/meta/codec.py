@@ -28,7 +28,8 @@ ATTR_OFFSETS = {
 }
 ATTR_SIZE = ATTR.size  # 60
 
-# pos, id, size, off, length — one element of a chunk's slice list.
+# pos, id, size, off, length — one element of a chunk's slice list, followed by the
+# slice's block checksums (8 bytes each; Lua only reads the fixed part).
 SLICE = struct.Struct("<IQIII")
 SLICE_SIZE = SLICE.size  # 24
 # A garbage item is bytes 4..16 of a packed slice: the id and the slice object size.
@@ -54,11 +55,18 @@ def pack_time(ns: int) -> bytes:
 
 
 def pack_slice(s: Slice) -> bytes:
-    return SLICE.pack(s.pos, s.id, s.size, s.off, s.length)
+    head = SLICE.pack(s.pos, s.id, s.size, s.off, s.length)
+    if not s.hashes:
+        return head
+    return head + struct.pack(f"<{len(s.hashes)}Q", *s.hashes)
 
 
 def unpack_slice(raw: bytes) -> Slice:
-    return Slice(*SLICE.unpack(raw))
+    """A slice list element: the fixed record, then one xxh3-64 per block (if recorded)."""
+    if len(raw) == SLICE_SIZE:
+        return Slice(*SLICE.unpack(raw))
+    count = (len(raw) - SLICE_SIZE) // 8
+    return Slice(*SLICE.unpack_from(raw), hashes=struct.unpack_from(f"<{count}Q", raw, SLICE_SIZE))
 
 
 def pack_garbage(slice_id: int, size: int) -> bytes:

@@ -18,13 +18,14 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 from urllib.parse import parse_qs, unquote
 
 import redis
-from redis.backoff import ExponentialBackoff
+from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 from redis.sentinel import Sentinel
@@ -146,36 +147,58 @@ def parse_url(url: str) -> RedisTarget:
     )
 
 
-class _Retry(Retry):
-    """Retries lost connections and timeouts, but not refused credentials: redis-py
-    classifies AuthenticationError as a ConnectionError, and retrying it only delays the
-    error message."""
+# Every Redis call is bounded (docs/data-safety.md): one attempt waits at most
+# CONNECT_TIMEOUT to connect and SOCKET_TIMEOUT for its reply; a failed attempt is retried,
+# with backoff capped at MAX_BACKOFF so that a server coming back is used within a second,
+# until RETRY_WINDOW has passed. A call therefore fails (EIO) at most GIVE_UP_AFTER seconds
+# after it started, whatever the server does (crashed, SIGSTOPped, unreachable).
+SOCKET_TIMEOUT = 5.0
+CONNECT_TIMEOUT = 2.0
+RETRY_WINDOW = 10.0
+MAX_BACKOFF = 0.5
+GIVE_UP_AFTER = RETRY_WINDOW + CONNECT_TIMEOUT + SOCKET_TIMEOUT
+_RETRYABLE_REPLIES = ("LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "READONLY")
 
-    def call_with_retry(
-        self,
-        do: Callable[[], _T],
-        fail: Callable[..., Any],
-        is_retryable: Callable[[Exception], bool] | None = None,
-        with_failure_count: bool = False,
-    ) -> _T:
-        def retryable(exc: Exception) -> bool:
-            if isinstance(exc, redis.AuthenticationError):
-                return False
-            return is_retryable(exc) if is_retryable else True
 
-        return super().call_with_retry(do, fail, retryable, with_failure_count)
+def is_retryable(exc: BaseException) -> bool:
+    """Whether a failed call may succeed if tried again (not refused credentials)."""
+    if isinstance(exc, redis.AuthenticationError):
+        return False
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError | OSError):
+        return True
+    return isinstance(exc, redis.ResponseError) and str(exc).startswith(_RETRYABLE_REPLIES)
+
+
+def call_with_retries(attempt: Callable[[int], _T], window: float = RETRY_WINDOW) -> _T:
+    """`attempt(n)` (n = attempts made before) until it succeeds, fails for good, or the
+    retry window is over. The caller must make a repeated attempt safe: a lost reply does
+    not mean the call did not run (see lua.py on operation tokens)."""
+    deadline = time.monotonic() + window
+    delay = 0.05
+    tries = 0
+    while True:
+        try:
+            return attempt(tries)
+        except Exception as exc:
+            if not is_retryable(exc) or time.monotonic() + delay > deadline:
+                raise
+            log.info("metadata call failed (%s: %s); retrying", type(exc).__name__, exc)
+        time.sleep(delay)
+        delay = min(delay * 2, MAX_BACKOFF)
+        tries += 1
 
 
 def _common_kwargs(target: RedisTarget) -> dict[str, object]:
     kwargs: dict[str, object] = {
         "username": target.username,
         "password": target.password,
-        "socket_timeout": 30.0,
-        "socket_connect_timeout": 5.0,
+        "socket_timeout": SOCKET_TIMEOUT,
+        "socket_connect_timeout": CONNECT_TIMEOUT,
         "socket_keepalive": True,
         "health_check_interval": 30,
-        "retry": _Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
-        "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
+        # No retries inside redis-py: it would repeat a script whose reply was lost without
+        # telling us. RedisMeta retries, with operation tokens (call_with_retries).
+        "retry": Retry(NoBackoff(), 0),
     }
     if target.tls:
         kwargs["ssl"] = True
@@ -195,7 +218,7 @@ def connect(url: str) -> tuple[redis.Redis | RedisCluster, RedisTarget]:
     shown = redact_url(url)
     try:
         client = _make_client(target)
-        client.ping()
+        call_with_retries(lambda _: client.ping(), window=CONNECT_TIMEOUT)
     except MetaError:
         raise
     except redis.AuthenticationError as exc:
@@ -232,7 +255,7 @@ def _make_client(target: RedisTarget) -> redis.Redis | RedisCluster:
     else:
         kwargs.pop("ssl", None)
     pool = redis.BlockingConnectionPool(
-        host=host, port=port, db=target.db, max_connections=MAX_CONNECTIONS, timeout=60,
+        host=host, port=port, db=target.db, max_connections=MAX_CONNECTIONS, timeout=RETRY_WINDOW,
         connection_class=connection_class, **{k: v for k, v in kwargs.items() if k != "ssl"},
     )
     return redis.Redis(connection_pool=pool)

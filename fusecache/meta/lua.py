@@ -5,7 +5,8 @@ Conventions shared by every script:
 - ARGV[1] is the key prefix (the volume's hash tag, e.g. "{fc}"); KEYS[1] is always a key
   of that tag, so Redis Cluster routes the call to the slot that holds every key touched.
 - A script returns a table whose first element is 0 on success or a positive errno;
-  -1 asks the caller to retry with fresh information (used by rename under quotas).
+  -1 asks the caller to retry with fresh information (used by rename under quotas), -2
+  says the inode number the caller picked is taken (its batch is stale: take a new one).
 - A script validates everything before its first write: Lua scripts are not rolled back
   when they return an error, so a failing call must leave Redis untouched.
 - Integers handed to redis.call go through num() ('%d'): a raw Lua number could be
@@ -13,6 +14,15 @@ Conventions shared by every script:
 - Shared helpers live in PRELUDE; `script(body)` prepends only the definitions a body uses
   (transitively). Redis runs a script's whole text on every call, and defining all ~40
   helpers each time more than doubled the cost of the hottest script (LOOKUP).
+
+Retries (a reply lost with the connection, a server that stopped answering) must never
+apply a change twice or report a wrong error:
+- Namespace changes carry an operation token as KEYS[2] (`{P}op<token>`): `replay()`
+  returns the recorded result of a call that already ran, and `done()` records a success
+  for TOKEN_TTL ms, far longer than any client keeps retrying.
+- Slice commits are their own tokens: WRITE ignores a slice id already in the chunk (or
+  already dropped from it into the delayed-garbage queue), COMPACT one already at its head.
+- Open registrations are sets (idempotent by nature).
 """
 
 from __future__ import annotations
@@ -21,7 +31,10 @@ import errno
 import re
 
 from ..layout import CHUNK_SIZE
+from ..types import ROOT_INO, TRASH_INO
 from .codec import ATTR_OFFSETS, MAX_EXACT_SIZE
+
+TOKEN_TTL_MS = 120_000
 
 _ERRNOS = ("ENOENT", "EEXIST", "ENOTDIR", "EISDIR", "EINVAL", "ENOSPC", "ENOTEMPTY",
            "EPERM", "EDQUOT", "ENODATA", "EFBIG")
@@ -29,14 +42,16 @@ _ERRNOS = ("ENOENT", "EEXIST", "ENOTDIR", "EISDIR", "EINVAL", "ENOSPC", "ENOTEMP
 PRELUDE = "\n".join(
     [f"local {name} = {getattr(errno, name)}" for name in _ERRNOS]
     + [f"local OFF_{field.upper()} = {off}" for field, off in ATTR_OFFSETS.items()]
-    + [f"local CHUNK = {CHUNK_SIZE}", f"local MAXSIZE = {MAX_EXACT_SIZE}"]
+    + [f"local CHUNK = {CHUNK_SIZE}", f"local MAXSIZE = {MAX_EXACT_SIZE}",
+       f"local TRASH = {TRASH_INO}", f"local ROOT = {ROOT_INO}", f"local TOKEN_TTL = {TOKEN_TTL_MS}"]
 ) + r"""
 local P = ARGV[1]
 local CK = P .. 'counters'
 local QK = P .. 'quota'
 local QU = P .. 'qused'
-local GK = P .. 'garbage'
+local GK = P .. 'delayed'
 local DELK = P .. 'delfiles'
+local SK = P .. 'sessions'
 local S_IFMT, S_IFDIR, S_IFREG, S_IFLNK = 61440, 16384, 32768, 40960
 
 local function num(v) return string.format('%d', v) end
@@ -45,6 +60,7 @@ local function dk(i) return P .. 'd' .. num(i) end
 local function xk(i) return P .. 'x' .. num(i) end
 local function sk(i) return P .. 's' .. num(i) end
 local function kk(i) return P .. 'k' .. num(i) end
+local function ok(i) return P .. 'o' .. num(i) end
 local function ck(i, idx) return P .. 'c' .. num(i) .. '_' .. num(idx) end
 
 local function u32(a, off) return (struct.unpack('<I4', a, off + 1)) end
@@ -57,16 +73,44 @@ local function isdir(a) return ftype(a) == S_IFDIR end
 local function fsize(a) if ftype(a) == S_IFREG then return u64(a, OFF_SIZE) end return 0 end
 local function touch(a, now) return put(put(a, OFF_MTIME, now), OFF_CTIME, now) end
 local function add_nlink(a, d) return put(a, OFF_NLINK, p32(u32(a, OFF_NLINK) + d)) end
+local function entry(a, ino) return string.char(bit.rshift(u32(a, OFF_MODE), 12)) .. num(ino) end
 
 local function counter(name) return tonumber(redis.call('HGET', CK, name) or '0') end
 
+-- The server's clock in seconds (scores of the sessions and delayed-garbage sets).
+local function clock()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1e6
+end
+
+-- The recorded result of this operation (KEYS[2], its token) if it already ran.
+local function replay()
+  if KEYS[2] then
+    local r = redis.call('GET', KEYS[2])
+    if r then return cmsgpack.unpack(r) end
+  end
+  return nil
+end
+
+-- Record a successful result under the operation's token, and return it.
+local function done(res)
+  if KEYS[2] then redis.call('SET', KEYS[2], cmsgpack.pack(res), 'PX', TOKEN_TTL) end
+  return res
+end
+
+-- Whether directory `ino` (attributes `a`) is the trash or one of its hour directories.
+local function in_trash(ino, a)
+  return tonumber(ino) == TRASH or u64(a, OFF_PARENT) == TRASH
+end
+
 -- Quota directories at or above directory `start`, nearest first: {ino string, limits}.
+-- The trash is outside every quota: the walk stops there.
 local function quota_chain(start)
   local out = {}
   if redis.call('HLEN', QK) == 0 then return out end
   local ino = tonumber(start)
   local depth = 0
-  while ino and ino > 0 and depth < 100000 do
+  while ino and ino > 0 and ino ~= TRASH and depth < 100000 do
     local q = redis.call('HGET', QK, num(ino))
     if q then out[#out + 1] = {num(ino), q} end
     if ino == 1 then break end
@@ -108,11 +152,13 @@ local function space_check(parent, db)
   return quota_check(chain, db, 0), chain
 end
 
--- Move every slice of chunk `idx` of `ino` to the garbage set and drop the chunk.
-local function drop_chunk(ino, idx)
+-- Move every slice of chunk `idx` of `ino` to the delayed-garbage queue and drop the chunk.
+-- Queued slices keep their objects for the volume's garbage delay: a client may still hold
+-- the old slice list for a moment.
+local function drop_chunk(ino, idx, now)
   local key = ck(ino, idx)
   for _, s in ipairs(redis.call('LRANGE', key, 0, -1)) do
-    if u64(s, 4) ~= 0 then redis.call('SADD', GK, string.sub(s, 5, 16)) end
+    if u64(s, 4) ~= 0 then redis.call('ZADD', GK, now, string.sub(s, 5, 16)) end
   end
   redis.call('DEL', key)
   redis.call('SREM', kk(ino), idx)
@@ -120,9 +166,10 @@ end
 
 -- Delete an inode whose last link (and last opener) is gone. File data is released
 -- lazily: the inode joins the deleted-files set that take_garbage expands chunk by chunk.
-local function free_inode(ino, a)
+-- `uncounted`: not in usedinodes (the trash's hour directories are not the user's).
+local function free_inode(ino, a, uncounted)
   local t = ftype(a)
-  redis.call('DEL', ik(ino), xk(ino))
+  redis.call('DEL', ik(ino), xk(ino), ok(ino))
   if t == S_IFREG then
     redis.call('HINCRBY', CK, 'usedspace', num(-u64(a, OFF_SIZE)))
     if redis.call('EXISTS', kk(ino)) == 1 then redis.call('SADD', DELK, ino) end
@@ -133,40 +180,79 @@ local function free_inode(ino, a)
     redis.call('HDEL', QK, ino)
     redis.call('HDEL', QU, ino .. 'b', ino .. 'i')
   end
-  redis.call('HINCRBY', CK, 'usedinodes', -1)
+  if not uncounted then redis.call('HINCRBY', CK, 'usedinodes', -1) end
 end
 
--- The session that must keep `ino` when its last link goes, or nil. `keep` is '0' (keep
--- nothing), '<sid>:*' (keep any inode) or '<sid>:,<ino>,<ino>,' (the session's open inodes).
-local function keeper(keep, ino)
-  if keep == '0' then return nil end
-  local sid, held = string.match(keep, '^(%d+):(.*)$')
-  if held == '*' or string.find(held, ',' .. num(ino) .. ',', 1, true) then return sid end
-  return nil
+-- Whether a live session (one still in the sessions set) holds `ino` open.
+local function openers_alive(ino)
+  for _, sid in ipairs(redis.call('HKEYS', ok(ino))) do
+    if redis.call('ZSCORE', SK, sid) then return true end
+  end
+  return false
 end
 
--- Remove one link of non-directory `ino` (attributes `a`) from directory `dir`. The last
--- link frees the inode, unless the session in `keep` holds it open: then the session keeps
--- it (nlink 0) until its last close. Returns 0 (links remain), 1 (kept) or 2 (freed).
-local function drop_link(ino, a, dir, now, keep)
-  local n = u32(a, OFF_NLINK) - 1
+-- Free `ino` if it has no link, is not in the trash (parent 0) and no live session holds
+-- it open. Returns 1 when freed.
+local function free_if_unheld(ino)
+  local a = redis.call('GET', ik(ino))
+  if not a or u32(a, OFF_NLINK) ~= 0 or u64(a, OFF_PARENT) ~= 0 then return 0 end
+  if openers_alive(ino) then return 0 end
+  free_inode(ino, a)
+  return 1
+end
+
+-- The trash directory, made on first use on a volume formatted before trash existed.
+local function ensure_trash(now)
+  local a = redis.call('GET', ik(TRASH))
+  if a then return a end
+  a = struct.pack('<I4I4I4I4I8I4', S_IFDIR + 448, 0, 0, 2, 4096, 0) .. now .. now .. now .. p64(ROOT)
+  redis.call('SET', ik(TRASH), a)
+  return a
+end
+
+-- The inode of the trash's directory for hour `hour` (made if missing).
+local function trash_dir(hour, now)
+  local ta = ensure_trash(now)
+  local v = redis.call('HGET', dk(TRASH), hour)
+  if v then return tonumber(string.sub(v, 2)) end
+  local ino = redis.call('HINCRBY', CK, 'nextinode', 1)
+  local a = struct.pack('<I4I4I4I4I8I4', S_IFDIR + 448, 0, 0, 2, 4096, 0) .. now .. now .. now .. p64(TRASH)
+  redis.call('SET', ik(ino), a)
+  redis.call('HSET', dk(TRASH), hour, entry(a, ino))
+  redis.call('SET', ik(TRASH), add_nlink(touch(ta, now), 1))
+  return ino
+end
+
+-- Remove the link `name` of non-directory `ino` (attributes `a`) from directory `dir`
+-- (the entry itself is the caller's to delete). When it was the last link the inode goes
+-- to the trash's directory `hour` (unless `hour` is '', the trash is off); else it is kept
+-- with nlink 0 while any live session holds it open, and freed otherwise. Returns 0 (links
+-- remain), 1 (kept for its openers), 2 (freed) or 3 (trashed).
+local function drop_link(ino, a, dir, name, now, hour)
+  local n = u32(a, OFF_NLINK)
   local parent = u64(a, OFF_PARENT)
   a = put(a, OFF_CTIME, now)
-  if n > 0 then
+  if n > 1 then
     if parent == tonumber(dir) then
       -- The link that quota usage was attributed to goes; the others are not tracked.
       quota_add(quota_chain(dir), -fsize(a), -1)
       a = put(a, OFF_PARENT, p64(0))
     end
-    redis.call('SET', ik(ino), put(a, OFF_NLINK, p32(n)))
+    redis.call('SET', ik(ino), put(a, OFF_NLINK, p32(n - 1)))
     return 0
   end
-  if parent ~= 0 then quota_add(quota_chain(parent), -fsize(a), -1) end
-  local sid = keeper(keep, ino)
-  if sid then
-    a = put(put(a, OFF_NLINK, p32(0)), OFF_PARENT, p64(0))
+  -- n == 0: an entry of the trash (whose usage already left every quota).
+  if parent ~= 0 and n > 0 then quota_add(quota_chain(parent), -fsize(a), -1) end
+  a = put(a, OFF_NLINK, p32(0))
+  if hour ~= '' and n > 0 then
+    local hd = trash_dir(hour, now)
+    redis.call('SET', ik(ino), put(a, OFF_PARENT, p64(hd)))
+    redis.call('HSET', dk(hd), string.sub(num(dir) .. '-' .. num(ino) .. '-' .. name, 1, 255), entry(a, ino))
+    return 3
+  end
+  a = put(a, OFF_PARENT, p64(0))
+  if openers_alive(ino) then
     redis.call('SET', ik(ino), a)
-    redis.call('SADD', P .. 'sustained' .. sid, ino)
     return 1
   end
   free_inode(ino, a)
@@ -196,6 +282,13 @@ local function get_dir(ino)
   if not isdir(a) then return nil, ENOTDIR end
   return a, 0
 end
+
+-- Register that session `sid` holds `ino` open ('0': no session, nothing to note).
+local function hold(ino, sid)
+  if sid == '0' then return end
+  redis.call('HSET', ok(ino), sid, 1)
+  redis.call('SADD', P .. 'open' .. sid, ino)
+end
 """
 
 # KEYS: dir(parent)  ARGV: P, parent, name
@@ -212,11 +305,16 @@ if not a then return {ENOENT} end
 return {0, ino, a}
 """
 
-# KEYS: dir(parent)  ARGV: P, parent, name, ino, attr, entry, now, symlink target
+# KEYS: dir(parent), op token
+# ARGV: P, parent, name, ino, attr, entry, now, symlink target, sid holding it open ('0': none)
 CREATE = r"""
+local r = replay()
+if r then return r end
 local pa, err = get_dir(ARGV[2])
 if err ~= 0 then return {err} end
+if in_trash(ARGV[2], pa) then return {EPERM} end
 if redis.call('HEXISTS', KEYS[1], ARGV[3]) == 1 then return {EEXIST} end
+if redis.call('EXISTS', P .. 'i' .. ARGV[4]) == 1 then return {-2} end
 local maxi = counter('maxinodes')
 if maxi > 0 and counter('usedinodes') + 1 > maxi then return {ENOSPC} end
 local chain = quota_chain(ARGV[2])
@@ -231,11 +329,14 @@ if isdir(a) then pa = add_nlink(pa, 1) end
 redis.call('SET', ik(ARGV[2]), pa)
 redis.call('HINCRBY', CK, 'usedinodes', 1)
 quota_add(chain, 0, 1)
-return {0}
+if ftype(a) == S_IFREG then hold(ARGV[4], ARGV[9]) end
+return done({0})
 """
 
-# KEYS: dir(parent)  ARGV: P, parent, name, now, keep (see keeper)
+# KEYS: dir(parent), op token  ARGV: P, parent, name, now, trash hour ('': trash off)
 UNLINK = r"""
+local r = replay()
+if r then return r end
 local pa, err = get_dir(ARGV[2])
 if err ~= 0 then return {err} end
 local v = redis.call('HGET', KEYS[1], ARGV[3])
@@ -243,15 +344,19 @@ if not v then return {ENOENT} end
 local ino = string.sub(v, 2)
 local a = redis.call('GET', P .. 'i' .. ino)
 if a and isdir(a) then return {EISDIR} end
+local hour = ARGV[5]
+if in_trash(ARGV[2], pa) then hour = '' end  -- deleting from the trash deletes for good
 redis.call('HDEL', KEYS[1], ARGV[3])
 redis.call('SET', ik(ARGV[2]), touch(pa, ARGV[4]))
-local r = 2
-if a then r = drop_link(ino, a, ARGV[2], ARGV[4], ARGV[5]) end
-return {0, ino, r}
+local fate = 2
+if a then fate = drop_link(ino, a, ARGV[2], ARGV[3], ARGV[4], hour) end
+return done({0, ino, fate})
 """
 
-# KEYS: dir(parent)  ARGV: P, parent, name, now
+# KEYS: dir(parent), op token  ARGV: P, parent, name, now
 RMDIR = r"""
+local r = replay()
+if r then return r end
 local pa, err = get_dir(ARGV[2])
 if err ~= 0 then return {err} end
 local v = redis.call('HGET', KEYS[1], ARGV[3])
@@ -264,34 +369,39 @@ redis.call('HDEL', KEYS[1], ARGV[3])
 redis.call('SET', ik(ARGV[2]), add_nlink(touch(pa, ARGV[4]), -1))
 if a then
   quota_add(quota_chain(ARGV[2]), 0, -1)
-  free_inode(ino, a)
+  free_inode(ino, a, tonumber(ARGV[2]) == TRASH)
 end
-return {0}
+return done({0})
 """
 
-# KEYS: dir(new parent)  ARGV: P, ino, new parent, name, now
+# KEYS: dir(new parent), op token  ARGV: P, ino, new parent, name, now
 LINK = r"""
+local r = replay()
+if r then return r end
 local a = redis.call('GET', ik(ARGV[2]))
 if not a then return {ENOENT} end
 if isdir(a) then return {EPERM} end
 if u32(a, OFF_NLINK) == 0 then return {ENOENT} end
 local pa, err = get_dir(ARGV[3])
 if err ~= 0 then return {err} end
+if in_trash(ARGV[3], pa) then return {EPERM} end
 if redis.call('HEXISTS', KEYS[1], ARGV[4]) == 1 then return {EEXIST} end
-redis.call('HSET', KEYS[1], ARGV[4], string.char(bit.rshift(u32(a, OFF_MODE), 12)) .. ARGV[2])
+redis.call('HSET', KEYS[1], ARGV[4], entry(a, ARGV[2]))
 a = put(add_nlink(a, 1), OFF_CTIME, ARGV[5])
 redis.call('SET', ik(ARGV[2]), a)
 redis.call('SET', ik(ARGV[3]), touch(pa, ARGV[5]))
-return {0, a}
+return done({0, a})
 """
 
-# KEYS: dir(src parent)
-# ARGV: P, src parent, src name, dst parent, dst name, flags, now, keep (see keeper),
+# KEYS: dir(src parent), op token
+# ARGV: P, src parent, src name, dst parent, dst name, flags, now, trash hour ('': off),
 #       quota_ok ('1' once the caller measured what moves), src ino, dst ino,
 #       src bytes, src inodes, dst bytes, dst inodes (usage moving with each side)
 RENAME = r"""
+local r = replay()
+if r then return r end
 local sp, sname, dp, dname = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local flags, now, keep = tonumber(ARGV[6]), ARGV[7], ARGV[8]
+local flags, now, hour = tonumber(ARGV[6]), ARGV[7], ARGV[8]
 local NOREPLACE, EXCHANGE = 1, 2
 local dirs = {}
 local err
@@ -301,6 +411,10 @@ if dp ~= sp then
   dirs[dp], err = get_dir(dp)
   if err ~= 0 then return {err} end
 end
+-- Nothing moves into the trash by rename; files leave it (a restore) one way only.
+if in_trash(dp, dirs[dp]) or tonumber(sp) == TRASH then return {EPERM} end
+local restore = in_trash(sp, dirs[sp])
+if restore and flags == EXCHANGE then return {EPERM} end
 local sv = redis.call('HGET', KEYS[1], sname)
 if not sv then return {ENOENT} end
 local sino = string.sub(sv, 2)
@@ -311,7 +425,7 @@ local dino = ''
 if dv then dino = string.sub(dv, 2) end
 if dv then
   if flags == NOREPLACE then return {EEXIST} end
-  if dino == sino then return {0, '', 0} end
+  if dino == sino then return done({0, '', 0}) end
 elseif flags == EXCHANGE then
   return {ENOENT}
 end
@@ -380,7 +494,7 @@ else
       free_inode(dino, da)
       fate = 2
     else
-      fate = drop_link(dino, da, dp, now, keep)
+      fate = drop_link(dino, da, dp, dname, now, hour)
     end
     freed = dino
   end
@@ -393,16 +507,20 @@ else
     end
     if smoves then sa = put(sa, OFF_PARENT, p64(tonumber(dp))) end
   end
+  -- A file restored from the trash has its one link again.
+  if restore and not sdir and u32(sa, OFF_NLINK) == 0 then sa = put(sa, OFF_NLINK, p32(1)) end
 end
 redis.call('SET', ik(sino), put(sa, OFF_CTIME, now))
 for d, a in pairs(dirs) do redis.call('SET', ik(d), touch(a, now)) end
-return {0, freed, fate}
+return done({0, freed, fate})
 """
 
-# KEYS: attr(ino)
+# KEYS: attr(ino), op token
 # ARGV: P, ino, mask, mode, uid, gid, atime, mtime, now, size
 # mask bits: 1 mode, 2 uid, 4 gid, 8 atime, 16 mtime, 32 size
 SETATTR = r"""
+local r = replay()
+if r then return r end
 local ino, mask, now = ARGV[2], tonumber(ARGV[3]), ARGV[9]
 local a = redis.call('GET', KEYS[1])
 if not a then return {ENOENT} end
@@ -433,8 +551,9 @@ if has(32) then
     if parent > 0 then quota_add(quota_chain(parent), new - old, 0) end
     -- Whole chunks past the end go to garbage ...
     local first_gone = math.ceil(new / CHUNK)
+    local t = clock()
     for _, idx in ipairs(redis.call('SMEMBERS', kk(ino))) do
-      if tonumber(idx) >= first_gone then drop_chunk(ino, idx) end
+      if tonumber(idx) >= first_gone then drop_chunk(ino, idx, t) end
     end
     -- ... and a hole hides the tail of the last partial chunk, so that growing the file
     -- again reads zeros there.
@@ -451,10 +570,13 @@ if has(32) then
 end
 a = put(a, OFF_CTIME, now)
 redis.call('SET', KEYS[1], a)
-return {0, a}
+return done({0, a})
 """
 
 # KEYS: chunk(ino, idx)  ARGV: P, ino, idx, packed slice, mtime, file end covered by the slice
+# The same slice record already in the chunk, or its slice already dropped from it, was
+# committed by an earlier attempt of this same call (its reply was lost): nothing changes,
+# and that is success.
 WRITE = r"""
 local ino = ARGV[2]
 local a = redis.call('GET', ik(ino))
@@ -462,6 +584,10 @@ if not a then return {ENOENT} end
 local t = ftype(a)
 if t == S_IFDIR then return {EISDIR} end
 if t ~= S_IFREG then return {EINVAL} end
+for _, s in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  if s == ARGV[4] then return {0, a, 1} end
+end
+if redis.call('ZSCORE', GK, string.sub(ARGV[4], 5, 16)) then return {0, a, 1} end
 local old, new = u64(a, OFF_SIZE), tonumber(ARGV[6])
 if new > old then
   if new > MAXSIZE then return {EFBIG} end
@@ -475,11 +601,12 @@ redis.call('RPUSH', KEYS[1], ARGV[4])
 redis.call('SADD', kk(ino), ARGV[3])
 a = put(put(a, OFF_MTIME, ARGV[5]), OFF_CTIME, ARGV[5])
 redis.call('SET', ik(ino), a)
-return {0, a}
+return {0, a, 0}
 """
 
 # KEYS: chunk(ino, idx)  ARGV: P, count of old slices, new slice, old slices...
 COMPACT = r"""
+if redis.call('LINDEX', KEYS[1], 0) == ARGV[3] then return {0, 1} end  -- an earlier attempt did it
 local n = tonumber(ARGV[2])
 local cur = redis.call('LRANGE', KEYS[1], 0, n - 1)
 if #cur < n then return {0, 0} end
@@ -490,35 +617,55 @@ redis.call('LTRIM', KEYS[1], n, -1)
 redis.call('LPUSH', KEYS[1], ARGV[3])
 local keep = {}
 for _, s in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do keep[string.sub(s, 5, 12)] = true end
+local now = clock()
 for i = 1, n do
   local s = cur[i]
   if u64(s, 4) ~= 0 and not keep[string.sub(s, 5, 12)] then
-    redis.call('SADD', GK, string.sub(s, 5, 16))
+    redis.call('ZADD', GK, now, string.sub(s, 5, 16))
   end
 end
 return {0, 1}
 """
 
-# KEYS: garbage  ARGV: P, limit, chunk budget
-# Expands deleted files into garbage slices (a bounded number of chunks per call) when
-# fewer than `limit` items are pending, then lists up to `limit` items.
+# KEYS: delayed garbage  ARGV: P, limit, chunk budget, delay (s), lease (s)
+# Expands deleted files into garbage slices (a bounded number of chunks per call) when few
+# items are pending, then claims up to `limit` items queued more than `delay` seconds ago:
+# a claimed item is hidden from other callers for `lease` seconds, until ack_garbage
+# removes it (a caller that dies lets it reappear).
 TAKE_GARBAGE = r"""
 local limit, budget = tonumber(ARGV[2]), tonumber(ARGV[3])
-if redis.call('SCARD', GK) < limit then
+local delay, lease = tonumber(ARGV[4]), tonumber(ARGV[5])
+local now = clock()
+local legacy = P .. 'garbage'  -- the undelayed set of earlier versions
+if redis.call('EXISTS', legacy) == 1 then
+  for _, m in ipairs(redis.call('SMEMBERS', legacy)) do redis.call('ZADD', GK, now, m) end
+  redis.call('DEL', legacy)
+end
+if redis.call('ZCARD', GK) < limit then
   for _, ino in ipairs(redis.call('SRANDMEMBER', DELK, 16)) do
     for _, idx in ipairs(redis.call('SRANDMEMBER', kk(ino), budget)) do
-      drop_chunk(ino, idx)
+      drop_chunk(ino, idx, now)
       budget = budget - 1
     end
     if redis.call('EXISTS', kk(ino)) == 0 then redis.call('SREM', DELK, ino) end
     if budget <= 0 then break end
   end
 end
-return {0, redis.call('SRANDMEMBER', GK, limit)}
+local items = redis.call('ZRANGEBYSCORE', GK, '-inf', now - delay, 'LIMIT', 0, limit)
+for _, m in ipairs(items) do redis.call('ZADD', GK, now - delay + lease, m) end
+return {0, items}
 """
 
-# KEYS: xattrs(ino)  ARGV: P, ino, name, value, flags, now
+# KEYS: delayed garbage  ARGV: P, items...
+ACK_GARBAGE = r"""
+for i = 2, #ARGV do redis.call('ZREM', KEYS[1], ARGV[i]) end
+return {0}
+"""
+
+# KEYS: xattrs(ino), op token  ARGV: P, ino, name, value, flags, now
 SETXATTR = r"""
+local r = replay()
+if r then return r end
 local a = redis.call('GET', ik(ARGV[2]))
 if not a then return {ENOENT} end
 local flags = tonumber(ARGV[5])
@@ -527,33 +674,72 @@ if flags == 1 and exists then return {EEXIST} end
 if flags == 2 and not exists then return {ENODATA} end
 redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
 redis.call('SET', ik(ARGV[2]), put(a, OFF_CTIME, ARGV[6]))
-return {0}
+return done({0})
 """
 
-# KEYS: xattrs(ino)  ARGV: P, ino, name, now
+# KEYS: xattrs(ino), op token  ARGV: P, ino, name, now
 REMOVEXATTR = r"""
+local r = replay()
+if r then return r end
 local a = redis.call('GET', ik(ARGV[2]))
 if not a then return {ENOENT} end
 if redis.call('HDEL', KEYS[1], ARGV[3]) == 0 then return {ENODATA} end
 redis.call('SET', ik(ARGV[2]), put(a, OFF_CTIME, ARGV[4]))
+return done({0})
+"""
+
+# KEYS: attr(ino)  ARGV: P, ino, sid ('0': no session)
+# Attributes, and (with a session) the note that the session holds the inode open, in one
+# step: an unlink by any client either ran before (ENOENT here) or sees the note.
+OPEN = r"""
+local a = redis.call('GET', KEYS[1])
+if not a then return {ENOENT} end
+hold(ARGV[2], ARGV[3])
+return {0, a}
+"""
+
+# KEYS: open(sid)  ARGV: P, sid, inodes...
+# The session closed these inodes; those that lost their last link meanwhile, and that no
+# other live session holds, are freed.
+RELEASE = r"""
+local freed = 0
+for i = 3, #ARGV do
+  redis.call('HDEL', ok(ARGV[i]), ARGV[2])
+  redis.call('SREM', KEYS[1], ARGV[i])
+  freed = freed + free_if_unheld(ARGV[i])
+end
+return {0, freed}
+"""
+
+# KEYS: open(sid)  ARGV: P, sid, inodes...  (a session found cleaned notes its opens again)
+REGISTER = r"""
+for i = 3, #ARGV do
+  if redis.call('EXISTS', ik(ARGV[i])) == 1 then hold(ARGV[i], ARGV[2]) end
+end
 return {0}
 """
 
-# KEYS: sessions  ARGV: P, info (JSON without sid/started)
+# KEYS: sessions  ARGV: P, info (JSON without sid/started), sid to revive ('' for a new one)
 NEW_SESSION = r"""
-local sid = redis.call('HINCRBY', CK, 'nextsession', 1)
+local sid = ARGV[3]
+if sid == '' then sid = redis.call('HINCRBY', CK, 'nextsession', 1) end
 local t = redis.call('TIME')
 local now = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
 redis.call('ZADD', KEYS[1], now, sid)
 redis.call('HSET', P .. 'sessinfo', sid, now .. ' ' .. ARGV[2])
+-- Every slice id this session will hand out is above the counter now (see HEARTBEAT).
+if ARGV[3] == '' then redis.call('HSET', P .. 'inuse', sid, counter('nextslice') + 1) end
 return {0, sid}
 """
 
-# KEYS: sessions  ARGV: P, sid
+# KEYS: sessions  ARGV: P, sid, lowest slice id the session may still commit ('': unknown)
+# `fusecache gc` never deletes objects of slice ids at or above a live session's mark: they
+# may belong to a slice being written (its blocks stored, its commit to come).
 HEARTBEAT = r"""
 if not redis.call('ZSCORE', KEYS[1], ARGV[2]) then return {0, 0} end
 local t = redis.call('TIME')
 redis.call('ZADD', KEYS[1], t[1] .. '.' .. string.format('%06d', tonumber(t[2])), ARGV[2])
+if ARGV[3] ~= '' then redis.call('HSET', P .. 'inuse', ARGV[2], ARGV[3]) end
 return {0, 1}
 """
 
@@ -565,31 +751,29 @@ return {0, redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. cutoff)}
 """
 
 # KEYS: sessions  ARGV: P, sid
+# The session's open notes go; inodes only it kept alive are freed.
 CLOSE_SESSION = r"""
-local held = P .. 'sustained' .. ARGV[2]
-local freed = 0
-for _, ino in ipairs(redis.call('SMEMBERS', held)) do
-  local a = redis.call('GET', ik(ino))
-  if a and u32(a, OFF_NLINK) == 0 then
-    free_inode(ino, a)
-    freed = freed + 1
-  end
-end
-redis.call('DEL', held)
 redis.call('ZREM', KEYS[1], ARGV[2])
 redis.call('HDEL', P .. 'sessinfo', ARGV[2])
-return {0, freed}
-"""
-
-# KEYS: sustained(sid)  ARGV: P, ino
-RELEASE_SUSTAINED = r"""
-if redis.call('SREM', KEYS[1], ARGV[2]) == 0 then return {0, 0} end
-local a = redis.call('GET', ik(ARGV[2]))
-if a and u32(a, OFF_NLINK) == 0 then
-  free_inode(ARGV[2], a)
-  return {0, 1}
+redis.call('HDEL', P .. 'inuse', ARGV[2])
+local freed = 0
+local held = P .. 'open' .. ARGV[2]
+for _, ino in ipairs(redis.call('SMEMBERS', held)) do
+  redis.call('HDEL', ok(ino), ARGV[2])
+  freed = freed + free_if_unheld(ino)
 end
-return {0, 0}
+redis.call('DEL', held)
+local legacy = P .. 'sustained' .. ARGV[2]  -- kept inodes of earlier versions
+for _, ino in ipairs(redis.call('SMEMBERS', legacy)) do
+  local a = redis.call('GET', ik(ino))
+  if a and u32(a, OFF_NLINK) == 0 then
+    a = put(a, OFF_PARENT, p64(0))
+    redis.call('SET', ik(ino), a)
+    freed = freed + free_if_unheld(ino)
+  end
+end
+redis.call('DEL', legacy)
+return {0, freed}
 """
 
 # KEYS: counters  ARGV: P, ino
@@ -618,7 +802,7 @@ redis.call('HSET', QU, ARGV[2] .. 'b', ARGV[4], ARGV[2] .. 'i', ARGV[5])
 return {0}
 """
 
-# KEYS: setting  ARGV: P, settings JSON, capacity, max inodes, root attr, force ('1'/'0')
+# KEYS: setting  ARGV: P, settings JSON, capacity, max inodes, root attr, force ('1'/'0'), now
 FORMAT = r"""
 if redis.call('EXISTS', KEYS[1]) == 1 and ARGV[6] ~= '1' then return {EEXIST} end
 redis.call('SET', KEYS[1], ARGV[2])
@@ -631,6 +815,7 @@ if redis.call('EXISTS', ik(1)) == 0 then
   redis.call('HSETNX', CK, 'usedspace', 0)
   redis.call('HSETNX', CK, 'usedinodes', 0)
 end
+ensure_trash(ARGV[7])
 return {0}
 """
 

@@ -6,51 +6,70 @@ any of them. Numbers in key names are decimal.
 
     {P}setting          string  VolumeSettings as JSON (written by `format`)
     {P}counters         hash    nextinode, nextslice, nextsession (allocation counters),
-                                usedspace (sum of file lengths), usedinodes (excluding
-                                the root), capacity and maxinodes (limits, 0 = none)
+                                usedspace (sum of file lengths, trashed files included),
+                                usedinodes (excluding the root, the trash and its hour
+                                directories), capacity and maxinodes (limits, 0 = none)
     {P}i<ino>           string  attributes, packed by codec.ATTR (60 bytes)
     {P}d<ino>           hash    directory entries: name -> type byte + decimal inode
     {P}s<ino>           string  symlink target
     {P}x<ino>           hash    extended attributes: name -> value
     {P}c<ino>_<index>   list    slices of one chunk in commit order, packed by codec.SLICE
+                                (with the block checksums)
     {P}k<ino>           set     indexes of the chunks of <ino> that have a slice list
     {P}delfiles         set     freed file inodes whose chunks still await take_garbage
-    {P}garbage          set     slice objects to delete: codec.GARBAGE (id, size), 12 bytes
+    {P}delayed          zset    dropped slices (codec.GARBAGE: id, size) scored by the
+                                server time they were dropped; their objects are deleted
+                                only `garbage_delay` seconds later
     {P}sessions         zset    session id scored by its last heartbeat (server clock)
     {P}sessinfo         hash    session id -> "<started> <JSON host/pid/mountpoint/version>"
-    {P}sustained<sid>   set     inodes unlinked while session <sid> held them open
+    {P}inuse            hash    session id -> lowest slice id it may still commit (gc's bound)
+    {P}lease:<chore>    string  which client does a volume-wide chore now (expires)
+    {P}o<ino>           hash    session id -> 1 for every session holding <ino> open
+    {P}open<sid>        set     inodes session <sid> noted open (cleared when it closes)
+    {P}op<token>        string  result of a namespace change, kept 2 min (lua.TOKEN_TTL_MS)
     {P}quota            hash    directory inode -> packed (max_bytes, max_inodes)
     {P}qused            hash    "<ino>b" / "<ino>i" -> bytes / inodes used under a quota
+
+The trash is the directory inode TRASH_INO, reached as `/.trash` by lookup but not listed
+in the root; it holds one directory per hour (`YYYY-MM-DD-HH`, UTC) whose entries are
+named `<parent>-<ino>-<name>`. A trashed file has nlink 0 (it has no link in the user's
+tree) and `parent` = its hour directory; renaming it out restores it with nlink 1.
 
 Invariants kept by the Lua scripts (lua.py), each of which runs atomically:
 - an entry in {P}d<dir> names an inode whose {P}i key exists (rmdir/unlink/rename remove
   the entry and release the inode in the same script);
 - a directory's nlink is 2 + its subdirectories; its `parent` field is its parent; a
   file's `parent` is the directory its usage is charged to (0 after it lost that link);
+- an inode with nlink 0 is either in the trash (parent = an hour directory, one entry)
+  or kept for the sessions in {P}o<ino> (parent 0), and freed when the last live one
+  closes it or ends;
 - a chunk exists only below the file length's chunk count (truncate drops the rest);
-- a slice id leaves the metadata only by entering {P}garbage (directly, or through
+- a slice id leaves the metadata only by entering {P}delayed (directly, or through
   {P}delfiles and a later take_garbage), so no object leaks and none is freed early.
 
 Failure model: a script either ran entirely or not at all, so a client dying at any point
-leaves the namespace consistent. A lost connection is retried (connect.py); if the reply
-of a script that did run is what got lost, the retry reports what it finds (EEXIST for a
-create that happened). Quota usage of a directory moved between quota trees, and the usage
-counted by set_quota, are measured by a walk outside the script, so concurrent writes
-inside the moving subtree can leave them slightly off; set_quota recounts.
+leaves the namespace consistent. A call whose reply is lost is retried (connect.py:
+call_with_retries), and a retry is harmless: namespace changes carry an operation token
+and report the first attempt's result, slice commits are recognised by their slice id.
+Quota usage of a directory moved between quota trees, and the usage counted by
+set_quota, are measured by a walk outside the script, so concurrent writes inside the
+moving subtree can leave them slightly off; set_quota recounts.
 """
 
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import logging
+import secrets
 import stat
 import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from redis.cluster import RedisCluster
@@ -60,6 +79,8 @@ from ..errors import FsError, MetaError
 from ..layout import CHUNK_SIZE, MAX_FILE_SIZE
 from ..types import (
     ROOT_INO,
+    TRASH_INO,
+    TRASH_NAME,
     Attr,
     DirEntry,
     Quota,
@@ -83,21 +104,26 @@ from .codec import (
     unpack_garbage,
     unpack_slice,
 )
+from .connect import call_with_retries
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 Client = redis.Redis | RedisCluster
 
 INODE_BATCH = 64  # inode numbers reserved per round trip; a crash only leaves a gap
+INODE_SKIP = 1 << 16  # jump of the inode counter when a reserved number turns out taken
 MGET_BATCH = 2000
 DIR_SIZE = 4096
 MAX_SYMLINK = 4096
 UNLIMITED_BYTES = 1 << 50  # what statfs reports as total when the volume has no capacity
 UNLIMITED_INODES = 1 << 30
 GARBAGE_CHUNK_BUDGET = 256  # deleted-file chunks expanded per take_garbage call
+GARBAGE_LEASE = 60.0  # seconds a taken garbage item stays hidden from other collectors
+RELEASE_BATCH = 500  # closed inodes whose open notes one RELEASE call drops
 _QUOTA = struct.Struct("<QQ")
-_SUSTAINED = 1  # fate of an inode kept by the session when its last link went (lua.drop_link)
-MAX_HELD_LISTED = 128  # more open files than this: unlink keeps every inode, settled after
+_INODE_TAKEN = -2  # lua.CREATE: the chosen inode number exists (a stale batch)
+_KEPT = 1  # lua.drop_link: the inode lost its last link and is kept for its openers
 
 
 def _check_name(name: bytes) -> None:
@@ -107,17 +133,22 @@ def _check_name(name: bytes) -> None:
         raise FsError(errno.EINVAL, "invalid file name")
 
 
-def _check_new_name(name: bytes) -> None:
+def _check_new_name(parent: int, name: bytes) -> None:
     _check_name(name)
-    if name in (b".", b".."):
+    if name in (b".", b"..") or (parent == ROOT_INO and name == TRASH_NAME):
         raise FsError(errno.EEXIST)
+
+
+def trash_hour(now: float | None = None) -> str:
+    """The name of the trash directory for files trashed at `now` (UTC hour)."""
+    return time.strftime("%Y-%m-%d-%H", time.gmtime(now))
 
 
 class RedisMeta(Meta):
     """Metadata in one Redis database (standalone, Sentinel-managed or Cluster).
 
     Thread-safe: redis-py's pool hands each call its own connection; the engine's own
-    state (inode batch, open-file counts of this session) is guarded by locks.
+    state (inode batch, open files of this session) is guarded by locks.
     """
 
     def __init__(self, client: Client, prefix: str = "fc", name: str = "redis") -> None:
@@ -125,31 +156,37 @@ class RedisMeta(Meta):
         self._p = "{" + prefix + "}"
         self._name = name  # the redacted URL, for messages
         self._counters = self._p + "counters"
-        self._garbage = self._p + "garbage"
+        self._delayed = self._p + "delayed"
         self._sessions = self._p + "sessions"
         self._setting = self._p + "setting"
         self._quota = self._p + "quota"
         self._qused = self._p + "qused"
         self._scripts: dict[str, Script] = {}
         for attr_name in ("LOOKUP", "CREATE", "UNLINK", "RMDIR", "LINK", "RENAME", "SETATTR",
-                          "WRITE", "COMPACT", "TAKE_GARBAGE", "SETXATTR", "REMOVEXATTR",
-                          "NEW_SESSION", "HEARTBEAT", "STALE_SESSIONS", "CLOSE_SESSION",
-                          "RELEASE_SUSTAINED", "STATFS", "SET_QUOTA", "FORMAT"):
+                          "WRITE", "COMPACT", "TAKE_GARBAGE", "ACK_GARBAGE", "SETXATTR", "REMOVEXATTR",
+                          "OPEN", "RELEASE", "REGISTER", "NEW_SESSION", "HEARTBEAT", "STALE_SESSIONS",
+                          "CLOSE_SESSION", "STATFS", "SET_QUOTA", "FORMAT"):
             self._scripts[attr_name] = client.register_script(lua.script(getattr(lua, attr_name)))
+        self._token_prefix = secrets.token_hex(6)
+        self._token_seq = itertools.count(1)
         self._ino_lock = threading.Lock()
         self._ino_next = 0
         self._ino_end = 0
-        # Open files of this session. Unlink-like scripts get the open inodes and keep
-        # those losing their last link under the session (nlink 0); the last release frees
-        # them. `open` waits for unlinks in flight that did not see its inode and for inodes
-        # being freed, so it never returns an inode that is about to vanish.
+        # Volume settings the engine acts on (set by format/load).
+        self.trash_days = 0
+        self.garbage_delay = VolumeSettings.garbage_delay
+        self.garbage_lease = GARBAGE_LEASE
+        # Open files of this session. Each inode this session holds open is noted in Redis
+        # ({P}o<ino>) so that an unlink by any client keeps it; the note is dropped a little
+        # after the last local close (RELEASE, batched by flush_releases), so a file opened
+        # again soon after needs no round trip for it.
         self._sid: int | None = None
+        self._session_info = ""
         self._cond = threading.Condition()
-        self._opened: dict[int, int] = {}  # ino -> open count
-        self._sustained: set[int] = set()  # unlinked, kept while open
-        self._freeing: set[int] = set()  # last release in progress
-        self._unlink_seq = 0
-        self._unlinks: set[int] = set()  # tickets of unlink-like calls in flight
+        self._held: dict[int, int] = {}  # ino -> local opens
+        self._noted: set[int] = set()  # inodes noted open in Redis (held or lingering)
+        self._linger: dict[int, float] = {}  # noted, no local open since (monotonic time)
+        self._unnoting: set[int] = set()  # RELEASE in flight: opens wait for it
 
     # -- plumbing -------------------------------------------------------------------------
     def _ik(self, ino: int | str) -> str:
@@ -160,6 +197,10 @@ class RedisMeta(Meta):
 
     def _ck(self, ino: int, index: int) -> str:
         return f"{self._p}c{ino}_{index}"
+
+    def _op_key(self) -> str:
+        """A fresh operation token's key (see lua.py: replay/done)."""
+        return f"{self._p}op{self._token_prefix}{next(self._token_seq):x}"
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -173,10 +214,32 @@ class RedisMeta(Meta):
         except redis.RedisError as exc:
             raise MetaError(f"metadata server {self._name} failed: {exc or type(exc).__name__}") from None
 
-    def _run(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> list[Any]:
-        """Run a Lua script; a positive status becomes FsError, -1 is returned."""
+    def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """One idempotent Redis command (or pipeline builder), retried, errors translated."""
         with self._errors():
-            res = self._scripts[script](keys=keys, args=[self._p, *args])
+            return call_with_retries(lambda _: fn(*args, **kwargs))
+
+    def _pipe(self, build: Callable[[Any], None]) -> list[Any]:
+        """Read commands in one pipeline; `build(pipe)` queues them (again for a retry)."""
+        def attempt(_: int) -> list[Any]:
+            pipe = self._r.pipeline(transaction=False)
+            build(pipe)
+            return pipe.execute()  # type: ignore[no-any-return]
+
+        with self._errors():
+            return call_with_retries(attempt)
+
+    def _eval(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> list[Any]:
+        """Run a Lua script, retried (scripts are retry-safe, see lua.py)."""
+        with self._errors():
+            return call_with_retries(lambda _: self._scripts[script](keys=keys, args=[self._p, *args]))
+
+    def _run(self, script: str, keys: Sequence[str], args: Sequence[Any], *, token: bool = False) -> list[Any]:
+        """Run a Lua script; a positive status becomes FsError, -1/-2 are returned.
+        `token`: a namespace change, which gets an operation token (KEYS[2])."""
+        if token:
+            keys = [*keys, self._op_key()]
+        res = self._eval(script, keys, args)
         if res[0] > 0:
             raise FsError(res[0])
         return res
@@ -184,8 +247,7 @@ class RedisMeta(Meta):
     def _new_ino(self) -> int:
         with self._ino_lock:
             if self._ino_next >= self._ino_end:
-                with self._errors():
-                    end = int(self._r.hincrby(self._counters, "nextinode", INODE_BATCH))
+                end = int(self._call(self._r.hincrby, self._counters, "nextinode", INODE_BATCH))
                 self._ino_next, self._ino_end = end - INODE_BATCH + 1, end + 1
             ino = self._ino_next
             self._ino_next += 1
@@ -204,12 +266,26 @@ class RedisMeta(Meta):
         finally:
             self._ino_lock.release()
 
+    def _skip_taken_inodes(self) -> None:
+        """A reserved inode number exists already: the counter went back (a Redis restart
+        that lost its last writes). Drop the batch and move the counter well past it."""
+        log.warning("inode counter of %s is behind existing inodes; skipping ahead", self._name)
+        with self._ino_lock:
+            self._ino_end = 0
+        self._call(self._r.hincrby, self._counters, "nextinode", INODE_SKIP)
+
     def _get_attr(self, ino: int) -> Attr:
-        with self._errors():
-            raw = self._r.get(self._ik(ino))
+        raw = self._call(self._r.get, self._ik(ino))
         if raw is None:
             raise FsError(errno.ENOENT)
         return unpack_attr(ino, raw)
+
+    def _apply_settings(self, settings: VolumeSettings) -> None:
+        self.trash_days = max(0, int(settings.trash_days))
+        self.garbage_delay = max(0.0, float(settings.garbage_delay))
+
+    def _trash_hour(self) -> str:
+        return trash_hour() if self.trash_days > 0 else ""
 
     # -- volume ---------------------------------------------------------------------------
     def format(self, settings: VolumeSettings, force: bool = False) -> None:
@@ -217,17 +293,19 @@ class RedisMeta(Meta):
         root = Attr(ROOT_INO, stat.S_IFDIR | 0o777, nlink=2, size=DIR_SIZE,
                     atime_ns=now, mtime_ns=now, ctime_ns=now, parent=ROOT_INO)
         self._run("FORMAT", [self._setting], [settings.to_json(), settings.capacity, settings.inodes,
-                                              pack_attr(root), "1" if force else "0"])
+                                              pack_attr(root), "1" if force else "0", pack_time(now)])
+        self._apply_settings(settings)
 
     def load(self) -> VolumeSettings:
-        with self._errors():
-            raw = self._r.get(self._setting)
+        raw = self._call(self._r.get, self._setting)
         if raw is None:
             raise MetaError(f"volume not formatted at {self._name}: run 'fusecache format' first")
         try:
-            return VolumeSettings.from_json(raw)
+            settings = VolumeSettings.from_json(raw)
         except (ValueError, TypeError) as exc:
             raise MetaError(f"corrupt volume settings at {self._name}: {exc}") from None
+        self._apply_settings(settings)
+        return settings
 
     def statfs(self, ino: int = ROOT_INO) -> StatFs:
         res = self._run("STATFS", [self._counters], [ino])
@@ -246,6 +324,17 @@ class RedisMeta(Meta):
                 avail_inodes = min(avail_inodes, max(q_max_inodes - q_inodes, 0))
         return StatFs(total, avail, used_inodes, avail_inodes)
 
+    def server_config(self, name: str) -> str | None:
+        """A Redis configuration value, or None where CONFIG is not allowed (managed Redis)."""
+        try:
+            found = self._r.config_get(name)
+        except redis.RedisError:
+            return None
+        value = found.get(name) if isinstance(found, dict) else None
+        if value is None and isinstance(found, dict):  # Redis Cluster: one answer per node
+            value = next((v.get(name) for v in found.values() if isinstance(v, dict) and name in v), None)
+        return None if value is None else str(value)
+
     def shutdown(self) -> None:
         with self._errors():
             self._r.close()
@@ -254,16 +343,28 @@ class RedisMeta(Meta):
                 self._r.connection_pool.disconnect()
 
     # -- sessions -------------------------------------------------------------------------
-    def new_session(self, host: str, pid: int, mountpoint: str, version: str) -> int:
-        info = json.dumps({"host": host, "pid": pid, "mountpoint": mountpoint, "version": version})
-        res = self._run("NEW_SESSION", [self._sessions], [info])
+    def new_session(self, host: str, pid: int, mountpoint: str, version: str, origin: str = "") -> int:
+        info = json.dumps({"host": host, "pid": pid, "mountpoint": mountpoint, "version": version,
+                           "origin": origin})
+        res = self._run("NEW_SESSION", [self._sessions], [info, ""])
         self._sid = int(res[1])
+        self._session_info = info
         log.info("session %d started on %s", self._sid, self._name)
         return self._sid
 
-    def heartbeat(self, sid: int) -> None:
-        res = self._run("HEARTBEAT", [self._sessions], [sid])
-        if not res[1]:
+    def heartbeat(self, sid: int, in_use: int = 0) -> None:
+        res = self._run("HEARTBEAT", [self._sessions], [sid, in_use or ""])
+        if not res[1] and sid == self._sid:
+            # Cleaned as stale (Redis was away longer than the stale timeout, or this client
+            # was frozen): take the session up again and note the files still open.
+            log.warning("session %d was no longer registered; registering it again", sid)
+            self._run("NEW_SESSION", [self._sessions], [self._session_info, sid])
+            self._run("HEARTBEAT", [self._sessions], [sid, in_use or 1])  # unknown: protect all
+            with self._cond:
+                noted = sorted(self._noted)
+            for start in range(0, len(noted), RELEASE_BATCH):
+                self._run("REGISTER", [f"{self._p}open{sid}"], [sid, *noted[start:start + RELEASE_BATCH]])
+        elif not res[1]:
             log.warning("session %d is no longer registered (cleaned as stale?)", sid)
 
     def close_session(self, sid: int) -> None:
@@ -271,13 +372,13 @@ class RedisMeta(Meta):
         if sid == self._sid:
             with self._cond:
                 self._sid = None
-                self._sustained.clear()
+                self._noted.clear()
+                self._linger.clear()
         log.info("session %d closed, %d unlinked open files freed", sid, res[1])
 
     def list_sessions(self) -> list[SessionInfo]:
-        with self._errors():
-            beats = self._r.zrange(self._sessions, 0, -1, withscores=True)
-            infos = self._r.hmget(self._p + "sessinfo", [sid for sid, _ in beats]) if beats else []
+        beats = self._call(self._r.zrange, self._sessions, 0, -1, withscores=True)
+        infos = self._call(self._r.hmget, self._p + "sessinfo", [sid for sid, _ in beats]) if beats else []
         out = []
         for (sid, beat), raw in zip(beats, infos, strict=True):
             if raw is None:
@@ -285,7 +386,7 @@ class RedisMeta(Meta):
             started, _, text = raw.partition(b" ")
             info = json.loads(text)
             out.append(SessionInfo(int(sid), info["host"], int(info["pid"]), info["mountpoint"],
-                                   info["version"], float(started), float(beat)))
+                                   info["version"], float(started), float(beat), info.get("origin", "")))
         return out
 
     def clean_stale_sessions(self, max_age: float) -> int:
@@ -302,11 +403,13 @@ class RedisMeta(Meta):
             return self._get_dir(parent)
         if name == b"..":
             return self._get_attr(self._get_dir(parent).parent)
+        if parent == ROOT_INO and name == TRASH_NAME:
+            return self._get_attr(TRASH_INO)
         _check_name(name)
         res = self._run("LOOKUP", [self._dk(parent)], [parent, name])
         return unpack_attr(int(res[1]), res[2])
 
-    # -- the same reads for a non-blocking client (meta/aio.py) --------------------------
+    # -- the same calls for a non-blocking client (meta/aio.py) --------------------------
     def direct_address(self) -> DirectAddress | None:
         """Where a non-blocking client may send requests: plain standalone Redis only."""
         if not isinstance(self._r, redis.Redis):
@@ -318,14 +421,21 @@ class RedisMeta(Meta):
         return DirectAddress(kw.get("host", "localhost"), int(kw.get("port", 6379)), int(kw.get("db", 0)),
                              kw.get("username"), kw.get("password"))
 
+    @staticmethod
+    def _status(res: list[Any]) -> list[Any]:
+        if res[0] > 0:
+            raise FsError(res[0])
+        return res
+
     def lookup_request(self, parent: int, name: bytes) -> MetaRequest | None:
         if name in (b".", b".."):
             return None
+        if parent == ROOT_INO and name == TRASH_NAME:
+            return self.getattr_request(TRASH_INO)
         _check_name(name)
 
         def decode(res: list[Any]) -> Attr:
-            if res[0] > 0:
-                raise FsError(res[0])
+            res = self._status(res)
             return unpack_attr(int(res[1]), res[2])
 
         script = self._scripts["LOOKUP"]
@@ -343,51 +453,57 @@ class RedisMeta(Meta):
         return MetaRequest(("LRANGE", self._ck(ino, chunk_index), 0, -1),
                            lambda raws: [unpack_slice(raw) for raw in raws])
 
-    def create_file_request(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> MetaRequest | None:
-        """`mknod` of a regular file as one request; None when it must take the blocking
-        path (this client's batch of inode numbers is used up)."""
+    def _script_request(self, script: str, keys: list[str], args: list[Any],
+                        decode: Callable[[list[Any]], Any]) -> MetaRequest:
+        """A script call for the non-blocking client; `retry` repeats it on the blocking
+        path with the same keys (so the same operation token) when its reply never came."""
+        sha = self._scripts[script].sha
+
+        def retry() -> Any:
+            return decode(self._eval(script, keys, args))
+
+        return MetaRequest(("EVALSHA", sha, len(keys), *keys, self._p, *args), decode, retry)
+
+    def create_file_request(self, parent: int, name: bytes, mode: int, uid: int, gid: int,
+                            hold: bool = False) -> MetaRequest | None:
+        """`mknod` of a regular file as one request (`hold`: also note this session holds it
+        open, as a FUSE create does); None when it must take the blocking path (this
+        client's batch of inode numbers is used up, or the open bookkeeping is busy)."""
         if stat.S_IFMT(mode) != stat.S_IFREG:
             return None
-        _check_new_name(name)
+        _check_new_name(parent, name)
         ino = self._new_ino_nowait()
         if ino is None:
             return None
-        attr, args = self._create_args(ino, parent, name, mode, uid, gid)
+        sid = self._note_created(ino) if hold else "0"
+        if sid is None:
+            return None
+        attr, args = self._create_args(ino, parent, name, mode, uid, gid, sid=sid)
 
         def decode(res: list[Any]) -> Attr:
-            if res[0] > 0:
-                raise FsError(res[0])
+            if res[0] == _INODE_TAKEN:
+                self._skip_taken_inodes()
+                raise FsError(errno.EAGAIN, "inode number taken")
+            self._status(res)
             return attr
 
-        script = self._scripts["CREATE"]
-        return MetaRequest(("EVALSHA", script.sha, 1, self._dk(parent), self._p, *args), decode)
+        return self._script_request("CREATE", [self._dk(parent), self._op_key()], args, decode)
 
-    def unlink_request(self, parent: int, name: bytes) -> tuple[MetaRequest, Callable[[], None]] | None:
-        """`unlink` as one request, and the call that must follow it however it ends (it
-        ends the registration `open` waits for). The request decodes to the inode this
-        session kept (it was open: pass it to `settle_unlinked`), or None. None instead of
-        a request when the session's bookkeeping is busy: take the blocking path."""
+    def unlink_request(self, parent: int, name: bytes) -> MetaRequest | None:
+        """`unlink` as one request (None: take the blocking path)."""
         if name in (b".", b".."):
             return None
         _check_name(name)
-        started = self._unlink_begin(blocking=False)
-        if started is None:
-            return None
-        keep, ticket = started
+        args = [parent, name, pack_time(time.time_ns()), self._trash_hour()]
+        return self._script_request("UNLINK", [self._dk(parent), self._op_key()], args,
+                                    lambda res: (int(self._status(res)[1]), int(res[2])))
 
-        def decode(res: list[Any]) -> int | None:
-            if res[0] > 0:
-                raise FsError(res[0])
-            return int(res[1]) if int(res[2]) == _SUSTAINED else None
-
-        script = self._scripts["UNLINK"]
-        request = MetaRequest(("EVALSHA", script.sha, 1, self._dk(parent), self._p, parent, name,
-                               pack_time(time.time_ns()), keep), decode)
-        return request, lambda: self._unlink_end(ticket)
-
-    def settle_unlinked(self, ino: int) -> None:
-        """After `unlink_request` kept `ino`: keep it while open, else free it."""
-        self._settle(ino, _SUSTAINED)
+    def open_request(self, ino: int) -> MetaRequest | None:
+        """Fresh attributes of `ino` and the note that this session holds it open, as one
+        request, once `open_nowait(ino)` said a note is needed."""
+        sid = self._sid or 0
+        return self._script_request("OPEN", [self._ik(ino)], [ino, sid],
+                                    lambda res: unpack_attr(ino, self._status(res)[1]))
 
     def _get_dir(self, ino: int) -> Attr:
         attr = self._get_attr(ino)
@@ -426,26 +542,32 @@ class RedisMeta(Meta):
             mask |= 32
             size = changes.size
         res = self._run("SETATTR", [self._ik(ino)],
-                        [ino, mask, mode, uid, gid, atime, mtime, pack_time(now), size])
+                        [ino, mask, mode, uid, gid, atime, mtime, pack_time(now), size], token=True)
         return unpack_attr(ino, res[1])
 
     def _create(self, parent: int, name: bytes, mode: int, uid: int, gid: int, rdev: int = 0,
-                target: bytes = b"") -> Attr:
-        _check_new_name(name)
-        attr, args = self._create_args(self._new_ino(), parent, name, mode, uid, gid, rdev, target)
-        self._run("CREATE", [self._dk(parent)], args)
-        return attr
+                target: bytes = b"", hold: bool = False) -> Attr:
+        _check_new_name(parent, name)
+        for _attempt in range(3):
+            ino = self._new_ino()
+            sid = (self._note_created(ino, blocking=True) or "0") if hold else "0"
+            attr, args = self._create_args(ino, parent, name, mode, uid, gid, rdev, target, sid=sid)
+            res = self._run("CREATE", [self._dk(parent)], args, token=True)
+            if res[0] != _INODE_TAKEN:
+                return attr
+            self._skip_taken_inodes()
+        raise MetaError(f"cannot find a free inode number at {self._name}")
 
     @staticmethod
     def _create_args(ino: int, parent: int, name: bytes, mode: int, uid: int, gid: int, rdev: int = 0,
-                     target: bytes = b"") -> tuple[Attr, list[Any]]:
+                     target: bytes = b"", sid: str | int = "0") -> tuple[Attr, list[Any]]:
         """The new inode's attributes and the CREATE script's arguments after the prefix."""
         now = time.time_ns()
         is_dir = stat.S_ISDIR(mode)
         attr = Attr(ino, mode, uid, gid, nlink=2 if is_dir else 1,
                     size=DIR_SIZE if is_dir else len(target), rdev=rdev,
                     atime_ns=now, mtime_ns=now, ctime_ns=now, parent=parent)
-        return attr, [parent, name, ino, pack_attr(attr), pack_entry(mode, ino), pack_time(now), target]
+        return attr, [parent, name, ino, pack_attr(attr), pack_entry(mode, ino), pack_time(now), target, sid]
 
     def mknod(self, parent: int, name: bytes, mode: int, uid: int, gid: int, rdev: int = 0) -> Attr:
         kind = stat.S_IFMT(mode)
@@ -456,6 +578,11 @@ class RedisMeta(Meta):
         if not (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)):
             rdev = 0
         return self._create(parent, name, mode, uid, gid, rdev)
+
+    def create_held(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Attr:
+        """`mknod` of a regular file that this session holds open from the start (a FUSE
+        create): the open note is written with the file, saving the open's round trip."""
+        return self._create(parent, name, stat.S_IFREG | (mode & 0o7777), uid, gid, hold=True)
 
     def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Attr:
         return self._create(parent, name, stat.S_IFDIR | (mode & 0o7777), uid, gid)
@@ -468,25 +595,34 @@ class RedisMeta(Meta):
         return self._create(parent, name, stat.S_IFLNK | 0o777, uid, gid, target=target)
 
     def readlink(self, ino: int) -> bytes:
-        with self._errors():
-            target = self._r.get(f"{self._p}s{ino}")
+        target = self._call(self._r.get, f"{self._p}s{ino}")
         if target is None:
             self._get_attr(ino)  # ENOENT when the inode is gone
             raise FsError(errno.EINVAL, "not a symlink")
         return bytes(target)
 
     def link(self, ino: int, new_parent: int, new_name: bytes) -> Attr:
-        _check_new_name(new_name)
-        res = self._run("LINK", [self._dk(new_parent)], [ino, new_parent, new_name, pack_time(time.time_ns())])
+        _check_new_name(new_parent, new_name)
+        res = self._run("LINK", [self._dk(new_parent)], [ino, new_parent, new_name, pack_time(time.time_ns())],
+                        token=True)
         return unpack_attr(ino, res[1])
 
-    def unlink(self, parent: int, name: bytes) -> None:
+    def unlink(self, parent: int, name: bytes, trash: bool = True) -> None:
+        """`trash=False` deletes for good even when the volume keeps a trash."""
         if name in (b".", b".."):
             raise FsError(errno.EISDIR)
         _check_name(name)
-        with self._unlinking() as keep:
-            res = self._run("UNLINK", [self._dk(parent)], [parent, name, pack_time(time.time_ns()), keep])
-        self._settle(int(res[1]), res[2])
+        hour = self._trash_hour() if trash else ""
+        res = self._run("UNLINK", [self._dk(parent)], [parent, name, pack_time(time.time_ns()), hour], token=True)
+        self.settle_unlinked(int(res[1]), int(res[2]))
+
+    def settle_unlinked(self, ino: int, fate: int) -> None:
+        """After an unlink-like call kept `ino` for its openers: if the only note left may be
+        this session's own, of a file it closed already (a lingering release), release it
+        now, so that deleting a closed file frees it at once."""
+        if fate != _KEPT:
+            return
+        self.flush_releases(only=ino)
 
     def rmdir(self, parent: int, name: bytes) -> None:
         if name == b".":
@@ -494,7 +630,7 @@ class RedisMeta(Meta):
         if name == b"..":
             raise FsError(errno.ENOTEMPTY)
         _check_name(name)
-        self._run("RMDIR", [self._dk(parent)], [parent, name, pack_time(time.time_ns())])
+        self._run("RMDIR", [self._dk(parent)], [parent, name, pack_time(time.time_ns())], token=True)
 
     def rename(self, parent: int, name: bytes, new_parent: int, new_name: bytes, flags: int = 0) -> None:
         if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or flags == RENAME_NOREPLACE | RENAME_EXCHANGE:
@@ -503,27 +639,28 @@ class RedisMeta(Meta):
             if n in (b".", b".."):
                 raise FsError(errno.EINVAL)
             _check_name(n)
+        if new_parent == ROOT_INO and new_name == TRASH_NAME:
+            raise FsError(errno.EPERM, "the trash cannot be replaced")
         usage: list[Any] = ["0", "", "", 0, 0, 0, 0]
-        with self._unlinking() as keep:
-            for _attempt in range(50):
-                res = self._run("RENAME", [self._dk(parent)],
-                                [parent, name, new_parent, new_name, flags, pack_time(time.time_ns()),
-                                 keep, *usage])
-                if res[0] == 0:
-                    break
-                # Quotas are in place: measure what moves between quota trees, then retry.
-                usage = self._rename_usage(parent, name, new_parent, new_name)
-            else:
-                raise MetaError("rename kept conflicting with concurrent changes")
-        if res[1]:
-            self._settle(int(res[1]), res[2])
+        hour = self._trash_hour()
+        for _attempt in range(50):
+            res = self._run("RENAME", [self._dk(parent)],
+                            [parent, name, new_parent, new_name, flags, pack_time(time.time_ns()), hour, *usage],
+                            token=True)
+            if res[0] == 0:
+                if res[1]:
+                    self.settle_unlinked(int(res[1]), int(res[2]))
+                return
+            # Quotas are in place: measure what moves between quota trees, then retry.
+            usage = self._rename_usage(parent, name, new_parent, new_name)
+        raise MetaError("rename kept conflicting with concurrent changes")
 
     def _rename_usage(self, parent: int, name: bytes, new_parent: int, new_name: bytes) -> list[Any]:
-        with self._errors():
-            pipe = self._r.pipeline(transaction=False)
+        def build(pipe: Any) -> None:
             pipe.hget(self._dk(parent), name)
             pipe.hget(self._dk(new_parent), new_name)
-            src, dst = pipe.execute()
+
+        src, dst = self._pipe(build)
         out: list[Any] = ["1", "", "", 0, 0, 0, 0]
         for slot, entry, dir_ino in ((0, src, parent), (1, dst, new_parent)):
             if entry is None:
@@ -543,152 +680,154 @@ class RedisMeta(Meta):
 
     def readdir(self, ino: int) -> list[DirEntry]:
         key = self._dk(ino)
-        with self._errors():
-            pipe = self._r.pipeline(transaction=False)
+
+        def first(pipe: Any) -> None:
             pipe.get(self._ik(ino))
             pipe.hscan(key, 0, count=10000)
-            raw_attr, (cursor, entries) = pipe.execute()
-            if raw_attr is None:
-                raise FsError(errno.ENOENT)
-            if not unpack_attr(ino, raw_attr).is_dir:
-                raise FsError(errno.ENOTDIR)
-            while cursor:
-                cursor, more = self._r.hscan(key, cursor, count=10000)
-                entries.update(more)
-            names = list(entries)
-            inos = [entry_ino(entries[n]) for n in names]
-            raws: list[bytes | None] = []
-            for start in range(0, len(inos), MGET_BATCH):
-                raws.extend(self._r.mget([self._ik(i) for i in inos[start:start + MGET_BATCH]]))
+
+        raw_attr, (cursor, entries) = self._pipe(first)
+        if raw_attr is None:
+            raise FsError(errno.ENOENT)
+        if not unpack_attr(ino, raw_attr).is_dir:
+            raise FsError(errno.ENOTDIR)
+        while cursor:
+            cursor, more = self._call(self._r.hscan, key, cursor, count=10000)
+            entries.update(more)
+        names = list(entries)
+        inos = [entry_ino(entries[n]) for n in names]
+        raws: list[bytes | None] = []
+        for start in range(0, len(inos), MGET_BATCH):
+            raws.extend(self._call(self._r.mget, [self._ik(i) for i in inos[start:start + MGET_BATCH]]))
         return [DirEntry(bytes(n), unpack_attr(i, raw))
                 for n, i, raw in zip(names, inos, raws, strict=True) if raw is not None]
 
     # -- open files -----------------------------------------------------------------------
-    @contextmanager
-    def _unlinking(self) -> Iterator[str]:
-        """The `keep` argument of an unlink-like script: which inodes this session keeps
-        when their last link goes (lua.keeper). The call stays registered until it is done,
-        so that `open` can wait for calls whose snapshot missed its inode."""
-        started = self._unlink_begin(blocking=True)
-        assert started is not None
-        keep, ticket = started
-        try:
-            yield keep
-        finally:
-            self._unlink_end(ticket)
-
-    def _unlink_begin(self, blocking: bool) -> tuple[str, int] | None:
-        """Register an unlink-like call: its `keep` argument and its ticket."""
+    def _note_created(self, ino: int, blocking: bool = False) -> str | None:
+        """Before a create that notes `ino` open: count the note (lingering until the open
+        that follows). The session id to pass, '0' without a session, None if busy."""
         if not self._cond.acquire(blocking=blocking):
             return None
         try:
-            if self._sid is None or not self._opened:
-                keep = "0"
-            elif len(self._opened) > MAX_HELD_LISTED:
-                keep = f"{self._sid}:*"
-            else:
-                keep = f"{self._sid}:,{','.join(map(str, self._opened))},"
-            self._unlink_seq += 1
-            ticket = self._unlink_seq
-            self._unlinks.add(ticket)
-            return keep, ticket
+            if self._sid is None:
+                return "0"
+            self._noted.add(ino)
+            self._linger[ino] = time.monotonic()
+            return str(self._sid)
         finally:
             self._cond.release()
 
-    def _unlink_end(self, ticket: int) -> None:
-        with self._cond:
-            self._unlinks.discard(ticket)
-            self._cond.notify_all()
-
-    def _settle(self, ino: int, fate: int) -> None:
-        """After a script kept `ino` for this session: keep it while open, else free it
-        (it was closed meanwhile, or the script kept every inode)."""
-        if fate != _SUSTAINED:
-            return
-        with self._cond:
-            if self._opened.get(ino):
-                self._sustained.add(ino)
-                return
-            self._freeing.add(ino)
-        self._free_sustained(ino)
-
-    def _free_sustained(self, ino: int) -> None:
-        try:
-            self._run("RELEASE_SUSTAINED", [f"{self._p}sustained{self._sid}"], [ino])
-        finally:
-            with self._cond:
-                self._freeing.discard(ino)
-                self._cond.notify_all()
-
-    def open_nowait(self, ino: int) -> bool:
-        if not self._cond.acquire(blocking=False):
+    def _count_open(self, ino: int) -> bool:
+        """Count a local open (the lock is held); True when Redis must note it first."""
+        self._held[ino] = self._held.get(ino, 0) + 1
+        self._linger.pop(ino, None)
+        if self._sid is None or ino in self._noted:
             return False
+        self._noted.add(ino)
+        return True
+
+    def open_nowait(self, ino: int) -> bool | MetaRequest | None:
+        """Count an open of `ino` without waiting: True (counted; fetch the attributes as
+        usual), a request (counted; send it: it notes the open and returns the attributes;
+        call `release` if it fails) or None (busy: use the blocking `open`)."""
+        if not self._cond.acquire(blocking=False):
+            return None
         try:
-            if ino in self._freeing or self._unlinks:
-                return False  # `open` would wait for these
-            self._opened[ino] = self._opened.get(ino, 0) + 1
-            return True
+            if ino in self._unnoting:
+                return None
+            if not self._count_open(ino):
+                return True
         finally:
             self._cond.release()
+        return self.open_request(ino)
+
+    def open(self, ino: int, known: Attr | None = None) -> Attr:
+        with self._cond:
+            while ino in self._unnoting:
+                self._cond.wait()
+            note = self._count_open(ino)
+        try:
+            if note:
+                return unpack_attr(ino, self._run("OPEN", [self._ik(ino)], [ino, self._sid or 0])[1])
+            return known if known is not None else self._get_attr(ino)
+        except BaseException:
+            self.release(ino)  # a note that may have been written is dropped later
+            raise
 
     def release_nowait(self, ino: int) -> bool:
         if not self._cond.acquire(blocking=False):
             return False
         try:
-            count = self._opened.get(ino, 0)
-            if count > 1:
-                self._opened[ino] = count - 1
-                return True
-            if ino in self._sustained:
-                return False  # the last close of an unlinked file frees it: a server call
-            self._opened.pop(ino, None)
+            self._count_close(ino)
             return True
         finally:
             self._cond.release()
 
-    def open(self, ino: int, known: Attr | None = None) -> Attr:
-        with self._cond:
-            self._opened[ino] = self._opened.get(ino, 0) + 1
-            seen = self._unlink_seq
-            while ino in self._freeing or any(t <= seen for t in self._unlinks):
-                self._cond.wait()
-        if known is not None:
-            return known
-        try:
-            return self._get_attr(ino)
-        except BaseException:
-            self._drop_open(ino)
-            raise
-
-    def _drop_open(self, ino: int) -> bool:
-        """Count one close; True when it was the last one of a kept (unlinked) inode."""
-        with self._cond:
-            count = self._opened.get(ino, 0)
-            if count > 1:
-                self._opened[ino] = count - 1
-                return False
-            self._opened.pop(ino, None)
-            if ino not in self._sustained:
-                return False
-            self._sustained.discard(ino)
-            self._freeing.add(ino)
-            return True
+    def _count_close(self, ino: int) -> None:
+        count = self._held.get(ino, 0)
+        if count > 1:
+            self._held[ino] = count - 1
+            return
+        self._held.pop(ino, None)
+        if ino in self._noted:
+            self._linger[ino] = time.monotonic()
 
     def release(self, ino: int) -> None:
-        if self._drop_open(ino):
-            self._free_sustained(ino)
+        with self._cond:
+            self._count_close(ino)
+
+    def flush_releases(self, min_age: float = 0.0, only: int | None = None) -> int:
+        """Drop the open notes of inodes closed at least `min_age` seconds ago (one batch;
+        `only`: just that inode, if closed); an unlinked one that no other live session
+        holds is freed. Returns how many notes were dropped."""
+        with self._cond:
+            if self._sid is None:
+                return 0
+            sid = self._sid
+            now = time.monotonic()
+            if only is not None:
+                batch = [only] if only in self._linger else []
+            else:
+                batch = [ino for ino, since in self._linger.items() if now - since >= min_age][:RELEASE_BATCH]
+            for ino in batch:
+                del self._linger[ino]
+                self._noted.discard(ino)
+                self._unnoting.add(ino)
+        if not batch:
+            return 0
+        try:
+            self._run("RELEASE", [f"{self._p}open{sid}"], [sid, *batch])
+        except BaseException:
+            with self._cond:  # opens of these inodes wait for us: nobody changed them meanwhile
+                for ino in batch:
+                    self._noted.add(ino)
+                    self._linger[ino] = now
+            raise
+        finally:
+            with self._cond:
+                self._unnoting.difference_update(batch)
+                self._cond.notify_all()
+        return len(batch)
+
+    def open_files(self) -> int:
+        """Inodes this session holds open or has not released its note of yet."""
+        with self._cond:
+            return len(self._noted)
+
+    def try_lease(self, name: str, seconds: float) -> bool:
+        """Whether this client may do the volume-wide chore `name` for the next `seconds`
+        (one client at a time; a lease that is not renewed simply runs out)."""
+        owner = f"{self._token_prefix}:{self._sid or 0}"
+        return bool(self._call(self._r.set, f"{self._p}lease:{name}", owner, nx=True, px=int(seconds * 1000)))
 
     # -- file data ------------------------------------------------------------------------
     def read(self, ino: int, chunk_index: int) -> list[Slice]:
-        with self._errors():
-            raws = self._r.lrange(self._ck(ino, chunk_index), 0, -1)
+        raws = self._call(self._r.lrange, self._ck(ino, chunk_index), 0, -1)
         return [unpack_slice(raw) for raw in raws]
 
     def reserve_slice_ids(self, count: int) -> int:
         if count < 1:
             raise ValueError("count must be positive")
-        with self._errors():
-            end = int(self._r.hincrby(self._counters, "nextslice", count))
+        end = int(self._call(self._r.hincrby, self._counters, "nextslice", count))
         return end - count + 1
 
     def write(self, ino: int, chunk_index: int, piece: Slice, mtime_ns: int) -> Attr:
@@ -710,23 +849,22 @@ class RedisMeta(Meta):
     def take_garbage(self, limit: int) -> list[tuple[int, int]]:
         if limit <= 0:
             return []
-        res = self._run("TAKE_GARBAGE", [self._garbage], [limit, GARBAGE_CHUNK_BUDGET])
+        res = self._run("TAKE_GARBAGE", [self._delayed],
+                        [limit, GARBAGE_CHUNK_BUDGET, repr(self.garbage_delay), repr(self.garbage_lease)])
         return [unpack_garbage(raw) for raw in res[1]]
 
     def ack_garbage(self, items: list[tuple[int, int]]) -> None:
-        if not items:
-            return
-        with self._errors():
-            self._r.srem(self._garbage, *(pack_garbage(i, s) for i, s in items))
+        if items:
+            self._run("ACK_GARBAGE", [self._delayed], [pack_garbage(i, s) for i, s in items])
 
     # -- extended attributes --------------------------------------------------------------
     def _xattr_pair(self, ino: int, op: Callable[[Any], Any]) -> Any:
         """Run `op` on a pipeline together with an existence check of the inode."""
-        with self._errors():
-            pipe = self._r.pipeline(transaction=False)
+        def build(pipe: Any) -> None:
             op(pipe)
             pipe.exists(self._ik(ino))
-            value, exists = pipe.execute()
+
+        value, exists = self._pipe(build)
         if not exists:
             raise FsError(errno.ENOENT)
         return value
@@ -747,7 +885,8 @@ class RedisMeta(Meta):
         self._check_xattr_name(name)
         if flags not in (0, XATTR_CREATE, XATTR_REPLACE):
             raise FsError(errno.EINVAL, "invalid xattr flags")
-        self._run("SETXATTR", [f"{self._p}x{ino}"], [ino, name, value, flags, pack_time(time.time_ns())])
+        self._run("SETXATTR", [f"{self._p}x{ino}"], [ino, name, value, flags, pack_time(time.time_ns())],
+                  token=True)
 
     def listxattr(self, ino: int) -> list[bytes]:
         names = self._xattr_pair(ino, lambda p: p.hkeys(f"{self._p}x{ino}"))
@@ -755,7 +894,7 @@ class RedisMeta(Meta):
 
     def removexattr(self, ino: int, name: bytes) -> None:
         self._check_xattr_name(name)
-        self._run("REMOVEXATTR", [f"{self._p}x{ino}"], [ino, name, pack_time(time.time_ns())])
+        self._run("REMOVEXATTR", [f"{self._p}x{ino}"], [ino, name, pack_time(time.time_ns())], token=True)
 
     # -- directory quotas -----------------------------------------------------------------
     def _subtree_usage(self, root: int) -> tuple[int, int]:
@@ -765,17 +904,18 @@ class RedisMeta(Meta):
         level = [root]
         while level:
             children: list[tuple[int, int]] = []  # (dir, child)
-            with self._errors():
-                for start in range(0, len(level), 100):
-                    pipe = self._r.pipeline(transaction=False)
-                    batch = level[start:start + 100]
+            for start in range(0, len(level), 100):
+                batch = level[start:start + 100]
+
+                def build(pipe: Any, batch: list[int] = batch) -> None:
                     for d in batch:
                         pipe.hvals(self._dk(d))
-                    for d, values in zip(batch, pipe.execute(), strict=True):
-                        children.extend((d, entry_ino(v)) for v in values)
-                raws: list[bytes | None] = []
-                for start in range(0, len(children), MGET_BATCH):
-                    raws.extend(self._r.mget([self._ik(c) for _, c in children[start:start + MGET_BATCH]]))
+
+                for d, values in zip(batch, self._pipe(build), strict=True):
+                    children.extend((d, entry_ino(v)) for v in values)
+            raws: list[bytes | None] = []
+            for start in range(0, len(children), MGET_BATCH):
+                raws.extend(self._call(self._r.mget, [self._ik(c) for _, c in children[start:start + MGET_BATCH]]))
             level = []
             for (d, child), raw in zip(children, raws, strict=True):
                 if raw is None:
@@ -799,21 +939,21 @@ class RedisMeta(Meta):
                   [ino, _QUOTA.pack(max_bytes, max_inodes), used_bytes, used_inodes])
 
     def get_quota(self, ino: int) -> Quota | None:
-        with self._errors():
-            pipe = self._r.pipeline(transaction=False)
+        def build(pipe: Any) -> None:
             pipe.hget(self._quota, str(ino))
             pipe.hmget(self._qused, [f"{ino}b", f"{ino}i"])
-            limits, (used_bytes, used_inodes) = pipe.execute()
+
+        limits, (used_bytes, used_inodes) = self._pipe(build)
         if limits is None:
             return None
         max_bytes, max_inodes = _QUOTA.unpack(limits)
         return Quota(max_bytes, max_inodes, int(used_bytes or 0), int(used_inodes or 0))
 
     def del_quota(self, ino: int) -> None:
-        with self._errors():
-            # Not atomic on purpose: usage counters left by a crash are overwritten by
-            # the next set_quota and read by nobody else.
-            pipe = self._r.pipeline(transaction=False)
+        # Not atomic on purpose: usage counters left by a crash are overwritten by the next
+        # set_quota and read by nobody else.
+        def build(pipe: Any) -> None:
             pipe.hdel(self._quota, str(ino))
             pipe.hdel(self._qused, f"{ino}b", f"{ino}i")
-            pipe.execute()
+
+        self._pipe(build)

@@ -29,7 +29,7 @@ import trio
 
 from ..chunk.compact import COMPACT_AT, compact_chunk
 from ..chunk.reader import BlockLoader, blocks_in_range, read_file_range
-from ..chunk.store import ChunkStore
+from ..chunk.store import BlockMissing, ChunkStore
 from ..chunk.writer import FileWriter, SliceIds
 from ..errors import FsError, MetaError
 from ..meta.aio import FastCalls
@@ -37,7 +37,7 @@ from ..meta.base import MAX_NAME, MAX_XATTR_NAME, MAX_XATTR_VALUE, Meta
 from ..types import Attr, DirEntry, SetAttr, Slice, StatFs, VolumeSettings
 from ..workers import Workers
 from . import control
-from .handles import DirHandle, FileHandle, OpenInode
+from .handles import DirHandle, FileHandle, OpenInode, SliceCache
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -48,6 +48,8 @@ CAPABILITY_XATTR = b"security.capability"
 # reads of up to 1 MiB, and concurrent ones may arrive slightly out of order.
 SEQUENTIAL_SLACK = 1 << 20
 PAGE_VERSIONS = 1 << 16  # files whose page-cache version is remembered
+SLICE_TTL = 10.0  # longest an open file's slice list is reused (less with a short garbage delay)
+RELEASE_LINGER = 1.0  # seconds a closed file stays noted open, so a quick reopen is free
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ class Counters:
     readahead_blocks: int = 0  # blocks prefetched for sequential readers
     warmup_blocks: int = 0  # blocks loaded into the cache by warmup requests
     warmup_bytes: int = 0
+    slice_rereads: int = 0  # reads that found a block gone and read the slice list again
 
 
 class Vfs:
@@ -102,6 +105,9 @@ class Vfs:
         self.about: dict[str, Any] = {}  # static facts for stats (volume, pid, mountpoint), set by mount
         self._page_versions: OrderedDict[int, tuple[int, int, int]] = OrderedDict()
         self.ids = SliceIds(lambda n: self._meta(meta.reserve_slice_ids, n))
+        # Cached slice lists must be long gone before a slice dropped by another client
+        # loses its objects (the volume's garbage delay, docs/data-safety.md).
+        self.slice_ttl = min(SLICE_TTL, settings.garbage_delay / 4)
         # The hottest calls (lookup, getattr, slice lists, file create/unlink) skip the
         # thread hand-off.
         self.fast = FastCalls.for_engine(meta, self._meta)
@@ -252,7 +258,7 @@ class Vfs:
         self._writable()
         self._check_name(name)
         try:
-            attr = await self.fast.mknod(parent, name, stat.S_IFREG | (mode & 0o7777), ctx.uid, ctx.gid)
+            attr = await self.fast.create(parent, name, stat.S_IFREG | (mode & 0o7777), ctx.uid, ctx.gid)
         except FsError as exc:
             # Another client created it since the kernel's lookup: O_CREAT without O_EXCL
             # opens the existing file, as POSIX says.
@@ -273,14 +279,7 @@ class Vfs:
     async def open(self, ino: int, flags: int, known: Attr | None = None) -> int:
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
             self._writable()
-        if self.meta.open_nowait(ino):  # the usual case: no thread hand-off
-            try:
-                attr = known or await self.fast.getattr(ino)
-            except BaseException:
-                await self._release_meta(ino)
-                raise
-        else:
-            attr = await self._meta(self.meta.open, ino, known)
+        attr = await self.fast.open(ino, known)
         if flags & os.O_TRUNC and attr.is_file:
             # With atomic O_TRUNC (libfuse's default) the kernel sends no setattr: the open
             # itself must truncate, and like any truncation it sets mtime and ctime.
@@ -291,7 +290,7 @@ class Vfs:
                 raise
         state = self.files.get(ino)
         if state is None:
-            state = self.files[ino] = OpenInode(ino, attr)
+            state = self.files[ino] = OpenInode(ino, attr, slices=SliceCache(self.slice_ttl))
         elif (attr.mtime_ns, attr.size) != (state.attr.mtime_ns, state.attr.size):
             state.slices.clear()  # changed elsewhere since we last looked
         if not state.opens:
@@ -352,7 +351,8 @@ class Vfs:
     async def _slices(self, state: OpenInode, index: int) -> list[Slice]:
         cached = state.slices.get(index)
         if cached is None:
-            cached = state.slices[index] = await self.fast.read(state.ino, index)
+            cached = await self.fast.read(state.ino, index)
+            state.slices.put(index, cached)
             if len(cached) >= COMPACT_AT:
                 self._schedule_compaction(state.ino, index)
         return cached
@@ -371,7 +371,17 @@ class Vfs:
 
         if self._sequential(handle, offset, end) and self.options.readahead_blocks:
             self._readahead(handle, state, end)
-        data = await read_file_range(self.loader, slices_of, offset, end - offset, view=True)
+        try:
+            data = await read_file_range(self.loader, slices_of, offset, end - offset, view=True,
+                                         wait_missing=False)
+        except BlockMissing as exc:
+            # The slice list may be stale: another client compacted or truncated the chunk
+            # and its old objects are gone. Read it again once before reporting EIO (this
+            # time waiting for a block a writeback client may not have uploaded yet).
+            log.info("inode %d: %s; reading its slice list again", state.ino, exc.detail)
+            self.counters.slice_rereads += 1
+            state.slices.clear()
+            data = await read_file_range(self.loader, slices_of, offset, end - offset, view=True)
         self.counters.read_bytes += len(data)
         return data
 
@@ -429,7 +439,7 @@ class Vfs:
                 return  # the reader got there first
             self.counters.readahead_blocks += 1
             try:
-                await self.loader.load(block)
+                await self.loader.load(block, wait_missing=False)
             except FsError:
                 pass  # the reader will hit (and report) the same error if it gets there
 
@@ -449,7 +459,7 @@ class Vfs:
         attr = await self._meta(self.meta.write, ino, index, piece, time.time_ns())
         state = self.files.get(ino)
         if state is not None:
-            state.slices.pop(index, None)
+            state.slices.pop(index)
             state.attr = attr
         key = (ino, index)
         self._commits[key] = self._commits.get(key, 0) + 1
@@ -467,10 +477,14 @@ class Vfs:
         try:
             async with self._compact_slots:
                 new_id = await self.ids.next()
-                if await compact_chunk(self.meta, self.chunks, self.loader, self.workers, ino, index, new_id):
+                try:
+                    done = await compact_chunk(self.meta, self.chunks, self.loader, self.workers, ino, index, new_id)
+                finally:
+                    self.ids.settle(new_id)
+                if done:
                     state = self.files.get(ino)
                     if state is not None:
-                        state.slices.pop(index, None)
+                        state.slices.pop(index)
         except FsError as exc:
             log.warning("compaction of inode %d chunk %d failed: %s", ino, index, exc)
         except Exception:
@@ -506,6 +520,17 @@ class Vfs:
     async def _release_meta(self, ino: int) -> None:
         if not self.meta.release_nowait(ino):
             await self._meta(self.meta.release, ino)
+
+    async def flush_releases(self, linger: float = RELEASE_LINGER) -> int:
+        """Drop the open notes of files closed `linger` seconds ago (frees those unlinked
+        meanwhile that no other client holds)."""
+        flush = getattr(self.meta, "flush_releases", None)
+        if flush is None:
+            return 0
+        total = 0
+        while (done := await self._meta(flush, linger)) > 0:
+            total += done
+        return total
 
     async def flush_idle(self) -> None:
         for state in list(self.files.values()):
@@ -604,13 +629,13 @@ class Vfs:
             return chunk_slices[index]
 
         blocks = await blocks_in_range(slices_of, self.chunks.block_size, command.offset, end - command.offset)
-        sizes = {b: min(self.chunks.block_size, b[1] - b[2] * self.chunks.block_size) for b in blocks}
+        sizes = {b: min(self.chunks.block_size, b.size - b.index * self.chunks.block_size) for b in blocks}
         total = sum(sizes.values())
         done: list[tuple[int, int, int]] = []
         if command.op == "cached":
-            done = [b for b in blocks if self.chunks.is_cached(*b)]
+            done = [b for b in blocks if self.chunks.is_cached(*b.where)]
         elif command.op == "evict":
-            keys = [self.chunks.key(*b) for b in blocks]
+            keys = [self.chunks.key(*b.where) for b in blocks]
             self.loader.forget(blocks)
             evicted = await self.workers.io(self.chunks.evict, keys)
             return control.format_answer(len(blocks), total, evicted, 0)
@@ -650,7 +675,7 @@ class Vfs:
             "fuse": {
                 "opens": c.opens, "keep_cache_opens": c.keep_cache_opens, "reads": c.reads,
                 "read_bytes": c.read_bytes, "readahead_blocks": c.readahead_blocks,
-                "recent_block_hits": self.loader.recent_hits,
+                "recent_block_hits": self.loader.recent_hits, "slice_rereads": c.slice_rereads,
             },
             "warmup": {"blocks": c.warmup_blocks, "bytes": c.warmup_bytes},
         }

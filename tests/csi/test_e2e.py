@@ -60,6 +60,8 @@ def test_kubernetes_lifecycle(plugins: tuple[Driver, Driver], meta_url: str, s3_
     # The Secret (provisioner, node-stage and controller-expand secret) and the StorageClass.
     secrets = {"metaurl": meta_url, "access-key": s3_server.access_key, "secret-key": s3_server.secret_key}
     storage_class = {"storage": "s3", "bucket": bucket_url, "name": "e2e-fs", "block-size": "1M",
+                     # DeleteVolume then frees the objects at once (the default waits 5 min)
+                     "garbage-delay": "0s",
                      "readahead": "2", "attrTimeout": "1", "entryTimeout": "1",
                      "csi.storage.k8s.io/pvc/name": "data", "csi.storage.k8s.io/pvc/namespace": "default"}
     cap = capability(Mode.MULTI_NODE_MULTI_WRITER)

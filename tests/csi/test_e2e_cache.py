@@ -47,6 +47,8 @@ def test_volume_with_tiered_cache_settings(plugins: tuple[Driver, Driver], meta_
     ssd = workdir / "ssd-cache"
     secrets = {"metaurl": meta_url, "access-key": s3_server.access_key, "secret-key": s3_server.secret_key}
     storage_class = {"storage": "s3", "bucket": bucket_url, "name": "cache-fs", "block-size": "1M",
+                     # DeleteVolume then frees the objects at once (the default waits 5 min)
+                     "garbage-delay": "0s",
                      "cache": f"mem:16MiB;ssd:{ssd}:256MiB", "cacheLow": "0.5", "cacheHigh": "0.9",
                      "cacheFreeRatio": "0.01", "readahead": "2", "writeback": "true"}
     cap = capability(Mode.MULTI_NODE_MULTI_WRITER)

@@ -22,6 +22,19 @@ def volume(request: pytest.FixtureRequest, meta_url: str, tmp_path: Path, s3_ser
         vol.cleanup()
 
 
+@pytest.fixture(params=["file", "s3"])
+def gc_volume(request: pytest.FixtureRequest, meta_url: str, tmp_path: Path, s3_server: S3Server) -> Iterator[Volume]:
+    """A volume without trash whose dropped data is deleted after 1 s (not 5 min), for
+    tests that watch objects leave the store."""
+    bucket = request.getfixturevalue("bucket_url") if request.param == "s3" else None
+    vol = format_volume(meta_url, tmp_path, request.param, s3_server, bucket,
+                        "--trash-days", "0", "--garbage-delay", "1s")
+    try:
+        yield vol
+    finally:
+        vol.cleanup()
+
+
 @pytest.fixture
 def mnt(volume: Volume) -> Path:
     """The path of one mount of a fresh volume."""

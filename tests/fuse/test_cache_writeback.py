@@ -45,7 +45,10 @@ def test_writeback_uploads_in_background_for_other_clients(s3_volume: Volume, tm
     assert sha256_file(b.path / "f") == hashlib.sha256(data).hexdigest()
 
 
-def test_writeback_blocks_of_deleted_files_leave_no_objects(s3_volume: Volume, tmp_path: Path) -> None:
+def test_writeback_blocks_of_deleted_files_leave_no_objects(meta_url: str, tmp_path: Path, s3_server: S3Server,
+                                                           bucket_url: str) -> None:
+    s3_volume = format_volume(meta_url, tmp_path, "s3", s3_server, bucket_url, "--block-size", "1M",
+                              "--trash-days", "0", "--garbage-delay", "1s")
     a = s3_volume.mount("--writeback", "--cache", f"ssd:{tmp_path / 'cache'}:64MiB")
     for i in range(5):
         write_synced(a.path / f"tmp{i}", os.urandom(3 * MiB))
@@ -54,7 +57,10 @@ def test_writeback_blocks_of_deleted_files_leave_no_objects(s3_volume: Volume, t
     wait_for(lambda: client_stats(a.path)["uploads"]["pending_blocks"] == 0, what="uploads")
     # Garbage collection (every second) deletes the objects of the deleted files, also those
     # whose upload was cancelled or raced with the deletion.
-    wait_for(lambda: len(block_keys(s3_volume)) == 1, what="objects of deleted files to go")
+    try:
+        wait_for(lambda: len(block_keys(s3_volume)) == 1, what="objects of deleted files to go")
+    finally:
+        s3_volume.cleanup()
 
 
 @pytest.fixture

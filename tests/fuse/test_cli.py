@@ -274,3 +274,31 @@ def test_output_piped_into_head_ends_quietly() -> None:
     result = _run_main_with("    for i in range(200000):\n        print('line', i)", "head", "-1")
     assert result.stdout == "line 0\n"
     assert result.stderr == "", result.stderr
+
+
+def test_a_redis_that_may_evict_keys_is_refused_by_format_and_warned_about_by_mount(
+        meta_url: str, tmp_path: Path, redis_server: RedisServer) -> None:
+    admin = redis.Redis(port=redis_server.port)
+    admin.config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        objects = str(tmp_path / "objects")
+        refused = run_cli("format", meta_url, "evictvol", "--bucket", objects, check=False)
+        assert_clean_failure(refused, "maxmemory-policy", "allkeys-lru", "noeviction", "--force")
+        assert db_keys(meta_url) == []
+        forced = run_cli("format", meta_url, "evictvol", "--bucket", objects, "--force")
+        assert "warning" in forced.stderr and "allkeys-lru" in forced.stderr
+        mp = tmp_path / "mp"
+        mp.mkdir()
+        mounted = run_cli("mount", meta_url, str(mp), "-d", "--log", str(tmp_path / "m.log"))
+        try:
+            assert "warning" in mounted.stderr and "maxmemory-policy" in mounted.stderr
+            assert "mounted" in mounted.stdout
+        finally:
+            subprocess.run(["fusermount3", "-u", "-z", str(mp)], capture_output=True)
+            pid = int(mounted.stdout.split("pid ")[1].split(",")[0])
+            from tests.fuse.helpers import wait_pid
+
+            wait_pid(pid)
+    finally:
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.close()

@@ -139,8 +139,9 @@ def _referenced_objects(path: Path) -> set[str]:
     return {o for c in doc["chunks"] for s in c["slices"] for o in s["objects"]}
 
 
-def test_overwrites_are_compacted_and_old_objects_deleted(volume: Volume) -> None:
+def test_overwrites_are_compacted_and_old_objects_deleted(gc_volume: Volume) -> None:
     """Rewriting one region many times must neither grow the slice list nor leak objects."""
+    volume = gc_volume
     m = volume.mount()
     rng = random.Random(5)
     model = bytearray(rng.randbytes(MiB))
@@ -165,7 +166,10 @@ def test_overwrites_are_compacted_and_old_objects_deleted(volume: Volume) -> Non
     assert (m.path / "hot").read_bytes() == bytes(model)
 
 
-def test_deleted_and_truncated_data_is_removed_from_the_store(volume: Volume) -> None:
+def test_deleted_and_truncated_data_is_removed_from_the_store(gc_volume: Volume) -> None:
+    """Without trash, deleted and truncated data leaves the store once the (here short)
+    garbage delay has passed."""
+    volume = gc_volume
     m = volume.mount()
     write_file(m.path / "a", os.urandom(9 * MiB))
     write_file(m.path / "b", os.urandom(70 * MiB))  # two chunks

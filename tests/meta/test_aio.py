@@ -17,7 +17,8 @@ from tests.servers import RedisServer, start_redis
 
 
 def settings() -> VolumeSettings:
-    return VolumeSettings(name="vol1", uuid="u", storage="file", bucket="/tmp/x", created=time.time())
+    return VolumeSettings(name="vol1", uuid="u", storage="file", bucket="/tmp/x", created=time.time(),
+                          trash_days=0, garbage_delay=0)
 
 
 async def _blocking(fn, *args):  # type: ignore[no-untyped-def]
@@ -90,27 +91,47 @@ def test_password_and_lost_server_fall_back() -> None:
         server.stop()
 
 
-def test_nowait_open_and_release_keep_unlinked_files_alive(meta_url: str) -> None:
-    """The non-blocking open/release count opens exactly like the blocking ones: an
-    unlinked file stays while open, and the last release (blocking path) frees it."""
+def test_fast_open_notes_the_open_where_every_client_sees_it(meta_url: str) -> None:
+    """An open on the non-blocking path notes the session's hold in Redis (one request,
+    with the attributes); a second open of the same file needs no note; an unlink by
+    another client keeps the file until the last release is flushed."""
     meta = open_meta(meta_url)
+    other = open_meta(meta_url)
     try:
         meta.format(settings())
+        other.load()
         meta.new_session("host", 1, "/mnt", "test")
+        other.new_session("other", 2, "/mnt2", "test")
         f = meta.mknod(ROOT_INO, b"f", 0o100644, 0, 0)
-        assert meta.open_nowait(f.ino) and meta.open_nowait(f.ino)
-        meta.unlink(ROOT_INO, b"f")
-        assert meta.getattr(f.ino).nlink == 0  # kept: this session holds it open
-        assert meta.release_nowait(f.ino)  # one of two opens: no server call needed
-        assert not meta.release_nowait(f.ino)  # the last one frees it: must block
+        meta.open(f.ino)  # loads the OPEN script (a fresh server answers NOSCRIPT first)
         meta.release(f.ino)
+        meta.flush_releases()
+        fast = FastCalls.for_engine(meta, _blocking)
+
+        async def main() -> None:
+            before = fast.direct
+            assert await fast.open(f.ino) == meta.getattr(f.ino)
+            assert fast.direct == before + 1, "one request: note and attributes"
+            assert await fast.open(f.ino) == meta.getattr(f.ino)
+            assert fast.direct == before + 2, "held already: a plain GET"
+            with pytest.raises(FsError) as info:
+                await fast.open(999_999)
+            assert info.value.errno == errno.ENOENT
+            await fast.client.aclose()  # type: ignore[union-attr]
+
+        trio.run(main)
+        assert meta.open_files() == 2  # f, and the failed open (its possible note goes at the next flush)
+        other.unlink(ROOT_INO, b"f")
+        assert other.getattr(f.ino).nlink == 0, "kept for the other client's open"
+        assert meta.release_nowait(f.ino) and meta.release_nowait(f.ino)
+        assert meta.getattr(f.ino).nlink == 0, "the note lingers until flushed"
+        meta.flush_releases()
         with pytest.raises(FsError) as info:
             meta.getattr(f.ino)
         assert info.value.errno == errno.ENOENT
-        g = meta.mknod(ROOT_INO, b"g", 0o100644, 0, 0)
-        assert meta.open_nowait(g.ino) and meta.release_nowait(g.ino)
     finally:
         meta.shutdown()
+        other.shutdown()
 
 
 def test_fast_create_and_unlink_match_engine(meta_url: str) -> None:
@@ -125,8 +146,8 @@ def test_fast_create_and_unlink_match_engine(meta_url: str) -> None:
         assert fast.client is not None
 
         async def main() -> None:
-            first = await fast.mknod(d.ino, b"a", 0o100640, 7, 8)  # no inode batch yet: blocking path
-            a = await fast.mknod(d.ino, b"b", 0o100640, 7, 8)
+            first = await fast.create(d.ino, b"a", 0o100640, 7, 8)  # no inode batch yet: blocking path
+            a = await fast.create(d.ino, b"b", 0o100640, 7, 8)
             created_direct = fast.direct
             assert created_direct >= 1  # the second create found an inode number at hand
             for f in (first, a):
@@ -136,10 +157,8 @@ def test_fast_create_and_unlink_match_engine(meta_url: str) -> None:
             for args, err in [((d.ino, b"b"), errno.EEXIST), ((a.ino, b"x"), errno.ENOTDIR),
                               ((999_999, b"x"), errno.ENOENT), ((d.ino, b"n" * 256), errno.ENAMETOOLONG)]:
                 with pytest.raises(FsError) as info:
-                    await fast.mknod(*args, 0o100644, 0, 0)
+                    await fast.create(*args, 0o100644, 0, 0)
                 assert info.value.errno == err
-            fifo = await fast.mknod(d.ino, b"p", 0o010644, 0, 0)  # not a regular file: blocking path
-            assert meta.getattr(fifo.ino).mode == 0o010644
 
             meta.mknod(d.ino, b"tmp", 0o100644, 0, 0)
             meta.unlink(d.ino, b"tmp")  # loads the UNLINK script into Redis (else NOSCRIPT: fallback)
@@ -150,21 +169,23 @@ def test_fast_create_and_unlink_match_engine(meta_url: str) -> None:
                 with pytest.raises(FsError) as info:
                     await fast.unlink(*args)
                 assert info.value.errno == err
+            meta.flush_releases()  # the create's note of `first` lingered
             with pytest.raises(FsError):
                 meta.getattr(first.ino)
 
-            # An open file loses its last link: kept (nlink 0) until the last close frees it.
-            assert meta.open_nowait(a.ino)
+            # A file created open loses its last link: kept (nlink 0) until its last release.
+            assert await fast.open(a.ino, a) == a  # held since the create: no round trip
             await fast.unlink(d.ino, b"b")
             assert meta.getattr(a.ino).nlink == 0
             meta.release(a.ino)
+            meta.flush_releases()
             with pytest.raises(FsError) as info:
                 meta.getattr(a.ino)
             assert info.value.errno == errno.ENOENT
             await fast.client.aclose()  # type: ignore[union-attr]
 
         trio.run(main)
-        assert meta.statfs(ROOT_INO).used_inodes == 2  # d and the fifo (the root is not counted)
+        assert meta.statfs(ROOT_INO).used_inodes == 1  # d (the root is not counted)
     finally:
         meta.shutdown()
 
@@ -177,10 +198,10 @@ def test_fast_create_respects_the_inode_limit(meta_url: str) -> None:
         fast = FastCalls.for_engine(meta, _blocking)
 
         async def main() -> None:
-            await fast.mknod(ROOT_INO, b"two", 0o100644, 0, 0)
+            await fast.create(ROOT_INO, b"two", 0o100644, 0, 0)
             assert fast.direct == 1
             with pytest.raises(FsError) as info:
-                await fast.mknod(ROOT_INO, b"three", 0o100644, 0, 0)
+                await fast.create(ROOT_INO, b"three", 0o100644, 0, 0)
             assert info.value.errno == errno.ENOSPC
             await fast.client.aclose()  # type: ignore[union-attr]
 

@@ -163,8 +163,9 @@ def test_two_volumes_share_a_database(meta_url: str) -> None:
 
 
 def test_sessions_of_two_clients(meta_url: str) -> None:
-    """Client A holds an unlinked file open; client B unlinking does not keep it (only the
-    holding session does), and B's cleaner frees A's kept file once A stops heartbeating."""
+    """A file client A holds open stays when client B unlinks it (B cannot know A's
+    handles: the check looks at every live session), until A's last close, or until A stops
+    heartbeating and B's cleaner ends A's session."""
     a = open_meta(meta_url)
     a.format(SETTINGS)
     b = open_meta(meta_url)
@@ -176,7 +177,14 @@ def test_sessions_of_two_clients(meta_url: str) -> None:
     assert b.getattr(f.ino).nlink == 0
     g = mkfile(b, ROOT, b"g")
     a.open(g.ino)
-    b.unlink(ROOT, b"g")  # B does not know A's handles: freed at once
+    b.unlink(ROOT, b"g")
+    assert b.getattr(g.ino).nlink == 0, "kept: A holds it open"
+    b.open(g.ino)  # still usable through B's descriptor too (e.g. opened by inode)
+    b.release(g.ino)
+    b.flush_releases()
+    a.release(g.ino)
+    assert b.getattr(g.ino).nlink == 0, "A's note lingers a moment after the close"
+    a.flush_releases()
     with pytest.raises(FsError):
         b.getattr(g.ino)
     time.sleep(1.1)
@@ -185,6 +193,24 @@ def test_sessions_of_two_clients(meta_url: str) -> None:
     with pytest.raises(FsError):
         b.getattr(f.ino)
     assert [s.sid for s in b.list_sessions()] == [b_sid]
+    a.shutdown()
+    b.shutdown()
+
+
+def test_an_unlinked_file_is_kept_while_a_session_that_died_is_not_cleaned_yet(meta_url: str) -> None:
+    """Openers are counted only while their session is live: a crashed client's notes do
+    not keep a file once its session is gone."""
+    a = open_meta(meta_url)
+    a.format(SETTINGS)
+    b = open_meta(meta_url)
+    a_sid = a.new_session("a", 1, "/a", "v")
+    b.new_session("b", 2, "/b", "v")
+    f = mkfile(b, ROOT, b"f")
+    a.open(f.ino)
+    b.close_session(a_sid)  # as the cleaner does for a stale session
+    b.unlink(ROOT, b"f")
+    with pytest.raises(FsError):
+        b.getattr(f.ino)
     a.shutdown()
     b.shutdown()
 

@@ -1,0 +1,1 @@
+"""Offline checks of a whole volume: fsck (metadata invariants, object presence) and gc (leaked objects)."""

@@ -1,0 +1,337 @@
+"""fsck: one check per invariant of the metadata (meta/redis.py) and of the data rules
+(docs/data-safety.md), each reporting what breaks it and, with `repair`, fixing what is
+safe to fix.
+
+The invariants:
+- check_entries: every directory entry names an existing inode (of the type it says);
+- check_links: a file's nlink is its number of entries (a trashed file: 0, one entry in
+  the trash), a directory's is 2 + its subdirectories;
+- check_orphans: every inode but the root and the trash is reachable, unless it is an
+  unlinked file kept for the open files of a live session;
+- check_chunks: slice lists belong to existing files, or to deleted ones awaiting cleanup;
+- check_blocks: every block of every referenced slice exists in the object store;
+- check_usage: the volume's and the quotas' usage counters match the tree;
+- check_sessions: no expired session, and nothing left of sessions that ended.
+
+Safe repairs: counters and nlinks are rewritten, dangling entries removed, expired sessions
+closed, leftover notes dropped, slice lists of missing inodes queued for deletion, orphans
+linked into /lost+found. Lost data cannot be repaired: those files are reported by path.
+
+The scan reads a snapshot one key batch at a time; a volume being written to meanwhile can
+show passing differences, so repairs are refused while live sessions exist (unless forced).
+"""
+
+from __future__ import annotations
+
+import errno
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from ..errors import FsError
+from ..layout import CHUNK_SIZE, slice_keys
+from ..meta.redis import RedisMeta
+from ..meta.scan import RedisScan
+from ..object.base import ObjectStore
+from ..types import ROOT_INO, TRASH_INO, Attr, Slice
+
+Progress = Callable[[str, int, "int | None"], None]
+LOST_FOUND = b"lost+found"
+STALE_AFTER = 60.0  # seconds without heartbeat after which a session counts as dead (= mount)
+
+
+@dataclass
+class Problem:
+    check: str
+    message: str
+    path: str = ""
+    repaired: bool = False
+
+    def line(self) -> str:
+        where = f"{self.path}: " if self.path else ""
+        return f"{self.check}: {where}{self.message}{' (repaired)' if self.repaired else ''}"
+
+
+@dataclass
+class Snapshot:
+    """What the scan read: the whole tree, the slice lists, the bookkeeping."""
+
+    attrs: dict[int, Attr] = field(default_factory=dict)
+    dirs: dict[int, dict[bytes, tuple[int, int]]] = field(default_factory=dict)
+    chunks: dict[int, dict[int, list[Slice]]] = field(default_factory=dict)
+    deleted: set[int] = field(default_factory=set)
+    counters: dict[str, int] = field(default_factory=dict)
+    quotas: dict[int, tuple[int, int]] = field(default_factory=dict)
+    notes: dict[int, set[int]] = field(default_factory=dict)
+    note_sets: set[int] = field(default_factory=set)
+    marks: dict[int, int] = field(default_factory=dict)
+    beats: dict[int, float] = field(default_factory=dict)
+    now: float = 0.0
+    entry_of: dict[int, tuple[int, bytes]] = field(default_factory=dict)  # ino -> (dir, name), first seen
+
+    def live(self, stale_after: float) -> set[int]:
+        return {sid for sid, beat in self.beats.items() if self.now - beat <= stale_after}
+
+    def path(self, ino: int) -> str:
+        parts: list[str] = []
+        seen = set()
+        while ino not in (ROOT_INO, TRASH_INO) and ino not in seen:
+            seen.add(ino)
+            found = self.entry_of.get(ino)
+            if found is None:
+                return f"<inode {ino}>" + ("/" + "/".join(reversed(parts)) if parts else "")
+            ino, name = found
+            parts.append(name.decode(errors="replace"))
+        head = "/.trash" if ino == TRASH_INO else ""
+        return head + "/" + "/".join(reversed(parts))
+
+
+def is_trash_dir(snap: Snapshot, ino: int) -> bool:
+    attr = snap.attrs.get(ino)
+    return ino == TRASH_INO or (attr is not None and attr.parent == TRASH_INO and attr.is_dir)
+
+
+def take_snapshot(meta: RedisMeta, progress: Progress | None = None) -> Snapshot:
+    scan = RedisScan(meta)
+    note = progress or (lambda *_: None)
+    snap = Snapshot(now=scan.server_time())
+    snap.beats = scan.session_beats()
+    snap.marks = scan.in_use_marks()
+    for n, attr in enumerate(scan.inodes(), 1):
+        snap.attrs[attr.ino] = attr
+        note("reading inodes", n, None)
+    for n, (ino, entries) in enumerate(scan.directories(), 1):
+        snap.dirs[ino] = entries
+        for name, (child, _) in entries.items():
+            snap.entry_of.setdefault(child, (ino, name))
+        note("reading directories", n, None)
+    for n, (ino, index, slices) in enumerate(scan.chunks(), 1):
+        snap.chunks.setdefault(ino, {})[index] = slices
+        note("reading slice lists", n, None)
+    snap.deleted = scan.deleted_files()
+    snap.counters = scan.counters()
+    snap.quotas = scan.quotas()
+    snap.notes = scan.open_notes()
+    snap.note_sets = scan.session_sets()
+    return snap
+
+
+class Fsck:
+    def __init__(self, meta: RedisMeta, store: ObjectStore | None, volume: str, block_size: int,
+                 repair: bool = False, stale_after: float = STALE_AFTER, progress: Progress | None = None) -> None:
+        self.meta = meta
+        self.scan = RedisScan(meta)
+        self.store = store
+        self.volume = volume
+        self.block_size = block_size
+        self.repair = repair
+        self.stale_after = stale_after
+        self.progress = progress or (lambda *_: None)
+        self.problems: list[Problem] = []
+        self.snap = Snapshot()
+
+    def report(self, check: str, message: str, path: str = "", fix: Callable[[], None] | None = None) -> None:
+        problem = Problem(check, message, path)
+        if self.repair and fix is not None:
+            fix()
+            problem.repaired = True
+        self.problems.append(problem)
+
+    def run(self) -> list[Problem]:
+        self.snap = take_snapshot(self.meta, self.progress)
+        for check in (self.check_sessions, self.check_entries, self.check_links, self.check_orphans,
+                      self.check_chunks, self.check_blocks, self.check_usage):
+            check()
+        return self.problems
+
+    # -- the checks -----------------------------------------------------------------------
+    def check_sessions(self) -> None:
+        snap = self.snap
+        live = snap.live(self.stale_after)
+        for sid, beat in sorted(snap.beats.items()):
+            if sid not in live:
+                self.report("sessions", f"session {sid} expired (last heartbeat {snap.now - beat:.0f} s ago)",
+                            fix=lambda sid=sid: self.meta.close_session(sid))
+        known = set(snap.beats)
+        leftovers = (snap.note_sets | set(snap.marks)) - known
+        for sids in snap.notes.values():
+            leftovers |= sids - known
+        for sid in sorted(leftovers):
+            self.report("sessions", f"open-file notes of ended session {sid} are left",
+                        fix=lambda sid=sid: self._drop_session(sid))
+
+    def _drop_session(self, sid: int) -> None:
+        self.scan.drop_session_leftovers(sid)
+        for ino, sids in self.snap.notes.items():
+            if sid in sids:
+                self.meta._call(self.meta._r.hdel, f"{self.meta._p}o{ino}", sid)
+
+    def check_entries(self) -> None:
+        snap = self.snap
+        for dir_ino, entries in snap.dirs.items():
+            if dir_ino not in snap.attrs:
+                self.report("entries", f"entries of a directory inode {dir_ino} that does not exist")
+                continue
+            for name, (child, kind) in sorted(entries.items()):
+                attr = snap.attrs.get(child)
+                path = f"{snap.path(dir_ino).rstrip('/')}/{name.decode(errors='replace')}"
+                if attr is None:
+                    self.report("entries", f"entry names inode {child}, which does not exist", path,
+                                fix=lambda d=dir_ino, n=name: self.scan.remove_entry(d, n))
+                elif kind and kind != attr.mode & 0o170000:
+                    self.report("entries", f"entry says type {kind:o}, inode {child} is {attr.mode & 0o170000:o}", path)
+
+    def _links(self) -> tuple[dict[int, int], dict[int, int]]:
+        """Entries naming each inode, and subdirectories of each directory."""
+        links: dict[int, int] = {}
+        subdirs: dict[int, int] = {}
+        for dir_ino, entries in self.snap.dirs.items():
+            for child, _ in entries.values():
+                links[child] = links.get(child, 0) + 1
+                attr = self.snap.attrs.get(child)
+                if attr is not None and attr.is_dir:
+                    subdirs[dir_ino] = subdirs.get(dir_ino, 0) + 1
+        return links, subdirs
+
+    def check_links(self) -> None:
+        snap = self.snap
+        links, subdirs = self._links()
+        for ino, attr in sorted(snap.attrs.items()):
+            if attr.is_dir:
+                want = 2 + subdirs.get(ino, 0)
+                if ino not in (ROOT_INO, TRASH_INO) and links.get(ino, 0) > 1:
+                    self.report("links", f"directory has {links[ino]} entries", snap.path(ino))
+            elif ino not in links:
+                continue  # an orphan: check_orphans
+            elif is_trash_dir(snap, attr.parent):
+                want = 0  # trashed: no link in the user's tree
+            else:
+                want = links[ino]
+            if attr.nlink != want:
+                self.report("links", f"nlink is {attr.nlink}, {want} expected", snap.path(ino),
+                            fix=lambda a=attr, w=want: self.scan.set_attr(a.with_(nlink=w)))
+
+    def check_orphans(self) -> None:
+        snap = self.snap
+        links, _ = self._links()
+        live = snap.live(self.stale_after)
+        for ino, attr in sorted(snap.attrs.items()):
+            if ino in (ROOT_INO, TRASH_INO) or links.get(ino):
+                continue
+            if attr.nlink == 0 and attr.parent == 0 and snap.notes.get(ino, set()) & live:
+                continue  # unlinked while open: kept for a live session
+            self.report("orphans", f"inode {ino} ({_kind(attr)}, {attr.size} bytes) is in no directory",
+                        fix=lambda a=attr: self._to_lost_found(a))
+
+    def _lost_found(self) -> Attr:
+        try:
+            attr = self.meta.lookup(ROOT_INO, LOST_FOUND)
+        except FsError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            attr = self.meta.mkdir(ROOT_INO, LOST_FOUND, 0o700, 0, 0)
+        return attr
+
+    def _to_lost_found(self, attr: Attr) -> None:
+        lf = self._lost_found()
+        if not self.scan.add_entry(lf.ino, str(attr.ino).encode(), attr):
+            return
+        if attr.is_dir:
+            self.scan.set_attr(attr.with_(parent=lf.ino))
+            self.scan.set_attr(self.meta.getattr(lf.ino).with_(nlink=self.meta.getattr(lf.ino).nlink + 1))
+        else:
+            self.scan.set_attr(attr.with_(nlink=1, parent=lf.ino if attr.parent == 0 else attr.parent))
+
+    def check_chunks(self) -> None:
+        snap = self.snap
+        for ino, chunks in sorted(snap.chunks.items()):
+            attr = snap.attrs.get(ino)
+            if attr is None:
+                if ino not in snap.deleted:
+                    self.report("chunks", f"slice lists of inode {ino}, which does not exist",
+                                fix=lambda i=ino, c=list(chunks): self.scan.queue_deleted_file(i, c))
+                continue
+            if not attr.is_file:
+                self.report("chunks", f"slice lists on a {_kind(attr)}", snap.path(ino))
+                continue
+            count = (attr.size + CHUNK_SIZE - 1) // CHUNK_SIZE
+            beyond = [i for i in chunks if i >= count]
+            if beyond:
+                self.report("chunks", f"slice lists past the end of the file (chunks {beyond[:5]})", snap.path(ino))
+
+    def check_blocks(self) -> None:
+        if self.store is None:
+            return
+        snap = self.snap
+        stored: set[str] = set()
+        for n, obj in enumerate(self.store.list_all(f"{self.volume}/blocks/"), 1):
+            stored.add(obj.key)
+            self.progress("listing the object store", n, None)
+        total = len(snap.chunks)
+        for n, (ino, chunks) in enumerate(sorted(snap.chunks.items()), 1):
+            self.progress("checking blocks", n, total)
+            if ino not in snap.attrs:
+                continue  # a deleted file's data: not needed
+            missing = 0
+            for slices in chunks.values():
+                for piece in {s.id: s for s in slices if s.id}.values():
+                    missing += sum(k not in stored for k in slice_keys(self.volume, piece.id, piece.size,
+                                                                       self.block_size))
+            if missing:
+                self.report("blocks", f"lost data: {missing} blocks are missing from the object store",
+                            snap.path(ino))
+
+    def check_usage(self) -> None:
+        snap = self.snap
+        files = [a for a in snap.attrs.values() if a.is_file]
+        used_space = sum(a.size for a in files)
+        system = {ino for ino in snap.attrs if ino in (ROOT_INO, TRASH_INO) or is_trash_dir(snap, ino)}
+        used_inodes = len(snap.attrs) - len(system)
+        for name, want in (("usedspace", used_space), ("usedinodes", used_inodes)):
+            have = snap.counters.get(name, 0)
+            if have != want:
+                self.report("usage", f"volume counter {name} is {have}, the tree has {want}",
+                            fix=lambda n=name, w=want: self.scan.set_counter(n, w))
+        for ino, (have_bytes, have_inodes) in sorted(snap.quotas.items()):
+            if ino not in snap.attrs:
+                self.report("usage", f"quota of directory inode {ino}, which does not exist")
+                continue
+            want_bytes, want_inodes = self._subtree(ino)
+            if (have_bytes, have_inodes) != (want_bytes, want_inodes):
+                self.report("usage", f"quota usage is {have_bytes} bytes / {have_inodes} inodes, the tree has "
+                            f"{want_bytes} / {want_inodes}", snap.path(ino),
+                            fix=lambda i=ino, b=want_bytes, n=want_inodes: self.scan.set_quota_usage(i, b, n))
+
+    def _subtree(self, root: int) -> tuple[int, int]:
+        """Usage charged below `root`: an inode counts under the directory its parent field
+        names (as the scripts charge it)."""
+        used_bytes = used_inodes = 0
+        stack = [root]
+        while stack:
+            d = stack.pop()
+            for child, _ in self.snap.dirs.get(d, {}).values():
+                attr = self.snap.attrs.get(child)
+                if attr is None or attr.parent != d:
+                    continue
+                used_inodes += 1
+                if attr.is_file:
+                    used_bytes += attr.size
+                elif attr.is_dir:
+                    stack.append(child)
+        return used_bytes, used_inodes
+
+
+def _kind(attr: Attr) -> str:
+    if attr.is_dir:
+        return "directory"
+    if attr.is_file:
+        return "file"
+    if attr.is_symlink:
+        return "symlink"
+    return "special file"
+
+
+def as_json(problems: list[Problem], elapsed: float) -> dict[str, object]:
+    return {"clean": not problems, "problems": [asdict(p) for p in problems],
+            "unrepaired": sum(not p.repaired for p in problems), "seconds": round(elapsed, 3),
+            "time": time.time()}
