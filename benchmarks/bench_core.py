@@ -1,11 +1,14 @@
 """Core filesystem benchmark: fusecache beside juicefs, raw S3 and local disk, in one run.
 
     .venv/bin/python -m benchmarks.bench_core [--big-mib 1024] [--small 2000] [--meta-ops 10000]
+                                              [--before DIR]
 
 Starts its own redis-server and S3 server (tests/servers.py), formats one fusecache and one
 juicefs volume on them, runs the same workloads on both mounts, and prints figures with the
 ratio fusecache/juicefs, and the metadata rows beside the "FUSE floor": the same operations
-on an in-memory pyfuse3 + trio filesystem (fuse_floor.py). Reads are "cold": each read
+on an in-memory pyfuse3 + trio filesystem (fuse_floor.py). `--before DIR` also runs the
+fusecache of another checkout (e.g. `git worktree add /tmp/before <commit>`) on the same
+servers, for a before/after comparison in one run. Reads are "cold": each read
 phase runs on a fresh mount with the kernel page cache of the file dropped. Figures, not a
 test: machines here are noisy.
 """
@@ -122,22 +125,27 @@ def run_workloads(fs: FsUnderTest, args: argparse.Namespace) -> dict[str, float]
 class Fusecache(FsUnderTest):
     name = "fusecache"
 
-    def __init__(self, meta_url: str, bucket: str, env: dict[str, str], workdir: Path, extra: list[str]):
-        self.meta_url, self.env, self.workdir, self.extra = meta_url, env, workdir, extra
-        self.mnt = workdir / "fc-mnt"
+    def __init__(self, meta_url: str, bucket: str, env: dict[str, str], workdir: Path, extra: list[str],
+                 source: Path = REPO, name: str = "fusecache"):
+        self.meta_url, self.workdir, self.extra, self.name = meta_url, workdir, extra, name
+        # The code of `source` (this checkout, or an earlier one): imported from there.
+        self.env = {**os.environ, **env, "PYTHONPATH": str(source)}
+        self.source = source
+        self.mnt = workdir / f"{name}-mnt"
         self.mnt.mkdir()
         self.cli = [sys.executable, "-m", "fusecache.cli.main"]
-        subprocess.run([*self.cli, "format", meta_url, "benchvol", "--storage", "s3", "--bucket", bucket],
-                       check=True, env={**os.environ, **env}, capture_output=True)
+        self._run("format", meta_url, name, "--storage", "s3", "--bucket", bucket)
+
+    def _run(self, *args: str) -> None:
+        subprocess.run([*self.cli, *args], check=True, env=self.env, capture_output=True, cwd=self.source)
 
     def mount(self) -> Path:
-        subprocess.run([*self.cli, "mount", self.meta_url, str(self.mnt), "-d", "--log",
-                        str(self.workdir / "fc.log"), *self.extra], check=True, env={**os.environ, **self.env},
-                       capture_output=True)
+        self._run("mount", self.meta_url, str(self.mnt), "-d", "--log", str(self.workdir / f"{self.name}.log"),
+                  *self.extra)
         return self.mnt
 
     def umount(self) -> None:
-        subprocess.run([*self.cli, "umount", str(self.mnt)], check=True, capture_output=True)
+        self._run("umount", str(self.mnt))
         time.sleep(0.5)  # let the client process exit
 
 
@@ -226,6 +234,7 @@ def main() -> None:
     parser.add_argument("--no-juicefs", action="store_true")
     parser.add_argument("--no-reference", action="store_true")
     parser.add_argument("--fc-opt", action="append", default=[], help="extra fusecache mount option")
+    parser.add_argument("--before", type=Path, help="also run the fusecache of this checkout (before/after)")
     args = parser.parse_args()
 
     with redis_and_s3() as (redis, s3):
@@ -236,13 +245,17 @@ def main() -> None:
             if not args.no_reference:
                 rows["reference"] = reference_rows(s3, workdir, args.big_mib)
             rows["floor"] = floor_rows(workdir, args.meta_ops)
+            if args.before:
+                before = Fusecache(redis.url(3), s3.make_bucket("beforebench"), env, workdir, args.fc_opt,
+                                   source=args.before.resolve(), name="before")
+                rows["before"] = run_workloads(before, args)
             fc = Fusecache(redis.url(1), s3.make_bucket("fcbench"), env, workdir, args.fc_opt)
             rows["fusecache"] = run_workloads(fc, args)
             if not args.no_juicefs and find_tool("juicefs"):
                 jfs = Juicefs(redis.url(2), s3.make_bucket("jfsbench"), env, workdir)
                 rows["juicefs"] = run_workloads(jfs, args)
         finally:
-            for mp in (workdir / "fc-mnt", workdir / "jfs-mnt", workdir / "floor-mnt"):
+            for mp in (workdir / "fusecache-mnt", workdir / "before-mnt", workdir / "jfs-mnt", workdir / "floor-mnt"):
                 if os.path.ismount(mp):
                     subprocess.run(["fusermount3", "-u", "-z", str(mp)], capture_output=True)
             time.sleep(1)  # let the clients exit before their servers stop
@@ -253,13 +266,18 @@ def main() -> None:
     for key, value in rows.get("reference", {}).items():
         print(f"  reference {key:<34} {value:10.1f}")
     print()
-    fcr, jr, fr = rows["fusecache"], rows.get("juicefs", {}), rows.get("floor", {})
-    print(f"  {'workload':<28} {'fusecache':>12} {'juicefs':>12} {'ratio':>8} {'FUSE floor':>12} {'of floor':>9}")
+    fcr, jr, fr, br = rows["fusecache"], rows.get("juicefs", {}), rows.get("floor", {}), rows.get("before", {})
+    before_head = f" {'before':>12} {'vs before':>9}" if br else ""
+    print(f"  {'workload':<28} {'fusecache':>12}{before_head} {'juicefs':>12} {'ratio':>8} {'FUSE floor':>12} "
+          f"{'of floor':>9}")
     for key, value in fcr.items():
-        other, floor = jr.get(key), fr.get(key)
+        other, floor, old = jr.get(key), fr.get(key), br.get(key)
         ratio = f"{value / other:8.2f}" if other else f"{'-':>8}"
         floor_cols = f"{floor:12.1f} {value / floor:9.2f}" if floor else f"{'-':>12} {'-':>9}"
-        print(f"  {key:<28} {value:12.1f} {other if other else float('nan'):12.1f} {ratio} {floor_cols}")
+        before_cols = f" {old:12.1f} {value / old:9.2f}" if old else ""
+        print(f"  {key:<28} {value:12.1f}{before_cols} {other if other else float('nan'):12.1f} {ratio} {floor_cols}")
+    if br:
+        print(f"\n  before: fusecache of {args.before}, on the same servers in the same run")
     print("\n  FUSE floor: benchmarks/fuse_floor.py, an in-memory pyfuse3 + trio filesystem (no metadata engine)")
 
 

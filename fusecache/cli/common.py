@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -69,3 +71,22 @@ def eviction_problem(meta: Meta) -> str | None:
         return None
     return (f"Redis maxmemory-policy is {policy!r}: under memory pressure Redis would evict metadata keys "
             "and lose files; set it to noeviction (CONFIG SET maxmemory-policy noeviction)")
+
+
+@contextmanager
+def whole_volume(meta_url: str, command: str, with_store: bool = True) -> Iterator[
+        tuple[RedisMeta, VolumeSettings, ObjectStore | None]]:
+    """The engine, settings and store of a volume for a command that reads all of it (fsck,
+    gc); everything is closed on the way out, failures become one-line CliErrors."""
+    meta = redis_engine(connect_meta(meta_url), command)
+    store = None
+    try:
+        settings = load_volume(meta)
+        store = open_store(settings) if with_store else None
+        yield meta, settings, store
+    except (MetaError, ObjectStoreError) as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        if store is not None:
+            store.close()
+        meta.shutdown()

@@ -14,8 +14,8 @@ import json
 import time
 
 from ..check.fsck import STALE_AFTER, Fsck, as_json
-from ..errors import CliError, MetaError, ObjectStoreError
-from .common import connect_meta, load_volume, open_store, redis_engine
+from ..errors import CliError
+from .common import whole_volume
 from .progress import ScanProgress
 
 
@@ -32,28 +32,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    meta = redis_engine(connect_meta(args.meta_url), "fsck")
     started = time.monotonic()
     progress = ScanProgress(enabled=not args.quiet and not args.json)
-    store = None
     try:
-        settings = load_volume(meta)
-        if args.repair and not args.force:
-            now = time.time()
-            live = [s for s in meta.list_sessions() if now - s.heartbeat <= STALE_AFTER]
-            if live:
-                raise CliError(f"{len(live)} clients have the volume mounted (e.g. {live[0].host}:"
-                               f"{live[0].mountpoint}); unmount them, or repair anyway with --force")
-        store = None if args.no_objects else open_store(settings)
-        fsck = Fsck(meta, store, settings.name, settings.block_size, repair=args.repair, progress=progress)
-        problems = fsck.run()
-    except (MetaError, ObjectStoreError) as exc:
-        raise CliError(str(exc)) from None
+        with whole_volume(args.meta_url, "fsck", with_store=not args.no_objects) as (meta, settings, store):
+            if args.repair and not args.force:
+                now = time.time()
+                live = [s for s in meta.list_sessions() if now - s.heartbeat <= STALE_AFTER]
+                if live:
+                    raise CliError(f"{len(live)} clients have the volume mounted (e.g. {live[0].host}:"
+                                   f"{live[0].mountpoint}); unmount them, or repair anyway with --force")
+            fsck = Fsck(meta, store, settings.name, settings.block_size, repair=args.repair, progress=progress)
+            problems = fsck.run()
     finally:
         progress.done()
-        if store is not None:
-            store.close()
-        meta.shutdown()
     if args.json:
         print(json.dumps(as_json(problems, time.monotonic() - started), indent=2))
     else:

@@ -12,9 +12,9 @@ import argparse
 import json
 
 from ..check.gc import delete_leaks, find_leaks
-from ..errors import CliError, MetaError, ObjectStoreError
+from ..errors import CliError
 from ..units import format_size, parse_duration
-from .common import connect_meta, load_volume, open_store, redis_engine
+from .common import whole_volume
 from .progress import ScanProgress
 
 
@@ -34,22 +34,15 @@ def run(args: argparse.Namespace) -> int:
         min_age = parse_duration(args.min_age)
     except ValueError as exc:
         raise CliError(f"--min-age: {exc}", 2) from None
-    meta = redis_engine(connect_meta(args.meta_url), "gc")
     progress = ScanProgress(enabled=not args.quiet and not args.json)
-    store = None
     try:
-        settings = load_volume(meta)
-        store = open_store(settings)
-        report = find_leaks(meta, store, settings.name, min_age, progress)
-        if args.delete:
-            delete_leaks(store, report, progress)
-    except (MetaError, ObjectStoreError) as exc:
-        raise CliError(str(exc)) from None
+        with whole_volume(args.meta_url, "gc") as (meta, settings, store):
+            assert store is not None
+            report = find_leaks(meta, store, settings.name, min_age, progress)
+            if args.delete:
+                delete_leaks(store, report, progress)
     finally:
         progress.done()
-        if store is not None:
-            store.close()
-        meta.shutdown()
     if args.json:
         print(json.dumps({"leaked_objects": len(report.leaked), "leaked_bytes": report.leaked_bytes,
                           "deleted": report.deleted, "referenced": report.referenced, "young": report.young,

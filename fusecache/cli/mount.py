@@ -486,7 +486,7 @@ async def _janitor(vfs) -> None:  # type: ignore[no-untyped-def]
 
     from ..meta.trash import purge_expired
 
-    next_trash = trio.current_time() + TRASH_EVERY / 10
+    next_trash = trio.current_time() + 5.0  # soon after mounting, then every TRASH_EVERY
     while True:
         await trio.sleep(1.0)
         try:

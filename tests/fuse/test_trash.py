@@ -83,3 +83,26 @@ def test_without_trash_nothing_is_kept(meta_url: str, tmp_path: Path) -> None:
         wait_for(lambda: vol.object_keys("testvol/blocks/") == [], what="the objects to go")
     finally:
         vol.cleanup()
+
+
+def test_the_janitor_empties_trash_older_than_trash_days(volume: Volume) -> None:
+    import redis
+
+    m = volume.mount()
+    (m.path / "old").write_bytes(os.urandom(MiB))
+    (m.path / "new").write_bytes(b"recent")
+    os.unlink(m.path / "old")
+    m.umount()
+    volume.mounts.clear()
+    # Make the hour directory of "old" look two days old, then trash "new" this hour.
+    r = redis.Redis.from_url(volume.meta_url)
+    trash = f"{{fc}}d{1 << 52}"
+    (hour, entry), = r.hgetall(trash).items()
+    r.hdel(trash, hour)
+    r.hset(trash, time.strftime("%Y-%m-%d-%H", time.gmtime(time.time() - 2 * 86400)).encode(), entry)
+    r.close()
+    m = volume.mount()
+    os.unlink(m.path / "new")
+    wait_for(lambda: [p.name.rsplit("-", 1)[1] for p in _trashed(m.path).values()] == ["new"], timeout=30,
+             what="the janitor to empty the old hour")
+    assert len(list((m.path / ".trash").iterdir())) == 1, "the emptied hour directory is gone too"
