@@ -139,10 +139,19 @@ class Fsck:
 
     def run(self) -> list[Problem]:
         self.snap = take_snapshot(self.meta, self.progress)
-        for check in (self.check_sessions, self.check_entries, self.check_links, self.check_orphans,
-                      self.check_chunks, self.check_blocks, self.check_usage):
+        self.check_sessions()
+        if any(p.repaired for p in self.problems):
+            # Closing sessions freed what only they kept open: judge the rest afresh.
+            self.snap = take_snapshot(self.meta, self.progress)
+        for check in (self.check_entries, self.check_links, self.check_orphans, self.check_chunks,
+                      self.check_blocks, self.check_usage):
             check()
         return self.problems
+
+    def live_sessions(self) -> int:
+        """Sessions with a recent heartbeat, judged by the Redis server's clock."""
+        now = self.scan.server_time()
+        return sum(now - beat <= self.stale_after for beat in self.scan.session_beats().values())
 
     # -- the checks -----------------------------------------------------------------------
     def check_sessions(self) -> None:
@@ -220,6 +229,10 @@ class Fsck:
                 continue
             if attr.nlink == 0 and attr.parent == 0 and snap.notes.get(ino, set()) & live:
                 continue  # unlinked while open: kept for a live session
+            if attr.nlink == 0 and attr.parent == 0 and snap.notes.get(ino):
+                self.report("orphans", f"inode {ino} ({_kind(attr)}, {attr.size} bytes) is kept for sessions that "
+                            "ended; closing them (fsck --repair) frees it")
+                continue
             self.report("orphans", f"inode {ino} ({_kind(attr)}, {attr.size} bytes) is in no directory",
                         fix=lambda a=attr: self._to_lost_found(a))
 

@@ -12,11 +12,12 @@ from typing import NamedTuple
 
 import trio
 
+from ..errors import FsError
 from ..layout import chunk_span
 from ..types import Slice
 from ..workers import Workers
 from .slices import segments
-from .store import ChunkStore
+from .store import BlockMissing, ChunkStore
 
 
 class BlockId(NamedTuple):
@@ -37,12 +38,13 @@ SliceSource = Callable[[int], Awaitable[list[Slice]]]  # chunk index → slices
 
 
 class _Load:
-    __slots__ = ("data", "done", "error")
+    __slots__ = ("data", "done", "error", "waited")
 
-    def __init__(self) -> None:
+    def __init__(self, waited: bool = True) -> None:
         self.done = trio.Event()
         self.data: bytes | None = None
         self.error: BaseException | None = None
+        self.waited = waited  # whether a missing object was waited for (see ChunkStore)
 
 
 class BlockLoader:
@@ -92,14 +94,15 @@ class BlockLoader:
         return await self._load_once(block, keep, wait_missing)
 
     async def _load_once(self, block: BlockId, keep: bool, wait_missing: bool = True) -> bytes:
-        pending = self._inflight.get(block)
-        if pending is not None:
+        while (pending := self._inflight.get(block)) is not None:
             await pending.done.wait()
-            if pending.error is not None:
+            if pending.error is None:
+                assert pending.data is not None
+                return pending.data
+            if not (wait_missing and isinstance(pending.error, BlockMissing) and not pending.waited):
                 raise pending.error
-            assert pending.data is not None
-            return pending.data
-        pending = self._inflight[block] = _Load()
+            # That load gave up on a missing object at once; this caller waits for it.
+        pending = self._inflight[block] = _Load(wait_missing)
         self.fetches += 1
         try:
             pending.data = await self.workers.io(self.chunks.load_block, *block, wait_missing)
@@ -169,9 +172,12 @@ async def read_file_range(
         async def fetch(block: BlockId) -> None:
             blocks[block] = await loader.load(block, wait_missing=wait_missing)
 
-        async with trio.open_nursery() as nursery:
-            for block in wanted:
-                nursery.start_soon(fetch, block)
+        try:
+            async with trio.open_nursery() as nursery:
+                for block in wanted:
+                    nursery.start_soon(fetch, block)
+        except BaseExceptionGroup as group:
+            raise first_error(group) from None
     if len(plan) == 1 and plan[0][2] is not None:
         _, length, block, boff = plan[0]
         if view:
@@ -182,6 +188,24 @@ async def read_file_range(
         if block is not None:
             out[opos : opos + length] = memoryview(blocks[block])[boff : boff + length]
     return bytes(out)
+
+
+def first_error(group: BaseExceptionGroup) -> BaseException:
+    """The error a caller should see of several concurrent block loads: a missing block
+    first (the caller may recover by reading the slice list again), else any FsError."""
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    for kind in (BlockMissing, FsError):
+        for exc in leaves:
+            if isinstance(exc, kind):
+                return exc
+    return leaves[0]
 
 
 async def blocks_in_range(slices_of: SliceSource, block_size: int, offset: int, size: int) -> list[BlockId]:

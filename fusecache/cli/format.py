@@ -125,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         meta.shutdown()
     limit = format_size(settings.capacity) if settings.capacity else "unlimited"
-    trash = f"trash {settings.trash_days} days" if settings.trash_days else "no trash"
+    days = settings.trash_days
+    trash = (f"trash {days} day" + ("s" if days > 1 else "")) if days else "no trash"
     print(f"volume {settings.name!r} formatted: storage {settings.storage} {store.describe()}, "
           f"block size {format_size(settings.block_size)}, capacity {limit}, {trash}, "
           f"garbage delay {format_duration(settings.garbage_delay)}")

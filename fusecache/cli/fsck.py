@@ -13,7 +13,7 @@ import argparse
 import json
 import time
 
-from ..check.fsck import STALE_AFTER, Fsck, as_json
+from ..check.fsck import Fsck, as_json
 from ..errors import CliError
 from .common import whole_volume
 from .progress import ScanProgress
@@ -36,13 +36,10 @@ def run(args: argparse.Namespace) -> int:
     progress = ScanProgress(enabled=not args.quiet and not args.json)
     try:
         with whole_volume(args.meta_url, "fsck", with_store=not args.no_objects) as (meta, settings, store):
-            if args.repair and not args.force:
-                now = time.time()
-                live = [s for s in meta.list_sessions() if now - s.heartbeat <= STALE_AFTER]
-                if live:
-                    raise CliError(f"{len(live)} clients have the volume mounted (e.g. {live[0].host}:"
-                                   f"{live[0].mountpoint}); unmount them, or repair anyway with --force")
             fsck = Fsck(meta, store, settings.name, settings.block_size, repair=args.repair, progress=progress)
+            if args.repair and not args.force and (live := fsck.live_sessions()):
+                raise CliError(f"{live} clients have the volume mounted; unmount them, or repair anyway "
+                               "with --force")
             problems = fsck.run()
     finally:
         progress.done()

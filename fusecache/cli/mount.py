@@ -413,12 +413,20 @@ def close_dead_local_sessions(meta: Meta) -> int:
 
 
 def _process_alive(pid: int) -> bool:
-    """Whether `pid` is a running process here (a zombie, killed and not reaped yet, is not)."""
+    """Whether `pid` is a running process here. Only "no such process" counts as dead (a
+    process we may not signal, or whose /proc entry is hidden, is alive), and so does a
+    zombie: killed, not reaped yet."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
     try:
         with open(f"/proc/{pid}/stat") as f:
             state = f.read().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
-        return False
+        return True
     return state not in ("Z", "X")
 
 
@@ -460,6 +468,7 @@ async def _main(vfs, ops, meta, sid: int, mountpoint: str) -> None:  # type: ign
         vfs.start(nursery)
         nursery.start_soon(_heartbeat, vfs, meta, sid)
         nursery.start_soon(_janitor, vfs)
+        nursery.start_soon(_trash_janitor, vfs)
         nursery.start_soon(_on_signal, mountpoint)
         nursery.start_soon(_after_init, ops, mountpoint)
         await pyfuse3.main()
@@ -481,12 +490,9 @@ async def _heartbeat(vfs, meta, sid: int) -> None:  # type: ignore[no-untyped-de
 
 async def _janitor(vfs) -> None:  # type: ignore[no-untyped-def]
     """Commit idle buffered writes, drop the open notes of closed files, delete objects no
-    file references any more (once their garbage delay passed), and empty old trash."""
+    file references any more (once their garbage delay passed)."""
     import trio
 
-    from ..meta.trash import purge_expired
-
-    next_trash = trio.current_time() + 5.0  # soon after mounting, then every TRASH_EVERY
     while True:
         await trio.sleep(1.0)
         try:
@@ -494,13 +500,27 @@ async def _janitor(vfs) -> None:  # type: ignore[no-untyped-def]
             await vfs.flush_releases()
             while await vfs.collect_garbage() > 0:
                 pass
-            if trio.current_time() >= next_trash:
-                next_trash = trio.current_time() + TRASH_EVERY
-                meta = vfs.meta
-                if meta.trash_days > 0 and await vfs.workers.meta(meta.try_lease, "trash", TRASH_EVERY):
-                    await vfs.workers.meta(purge_expired, meta, meta.trash_days)
         except Exception as exc:
             log.warning("background cleanup failed: %s", exc)
+
+
+async def _trash_janitor(vfs) -> None:  # type: ignore[no-untyped-def]
+    """Empty trash older than the volume's trash_days: soon after mounting, then every
+    TRASH_EVERY seconds, by one client at a time (a lease). Apart from the other chores, so
+    that a long purge never delays commits of idle writes."""
+    import trio
+
+    from ..meta.trash import purge_expired
+
+    await trio.sleep(5.0)
+    while True:
+        try:
+            meta = vfs.meta
+            if meta.trash_days > 0 and await vfs.workers.meta(meta.try_lease, "trash", TRASH_EVERY):
+                await vfs.workers.meta(purge_expired, meta, meta.trash_days)
+        except Exception as exc:
+            log.warning("emptying the trash failed: %s", exc)
+        await trio.sleep(TRASH_EVERY)
 
 
 async def _on_signal(mountpoint: str) -> None:

@@ -84,6 +84,7 @@ class _Connection:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.reader = hiredis.Reader()
+        self.since = 0.0  # trio clock when the call in progress started (0: idle)
 
     @classmethod
     async def open(cls, host: str, port: int) -> _Connection:
@@ -108,6 +109,15 @@ class _Connection:
         return cls(sock)
 
     async def call(self, *args: Any) -> Any:
+        self.since = trio.current_time()
+        try:
+            return await self._call(*args)
+        except trio.ClosedResourceError:
+            raise TimeoutError("no reply in time") from None  # AsyncRedis.watch gave up on it
+        finally:
+            self.since = 0.0
+
+    async def _call(self, *args: Any) -> Any:
         data = memoryview(pack_command(*args))
         while data:
             try:
@@ -127,21 +137,48 @@ class _Connection:
                 raise ConnectionResetError("Redis closed the connection")
             self.reader.feed(chunk)
 
+    def expire(self) -> None:
+        """Wake the call waiting on this connection with ClosedResourceError."""
+        trio.lowlevel.notify_closing(self.sock)
+
     def close(self) -> None:
         trio.lowlevel.notify_closing(self.sock)
         self.sock.close()
 
 
 class AsyncRedis:
+    """A small pool of non-blocking connections.
+
+    Every wait is bounded by `timeout` (a connect, a reply, a free connection), then the
+    caller falls back to the blocking path. Replies are bounded by `watch()`, one task that
+    looks at the calls in progress a few times a second: a deadline per call (a trio cancel
+    scope) cost more than the rest of a lookup's client-side work."""
+
     def __init__(self, address: DirectAddress, max_connections: int = 8, timeout: float = SOCKET_TIMEOUT) -> None:
         self.address = address
-        self.timeout = timeout  # for a connection and a reply each; then the blocking path takes over
+        self.timeout = timeout
+        self._busy: set[_Connection] = set()
         self._idle: list[_Connection] = []
         self._open = 0  # connections in use or idle
         self._max = max_connections
         self._waiters = trio.lowlevel.ParkingLot()
 
+    async def watch(self) -> None:
+        """Run for as long as the client is used: calls without a reply for `timeout`
+        seconds fail (their connection is dropped)."""
+        while True:
+            await trio.sleep(self.timeout / 5)
+            now = trio.current_time()
+            for conn in list(self._busy):
+                if conn.since and now - conn.since > self.timeout:
+                    log.warning("Redis gave no reply in %.0f s; dropping the connection", self.timeout)
+                    conn.expire()
+
     async def _connect(self) -> _Connection:
+        with trio.fail_after(self.timeout):
+            return await self._connect_now()
+
+    async def _connect_now(self) -> _Connection:
         conn = await _Connection.open(self.address.host, self.address.port)
         try:
             if self.address.password is not None:
@@ -157,8 +194,10 @@ class AsyncRedis:
         return conn
 
     async def _acquire(self) -> _Connection:
-        while not self._idle and self._open >= self._max:
-            await self._waiters.park()
+        if not self._idle and self._open >= self._max:
+            with trio.fail_after(self.timeout):  # only when the pool is exhausted
+                while not self._idle and self._open >= self._max:
+                    await self._waiters.park()
         if self._idle:
             return self._idle.pop()
         self._open += 1
@@ -170,6 +209,7 @@ class AsyncRedis:
             raise
 
     def _discard(self, conn: _Connection) -> None:
+        self._busy.discard(conn)
         conn.close()
         self._open -= 1
         self._waiters.unpark()
@@ -177,19 +217,19 @@ class AsyncRedis:
     async def execute(self, *args: Any) -> Any:
         """One command's reply; FallBack on any error reply, connection trouble or timeout."""
         try:
-            with trio.fail_after(self.timeout):
-                conn = await self._acquire()
+            conn = await self._acquire()
         except (OSError, hiredis.ProtocolError, trio.TooSlowError) as exc:
             raise FallBack(str(exc) or "no free connection in time") from None
+        self._busy.add(conn)
         try:
-            with trio.fail_after(self.timeout):
-                reply = await conn.call(*args)
-        except (OSError, hiredis.ProtocolError, trio.TooSlowError) as exc:
+            reply = await conn.call(*args)
+        except (OSError, hiredis.ProtocolError) as exc:
             self._discard(conn)  # a reply may still come: this connection is done for
             raise FallBack(str(exc) or "no reply in time") from None
         except BaseException:
             self._discard(conn)  # cancelled mid-call: the reply would confuse the next caller
             raise
+        self._busy.discard(conn)
         self._idle.append(conn)
         self._waiters.unpark()
         if isinstance(reply, hiredis.ReplyError):
@@ -215,6 +255,11 @@ class FastCalls:
         self.blocking = blocking
         self.client = client
         self.direct = 0  # calls answered without a thread (for stats and tests)
+
+    def start(self, nursery: trio.Nursery) -> None:
+        """Bound the replies of non-blocking calls (AsyncRedis.watch)."""
+        if self.client is not None:
+            nursery.start_soon(self.client.watch)
 
     @classmethod
     def for_engine(cls, meta: Any, blocking: Callable[..., Any]) -> FastCalls:
@@ -272,7 +317,17 @@ class FastCalls:
         try:
             if state is True:
                 return known if known is not None else await self.getattr(ino)
-            return await self._run(state, self.meta.open, ino, known)
+            try:
+                attr = await self._run(state, self._never, ino)
+            except BaseException:
+                self.meta.opened(ino, False)
+                raise
+            self.meta.opened(ino, True)
+            return attr
         except BaseException:
             self.meta.release(ino)  # counted above; a note possibly written goes later
             raise
+
+    @staticmethod
+    def _never(ino: int) -> Any:
+        raise AssertionError("an OPEN request always has its retry")

@@ -149,6 +149,9 @@ class Meta(ABC):
         RedisMeta), or None: make the blocking `open` call."""
         return None
 
+    def opened(self, ino: int, ok: bool) -> None:  # noqa: B027 - optional hook
+        """The request an `open_nowait` returned has ended (engines with such requests)."""
+
     def release_nowait(self, ino: int) -> bool:
         """`release(ino)` if that needs no waiting."""
         return False

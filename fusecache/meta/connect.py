@@ -157,7 +157,8 @@ CONNECT_TIMEOUT = 2.0
 RETRY_WINDOW = 10.0
 MAX_BACKOFF = 0.5
 GIVE_UP_AFTER = RETRY_WINDOW + CONNECT_TIMEOUT + SOCKET_TIMEOUT
-_RETRYABLE_REPLIES = ("LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "READONLY")
+# Replies that say the command did not run and may run later (BUSY: a long script runs).
+_RETRYABLE_REPLIES = ("LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "READONLY", "BUSY")
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -255,7 +256,7 @@ def _make_client(target: RedisTarget) -> redis.Redis | RedisCluster:
     else:
         kwargs.pop("ssl", None)
     pool = redis.BlockingConnectionPool(
-        host=host, port=port, db=target.db, max_connections=MAX_CONNECTIONS, timeout=RETRY_WINDOW,
+        host=host, port=port, db=target.db, max_connections=MAX_CONNECTIONS, timeout=CONNECT_TIMEOUT,
         connection_class=connection_class, **{k: v for k, v in kwargs.items() if k != "ssl"},
     )
     return redis.Redis(connection_pool=pool)

@@ -212,10 +212,13 @@ end
 
 -- The inode of the trash's directory for hour `hour` (made if missing).
 local function trash_dir(hour, now)
-  local ta = ensure_trash(now)
   local v = redis.call('HGET', dk(TRASH), hour)
   if v then return tonumber(string.sub(v, 2)) end
+  local ta = ensure_trash(now)
   local ino = redis.call('HINCRBY', CK, 'nextinode', 1)
+  while redis.call('EXISTS', ik(ino), kk(ino)) > 0 do  -- a counter behind its inodes
+    ino = redis.call('HINCRBY', CK, 'nextinode', 1)
+  end
   local a = struct.pack('<I4I4I4I4I8I4', S_IFDIR + 448, 0, 0, 2, 4096, 0) .. now .. now .. now .. p64(TRASH)
   redis.call('SET', ik(ino), a)
   redis.call('HSET', dk(TRASH), hour, entry(a, ino))
@@ -314,7 +317,8 @@ local pa, err = get_dir(ARGV[2])
 if err ~= 0 then return {err} end
 if in_trash(ARGV[2], pa) then return {EPERM} end
 if redis.call('HEXISTS', KEYS[1], ARGV[3]) == 1 then return {EEXIST} end
-if redis.call('EXISTS', P .. 'i' .. ARGV[4]) == 1 then return {-2} end
+-- The number must be free: no inode, and no data left of a deleted one awaiting cleanup.
+if redis.call('EXISTS', P .. 'i' .. ARGV[4], P .. 'k' .. ARGV[4]) > 0 then return {-2} end
 local maxi = counter('maxinodes')
 if maxi > 0 and counter('usedinodes') + 1 > maxi then return {ENOSPC} end
 local chain = quota_chain(ARGV[2])

@@ -91,7 +91,7 @@ from ..types import (
     VolumeSettings,
 )
 from . import lua
-from .aio import DirectAddress, MetaRequest
+from .aio import DirectAddress, FallBack, MetaRequest
 from .base import MAX_NAME, MAX_XATTR_NAME, RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE, Meta
 from .codec import (
     entry_ino,
@@ -139,9 +139,22 @@ def _check_new_name(parent: int, name: bytes) -> None:
         raise FsError(errno.EEXIST)
 
 
+def _check_not_trash(parent: int, name: bytes) -> None:
+    """The trash itself can be neither removed nor moved."""
+    if parent == ROOT_INO and name == TRASH_NAME:
+        raise FsError(errno.EPERM, "the trash cannot be removed or moved")
+
+
+_hour_name: tuple[int, str] = (-1, "")
+
+
 def trash_hour(now: float | None = None) -> str:
     """The name of the trash directory for files trashed at `now` (UTC hour)."""
-    return time.strftime("%Y-%m-%d-%H", time.gmtime(now))
+    global _hour_name
+    hour = int((time.time() if now is None else now) // 3600)
+    if _hour_name[0] != hour:
+        _hour_name = (hour, time.strftime("%Y-%m-%d-%H", time.gmtime(hour * 3600)))
+    return _hour_name[1]
 
 
 class RedisMeta(Meta):
@@ -172,6 +185,7 @@ class RedisMeta(Meta):
         self._ino_lock = threading.Lock()
         self._ino_next = 0
         self._ino_end = 0
+        self._skip_inodes = False  # move the counter ahead before the next batch
         # Volume settings the engine acts on (set by format/load).
         self.trash_days = 0
         self.garbage_delay = VolumeSettings.garbage_delay
@@ -187,6 +201,7 @@ class RedisMeta(Meta):
         self._noted: set[int] = set()  # inodes noted open in Redis (held or lingering)
         self._linger: dict[int, float] = {}  # noted, no local open since (monotonic time)
         self._unnoting: set[int] = set()  # RELEASE in flight: opens wait for it
+        self._noting: set[int] = set()  # OPEN in flight: other opens wait for it
 
     # -- plumbing -------------------------------------------------------------------------
     def _ik(self, ino: int | str) -> str:
@@ -245,6 +260,7 @@ class RedisMeta(Meta):
         return res
 
     def _new_ino(self) -> int:
+        self._new_ino_batch_if_needed()
         with self._ino_lock:
             if self._ino_next >= self._ino_end:
                 end = int(self._call(self._r.hincrby, self._counters, "nextinode", INODE_BATCH))
@@ -266,13 +282,23 @@ class RedisMeta(Meta):
         finally:
             self._ino_lock.release()
 
-    def _skip_taken_inodes(self) -> None:
-        """A reserved inode number exists already: the counter went back (a Redis restart
-        that lost its last writes). Drop the batch and move the counter well past it."""
+    def _drop_inode_batch(self) -> None:
+        """A reserved inode number is taken already: the counter went back (a Redis restart
+        or failover that lost its last writes). Drop the batch; the next reservation moves
+        the counter well past it. Never waits (the non-blocking path calls it)."""
         log.warning("inode counter of %s is behind existing inodes; skipping ahead", self._name)
+        self._ino_end = 0
+        self._skip_inodes = True
+
+    def _skip_taken_inodes(self) -> None:
+        self._drop_inode_batch()
+        self._new_ino_batch_if_needed()
+
+    def _new_ino_batch_if_needed(self) -> None:
         with self._ino_lock:
-            self._ino_end = 0
-        self._call(self._r.hincrby, self._counters, "nextinode", INODE_SKIP)
+            if self._skip_inodes:
+                self._call(self._r.hincrby, self._counters, "nextinode", INODE_SKIP)
+                self._skip_inodes = False
 
     def _get_attr(self, ino: int) -> Attr:
         raw = self._call(self._r.get, self._ik(ino))
@@ -454,13 +480,19 @@ class RedisMeta(Meta):
                            lambda raws: [unpack_slice(raw) for raw in raws])
 
     def _script_request(self, script: str, keys: list[str], args: list[Any],
-                        decode: Callable[[list[Any]], Any]) -> MetaRequest:
+                        decode: Callable[[list[Any]], Any], fresh: Callable[[], Any] | None = None) -> MetaRequest:
         """A script call for the non-blocking client; `retry` repeats it on the blocking
-        path with the same keys (so the same operation token) when its reply never came."""
+        path with the same keys (so the same operation token) when its reply never came.
+        `fresh`: the call to make instead when `decode` says the request must start afresh."""
         sha = self._scripts[script].sha
 
         def retry() -> Any:
-            return decode(self._eval(script, keys, args))
+            try:
+                return decode(self._eval(script, keys, args))
+            except FallBack:
+                if fresh is None:
+                    raise
+                return fresh()
 
         return MetaRequest(("EVALSHA", sha, len(keys), *keys, self._p, *args), decode, retry)
 
@@ -481,17 +513,18 @@ class RedisMeta(Meta):
         attr, args = self._create_args(ino, parent, name, mode, uid, gid, sid=sid)
 
         def decode(res: list[Any]) -> Attr:
-            if res[0] == _INODE_TAKEN:
-                self._skip_taken_inodes()
-                raise FsError(errno.EAGAIN, "inode number taken")
+            if res[0] == _INODE_TAKEN:  # nothing happened: create afresh, with a new number
+                self._drop_inode_batch()
+                raise FallBack("inode number taken")
             self._status(res)
             return attr
 
-        return self._script_request("CREATE", [self._dk(parent), self._op_key()], args, decode)
+        return self._script_request("CREATE", [self._dk(parent), self._op_key()], args, decode,
+                                    fresh=lambda: self.create_held(parent, name, mode, uid, gid))
 
     def unlink_request(self, parent: int, name: bytes) -> MetaRequest | None:
         """`unlink` as one request (None: take the blocking path)."""
-        if name in (b".", b".."):
+        if name in (b".", b"..") or (parent == ROOT_INO and name == TRASH_NAME):
             return None
         _check_name(name)
         args = [parent, name, pack_time(time.time_ns()), self._trash_hour()]
@@ -612,6 +645,7 @@ class RedisMeta(Meta):
         if name in (b".", b".."):
             raise FsError(errno.EISDIR)
         _check_name(name)
+        _check_not_trash(parent, name)
         hour = self._trash_hour() if trash else ""
         res = self._run("UNLINK", [self._dk(parent)], [parent, name, pack_time(time.time_ns()), hour], token=True)
         self.settle_unlinked(int(res[1]), int(res[2]))
@@ -630,6 +664,7 @@ class RedisMeta(Meta):
         if name == b"..":
             raise FsError(errno.ENOTEMPTY)
         _check_name(name)
+        _check_not_trash(parent, name)
         self._run("RMDIR", [self._dk(parent)], [parent, name, pack_time(time.time_ns())], token=True)
 
     def rename(self, parent: int, name: bytes, new_parent: int, new_name: bytes, flags: int = 0) -> None:
@@ -639,8 +674,8 @@ class RedisMeta(Meta):
             if n in (b".", b".."):
                 raise FsError(errno.EINVAL)
             _check_name(n)
-        if new_parent == ROOT_INO and new_name == TRASH_NAME:
-            raise FsError(errno.EPERM, "the trash cannot be replaced")
+        _check_not_trash(parent, name)
+        _check_not_trash(new_parent, new_name)
         usage: list[Any] = ["0", "", "", 0, 0, 0, 0]
         hour = self._trash_hour()
         for _attempt in range(50):
@@ -717,22 +752,39 @@ class RedisMeta(Meta):
             self._cond.release()
 
     def _count_open(self, ino: int) -> bool:
-        """Count a local open (the lock is held); True when Redis must note it first."""
+        """Count a local open (the lock is held, no note of `ino` is in flight); True when
+        Redis must note it first: the caller sends OPEN and reports with `_noted_open`."""
         self._held[ino] = self._held.get(ino, 0) + 1
         self._linger.pop(ino, None)
         if self._sid is None or ino in self._noted:
             return False
-        self._noted.add(ino)
+        self._noting.add(ino)
         return True
+
+    def _noted_open(self, ino: int, ok: bool) -> None:
+        """An OPEN sent after `_count_open` said so has ended. Only a success counts as a
+        note: after an error (the note may or may not exist) the next open notes again, and
+        a release is queued so that a note that does exist goes too."""
+        with self._cond:
+            self._noting.discard(ino)
+            if ok:
+                self._noted.add(ino)
+            else:
+                self._linger[ino] = time.monotonic()
+            self._cond.notify_all()
+
+    def _busy_note(self, ino: int) -> bool:
+        return ino in self._unnoting or ino in self._noting
 
     def open_nowait(self, ino: int) -> bool | MetaRequest | None:
         """Count an open of `ino` without waiting: True (counted; fetch the attributes as
         usual), a request (counted; send it: it notes the open and returns the attributes;
-        call `release` if it fails) or None (busy: use the blocking `open`)."""
+        then call `opened(ino, ok)`, and `release` if it failed) or None (a note or release of
+        `ino` is in flight, or the lock is busy: use the blocking `open`)."""
         if not self._cond.acquire(blocking=False):
             return None
         try:
-            if ino in self._unnoting:
+            if self._busy_note(ino):
                 return None
             if not self._count_open(ino):
                 return True
@@ -740,17 +792,27 @@ class RedisMeta(Meta):
             self._cond.release()
         return self.open_request(ino)
 
+    def opened(self, ino: int, ok: bool) -> None:
+        """The request `open_nowait` returned has ended (see _noted_open)."""
+        self._noted_open(ino, ok)
+
     def open(self, ino: int, known: Attr | None = None) -> Attr:
         with self._cond:
-            while ino in self._unnoting:
+            while self._busy_note(ino):  # a concurrent open must not trust a note not yet made
                 self._cond.wait()
             note = self._count_open(ino)
         try:
             if note:
-                return unpack_attr(ino, self._run("OPEN", [self._ik(ino)], [ino, self._sid or 0])[1])
+                try:
+                    attr = unpack_attr(ino, self._run("OPEN", [self._ik(ino)], [ino, self._sid or 0])[1])
+                except BaseException:
+                    self._noted_open(ino, False)
+                    raise
+                self._noted_open(ino, True)
+                return attr
             return known if known is not None else self._get_attr(ino)
         except BaseException:
-            self.release(ino)  # a note that may have been written is dropped later
+            self.release(ino)
             raise
 
     def release_nowait(self, ino: int) -> bool:
@@ -797,9 +859,10 @@ class RedisMeta(Meta):
         try:
             self._run("RELEASE", [f"{self._p}open{sid}"], [sid, *batch])
         except BaseException:
-            with self._cond:  # opens of these inodes wait for us: nobody changed them meanwhile
+            # The notes may be gone or not: try again later, and let an open before that
+            # note again (opens of these inodes waited for us: nobody changed them meanwhile).
+            with self._cond:
                 for ino in batch:
-                    self._noted.add(ino)
                     self._linger[ino] = now
             raise
         finally:
@@ -811,7 +874,7 @@ class RedisMeta(Meta):
     def open_files(self) -> int:
         """Inodes this session holds open or has not released its note of yet."""
         with self._cond:
-            return len(self._noted)
+            return len(self._noted | self._linger.keys())
 
     def try_lease(self, name: str, seconds: float) -> bool:
         """Whether this client may do the volume-wide chore `name` for the next `seconds`

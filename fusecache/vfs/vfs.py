@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import trio
 
 from ..chunk.compact import COMPACT_AT, compact_chunk
-from ..chunk.reader import BlockLoader, blocks_in_range, read_file_range
+from ..chunk.reader import BlockId, BlockLoader, blocks_in_range, first_error, read_file_range
 from ..chunk.store import BlockMissing, ChunkStore
 from ..chunk.writer import FileWriter, SliceIds
 from ..errors import FsError, MetaError
@@ -126,6 +126,7 @@ class Vfs:
     def start(self, nursery: trio.Nursery) -> None:
         """Attach the nursery that runs background uploads, commits and prefetches."""
         self._nursery = nursery
+        self.fast.start(nursery)
 
     @property
     def nursery(self) -> trio.Nursery:
@@ -631,7 +632,7 @@ class Vfs:
         blocks = await blocks_in_range(slices_of, self.chunks.block_size, command.offset, end - command.offset)
         sizes = {b: min(self.chunks.block_size, b.size - b.index * self.chunks.block_size) for b in blocks}
         total = sum(sizes.values())
-        done: list[tuple[int, int, int]] = []
+        done: list[BlockId] = []
         if command.op == "cached":
             done = [b for b in blocks if self.chunks.is_cached(*b.where)]
         elif command.op == "evict":
@@ -640,14 +641,17 @@ class Vfs:
             evicted = await self.workers.io(self.chunks.evict, keys)
             return control.format_answer(len(blocks), total, evicted, 0)
         else:
-            async def warm(block: tuple[int, int, int]) -> None:
+            async def warm(block: BlockId) -> None:
                 async with self._warm_slots:
                     if await self.loader.warm(block):
                         done.append(block)
 
-            async with trio.open_nursery() as nursery:
-                for block in blocks:
-                    nursery.start_soon(warm, block)
+            try:
+                async with trio.open_nursery() as nursery:
+                    for block in blocks:
+                        nursery.start_soon(warm, block)
+            except BaseExceptionGroup as group:
+                raise first_error(group) from None
             self.counters.warmup_blocks += len(done)
             self.counters.warmup_bytes += sum(sizes[b] for b in done)
         return control.format_answer(len(blocks), total, len(done), sum(sizes[b] for b in done))

@@ -1049,6 +1049,9 @@ def check_trash(m: Meta) -> None:
     raises(errno.EPERM, m.rename, ROOT, b"victim", hour_ino, b"x")
     raises(errno.EPERM, m.link, m.lookup(ROOT, b"victim").ino, hour_ino, b"x")
     raises(errno.EEXIST, m.mkdir, ROOT, TRASH_NAME, 0o755, 0, 0)
+    for call in (m.rmdir, m.unlink):
+        raises(errno.EPERM, call, ROOT, TRASH_NAME)
+    raises(errno.EPERM, m.rename, ROOT, TRASH_NAME, ROOT, b"elsewhere")
     # Restore by rename: one link again, usage charged where it lands.
     m.rename(hour_ino, f"{d.ino}-{f.ino}-f".encode(), d.ino, b"back")
     back = m.getattr(f.ino)

@@ -207,3 +207,29 @@ def test_a_silent_connection_gives_up_within_the_bound(lossy: tuple[RedisMeta, L
     started = time.monotonic()
     assert meta.getattr(f.ino) == direct.getattr(f.ino)
     assert time.monotonic() - started < 5
+
+
+def test_a_second_open_waits_for_the_first_ones_note(lossy: tuple[RedisMeta, LossyProxy, RedisMeta]) -> None:
+    """Until the first open's note is in Redis, another open of the same file must not
+    count on it (an unlink elsewhere in between would free the file under it)."""
+    import threading
+
+    meta, proxy, direct = lossy
+    meta.new_session("h", 1, "/m", "v")
+    f = direct.mknod(ROOT_INO, b"f", FILE, 0, 0)
+    meta.getattr(f.ino)
+    proxy.hold()
+    first = threading.Thread(target=meta.open, args=(f.ino,))
+    first.start()
+    time.sleep(0.3)
+    assert meta.open_nowait(f.ino) is None, "the note is not written yet: take the waiting path"
+    proxy.release()
+    first.join(timeout=30)
+    assert meta.open_nowait(f.ino) is True, "noted now"
+    direct.unlink(ROOT_INO, b"f")
+    assert direct.getattr(f.ino).nlink == 0, "kept for this session's opens"
+    for _ in range(2):
+        meta.release(f.ino)
+    meta.flush_releases()
+    with pytest.raises(FsError):
+        direct.getattr(f.ino)
