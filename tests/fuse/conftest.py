@@ -36,6 +36,16 @@ def gc_volume(request: pytest.FixtureRequest, meta_url: str, tmp_path: Path, s3_
 
 
 @pytest.fixture
+def file_volume(meta_url: str, tmp_path: Path) -> Iterator[Volume]:
+    """A volume on the local store only, for behaviour that does not depend on the store."""
+    vol = format_volume(meta_url, tmp_path, "file", None, None)
+    try:
+        yield vol
+    finally:
+        vol.cleanup()
+
+
+@pytest.fixture
 def mnt(volume: Volume) -> Path:
     """The path of one mount of a fresh volume."""
     return volume.mount().path

@@ -24,8 +24,10 @@ P = "{fc}"
 
 
 @pytest.fixture
-def populated(volume: Volume) -> tuple[Volume, dict[str, str]]:
-    """A volume with a small tree, written through a mount that is then unmounted."""
+def populated(s3_volume: Volume) -> tuple[Volume, dict[str, str]]:
+    """A volume (S3, 1 MiB blocks) with a small tree, written through a mount that is then
+    unmounted."""
+    volume = s3_volume
     m = volume.mount()
     (m.path / "d").mkdir()
     digests = {}

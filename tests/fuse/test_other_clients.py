@@ -153,7 +153,8 @@ def test_an_unlink_by_another_client_keeps_the_open_file(meta_url: str, tmp_path
         vol.cleanup()
 
 
-def test_a_file_replaced_by_rename_elsewhere_stays_readable(volume: Volume) -> None:
+def test_a_file_replaced_by_rename_elsewhere_stays_readable(file_volume: Volume) -> None:
+    volume = file_volume
     a, b = volume.mount().path, volume.mount().path
     old = os.urandom(3 * MiB)
     (a / "cfg").write_bytes(old)

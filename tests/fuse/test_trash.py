@@ -60,7 +60,8 @@ def test_deleted_and_replaced_files_wait_in_the_trash(volume: Volume) -> None:
             pass
 
 
-def test_only_root_sees_into_the_trash(volume: Volume) -> None:
+def test_only_root_sees_into_the_trash(file_volume: Volume) -> None:
+    volume = file_volume
     m = volume.mount("-o", "allow_other").path
     (m / "f").write_bytes(b"secret")
     os.chmod(m, 0o777)
@@ -85,7 +86,8 @@ def test_without_trash_nothing_is_kept(meta_url: str, tmp_path: Path) -> None:
         vol.cleanup()
 
 
-def test_the_janitor_empties_trash_older_than_trash_days(volume: Volume) -> None:
+def test_the_janitor_empties_trash_older_than_trash_days(file_volume: Volume) -> None:
+    volume = file_volume
     import redis
 
     m = volume.mount()

@@ -10,7 +10,8 @@ import time
 from tests.fuse.helpers import Volume
 
 
-def test_shell_redirection_over_a_longer_file(volume: Volume) -> None:
+def test_shell_redirection_over_a_longer_file(file_volume: Volume) -> None:
+    volume = file_volume
     a, b = volume.mount().path, volume.mount().path
     (a / "f").write_bytes(b"hello world\n")
     subprocess.run(["sh", "-c", f"echo hi > {a / 'f'}"], check=True)
@@ -19,7 +20,8 @@ def test_shell_redirection_over_a_longer_file(volume: Volume) -> None:
     assert (b / "f").stat().st_size == 3
 
 
-def test_os_open_o_trunc_sets_size_mtime_and_ctime(volume: Volume) -> None:
+def test_os_open_o_trunc_sets_size_mtime_and_ctime(file_volume: Volume) -> None:
+    volume = file_volume
     a, b = volume.mount().path, volume.mount().path
     path = a / "data"
     path.write_bytes(os.urandom(200_000))
@@ -41,7 +43,8 @@ def test_os_open_o_trunc_sets_size_mtime_and_ctime(volume: Volume) -> None:
     assert seen.st_mtime_ns > before.st_mtime_ns and seen.st_ctime_ns > before.st_ctime_ns
 
 
-def test_o_trunc_of_an_empty_file_still_moves_the_times(volume: Volume) -> None:
+def test_o_trunc_of_an_empty_file_still_moves_the_times(file_volume: Volume) -> None:
+    volume = file_volume
     mnt = volume.mount().path
     path = mnt / "empty"
     path.touch()
@@ -53,7 +56,8 @@ def test_o_trunc_of_an_empty_file_still_moves_the_times(volume: Volume) -> None:
     assert after.st_mtime_ns > before.st_mtime_ns and after.st_ctime_ns > before.st_ctime_ns
 
 
-def test_o_creat_o_trunc_of_an_existing_file_and_of_a_new_one(volume: Volume) -> None:
+def test_o_creat_o_trunc_of_an_existing_file_and_of_a_new_one(file_volume: Volume) -> None:
+    volume = file_volume
     a, b = volume.mount().path, volume.mount().path
     (a / "old").write_bytes(b"x" * 10_000)
     fd = os.open(a / "old", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -66,7 +70,8 @@ def test_o_creat_o_trunc_of_an_existing_file_and_of_a_new_one(volume: Volume) ->
     assert (b / "new").read_bytes() == b"fresh"
 
 
-def test_o_trunc_while_another_handle_of_this_client_has_buffered_writes(volume: Volume) -> None:
+def test_o_trunc_while_another_handle_of_this_client_has_buffered_writes(file_volume: Volume) -> None:
+    volume = file_volume
     mnt = volume.mount().path
     path = mnt / "f"
     with open(path, "wb") as writer:

@@ -267,3 +267,39 @@ def test_clients_killed_mid_work_leave_a_consistent_tree(meta_url: str) -> None:
     assert len(m.readdir(ROOT)) > 0
     assert_consistent(m)
     m.shutdown()
+
+
+def test_an_inode_counter_behind_its_inodes_never_reuses_a_number(meta: Meta, meta_url: str) -> None:
+    """A Redis restart or failover can lose the counter's last increments while inodes made
+    with those numbers survive elsewhere (another client's batch). New files, and the
+    trash's hour directories, must never take such a number, nor one whose deleted data
+    still awaits cleanup."""
+    from fusecache.types import SetAttr, Slice
+
+    raw = redis.Redis.from_url(meta_url)
+    a = mkfile(meta, ROOT, b"a")
+    gone = mkfile(meta, ROOT, b"gone")
+    meta.write(gone.ino, 0, Slice(0, meta.reserve_slice_ids(1), 10, 0, 10), time.time_ns())
+    meta.unlink(ROOT, b"gone")  # its chunks wait in {P}delfiles / {P}k<ino>
+    assert raw.exists(f"{{fc}}k{gone.ino}")
+    raw.hset("{fc}counters", "nextinode", min(a.ino, gone.ino) - 1)
+    other = open_meta(meta_url)  # a client with no batch yet: it reserves from the counter
+    other.load()
+    try:
+        fresh = [mkfile(other, ROOT, f"n{i}".encode()) for i in range(3)]
+        assert {f.ino for f in fresh}.isdisjoint({a.ino, gone.ino})
+        assert other.getattr(a.ino) == meta.getattr(a.ino) and other.lookup(ROOT, b"a").ino == a.ino
+        raw.hset("{fc}counters", "nextinode", a.ino - 1)
+        other.trash_days = 1
+        victim = mkfile(meta, ROOT, b"victim")
+        other.unlink(ROOT, b"victim")  # makes an hour directory with a number from the counter
+        assert meta.getattr(a.ino).is_file, "an hour directory took a live file's number"
+        assert meta.getattr(victim.ino).nlink == 0
+        meta.setattr(a.ino, SetAttr(size=0))
+    finally:
+        other.shutdown()
+        raw.close()
+    from fusecache.meta.trash import purge_expired
+
+    assert purge_expired(meta, 1, now=time.time() + 3 * 86400) == (1, 1)
+    assert_consistent(meta)
