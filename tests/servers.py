@@ -69,7 +69,12 @@ def _start(args: list[str], port: int, workdir: Path, env: dict[str, str] | None
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM (after SIGCONT: a test may have frozen it), then SIGKILL if it lingers."""
     if proc.poll() is not None:
+        return
+    try:
+        proc.send_signal(signal.SIGCONT)
+    except ProcessLookupError:
         return
     proc.send_signal(signal.SIGTERM)
     try:

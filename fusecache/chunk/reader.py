@@ -172,12 +172,7 @@ async def read_file_range(
         async def fetch(block: BlockId) -> None:
             blocks[block] = await loader.load(block, wait_missing=wait_missing)
 
-        try:
-            async with trio.open_nursery() as nursery:
-                for block in wanted:
-                    nursery.start_soon(fetch, block)
-        except BaseExceptionGroup as group:
-            raise first_error(group) from None
+        await for_each(fetch, wanted)
     if len(plan) == 1 and plan[0][2] is not None:
         _, length, block, boff = plan[0]
         if view:
@@ -188,6 +183,17 @@ async def read_file_range(
         if block is not None:
             out[opos : opos + length] = memoryview(blocks[block])[boff : boff + length]
     return bytes(out)
+
+
+async def for_each(fn: Callable[[BlockId], Awaitable[None]], blocks: Iterable[BlockId]) -> None:
+    """Run `fn` on every block concurrently; a failure surfaces as one error (first_error),
+    not as the nursery's exception group, so callers can tell a missing block apart."""
+    try:
+        async with trio.open_nursery() as nursery:
+            for block in blocks:
+                nursery.start_soon(fn, block)
+    except BaseExceptionGroup as group:
+        raise first_error(group) from None
 
 
 def first_error(group: BaseExceptionGroup) -> BaseException:

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import trio
 
 from ..chunk.compact import COMPACT_AT, compact_chunk
-from ..chunk.reader import BlockId, BlockLoader, blocks_in_range, first_error, read_file_range
+from ..chunk.reader import BlockId, BlockLoader, blocks_in_range, for_each, read_file_range
 from ..chunk.store import BlockMissing, ChunkStore
 from ..chunk.writer import FileWriter, SliceIds
 from ..errors import FsError, MetaError
@@ -646,12 +646,7 @@ class Vfs:
                     if await self.loader.warm(block):
                         done.append(block)
 
-            try:
-                async with trio.open_nursery() as nursery:
-                    for block in blocks:
-                        nursery.start_soon(warm, block)
-            except BaseExceptionGroup as group:
-                raise first_error(group) from None
+            await for_each(warm, blocks)
             self.counters.warmup_blocks += len(done)
             self.counters.warmup_bytes += sum(sizes[b] for b in done)
         return control.format_answer(len(blocks), total, len(done), sum(sizes[b] for b in done))
