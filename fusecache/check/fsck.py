@@ -170,10 +170,7 @@ class Fsck:
                         fix=lambda sid=sid: self._drop_session(sid))
 
     def _drop_session(self, sid: int) -> None:
-        self.scan.drop_session_leftovers(sid)
-        for ino, sids in self.snap.notes.items():
-            if sid in sids:
-                self.meta._call(self.meta._r.hdel, f"{self.meta._p}o{ino}", sid)
+        self.scan.drop_session_leftovers(sid, [ino for ino, sids in self.snap.notes.items() if sid in sids])
 
     def check_entries(self) -> None:
         snap = self.snap

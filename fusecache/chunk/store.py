@@ -48,7 +48,8 @@ class BlockMissing(FsError):
 
 
 def block_hash(data: Buffer) -> int:
-    """The checksum kept in metadata for every block (xxh3-64)."""
+    """The checksum kept in metadata for every block (xxh3-64). Part of the stored format,
+    so deliberately not the cache's file checksum (cache/blockfile.py), which may change."""
     return xxhash.xxh3_64_intdigest(data)
 
 

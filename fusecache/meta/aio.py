@@ -303,10 +303,9 @@ class FastCalls:
         return await self._run(request, self.meta.create_held, parent, name, mode, uid, gid)
 
     async def unlink(self, parent: int, name: bytes) -> None:
-        outcome = await self._run(self._request(self.meta.unlink_request, parent, name),
-                                  self.meta.unlink, parent, name)
-        if outcome is not None and outcome[1] == 1:  # kept for openers: perhaps only our own
-            await self.blocking(self.meta.settle_unlinked, *outcome)
+        kept = await self._run(self._request(self.meta.unlink_request, parent, name), self.meta.unlink, parent, name)
+        if kept is not None:  # kept for its openers: perhaps only this session's closed note
+            await self.blocking(self.meta.settle_unlinked, kept)
 
     async def open(self, ino: int, known: Any = None) -> Any:
         """Count an open (noting it in Redis if this session did not hold the file yet) and

@@ -528,8 +528,13 @@ class RedisMeta(Meta):
             return None
         _check_name(name)
         args = [parent, name, pack_time(time.time_ns()), self._trash_hour()]
-        return self._script_request("UNLINK", [self._dk(parent), self._op_key()], args,
-                                    lambda res: (int(self._status(res)[1]), int(res[2])))
+        return self._script_request("UNLINK", [self._dk(parent), self._op_key()], args, self._kept_inode)
+
+    def _kept_inode(self, res: list[Any]) -> int | None:
+        """What an unlink-like script answered: the inode it kept for its openers (pass it
+        to settle_unlinked), or None."""
+        self._status(res)
+        return int(res[1]) if res[1] and int(res[2]) == _KEPT else None
 
     def open_request(self, ino: int) -> MetaRequest | None:
         """Fresh attributes of `ino` and the note that this session holds it open, as one
@@ -648,14 +653,13 @@ class RedisMeta(Meta):
         _check_not_trash(parent, name)
         hour = self._trash_hour() if trash else ""
         res = self._run("UNLINK", [self._dk(parent)], [parent, name, pack_time(time.time_ns()), hour], token=True)
-        self.settle_unlinked(int(res[1]), int(res[2]))
+        if (kept := self._kept_inode(res)) is not None:
+            self.settle_unlinked(kept)
 
-    def settle_unlinked(self, ino: int, fate: int) -> None:
+    def settle_unlinked(self, ino: int) -> None:
         """After an unlink-like call kept `ino` for its openers: if the only note left may be
         this session's own, of a file it closed already (a lingering release), release it
         now, so that deleting a closed file frees it at once."""
-        if fate != _KEPT:
-            return
         self.flush_releases(only=ino)
 
     def rmdir(self, parent: int, name: bytes) -> None:
@@ -683,8 +687,8 @@ class RedisMeta(Meta):
                             [parent, name, new_parent, new_name, flags, pack_time(time.time_ns()), hour, *usage],
                             token=True)
             if res[0] == 0:
-                if res[1]:
-                    self.settle_unlinked(int(res[1]), int(res[2]))
+                if (kept := self._kept_inode(res)) is not None:
+                    self.settle_unlinked(kept)
                 return
             # Quotas are in place: measure what moves between quota trees, then retry.
             usage = self._rename_usage(parent, name, new_parent, new_name)

@@ -158,6 +158,9 @@ class RedisScan:
         self.meta._call(self._r.sadd, f"{self._p}k{ino}", *indexes)
         self.meta._call(self._r.sadd, self._p + "delfiles", ino)
 
-    def drop_session_leftovers(self, sid: int) -> None:
-        """Remove what a session that is not in the sessions set left behind."""
+    def drop_session_leftovers(self, sid: int, noted: list[int]) -> None:
+        """Remove what a session that is not in the sessions set left behind: its sets, and
+        its notes on the inodes in `noted` (which its set may no longer list)."""
         self.meta.close_session(sid)
+        for ino in noted:
+            self.meta._call(self._r.hdel, f"{self._p}o{ino}", sid)

@@ -285,7 +285,7 @@ class Vfs:
             # With atomic O_TRUNC (libfuse's default) the kernel sends no setattr: the open
             # itself must truncate, and like any truncation it sets mtime and ctime.
             try:
-                attr = await self._truncate_on_open(ino)
+                attr = await self.setattr(ino, SetAttr(size=0))  # commits this client's writes first
             except BaseException:
                 await self._release_meta(ino)
                 raise
@@ -304,17 +304,6 @@ class Vfs:
         self.counters.opens += 1
         self.counters.keep_cache_opens += handle.keep_cache
         return fh
-
-    async def _truncate_on_open(self, ino: int) -> Attr:
-        state = self.files.get(ino)
-        if state is not None and state.writer is not None:
-            await state.writer.flush()  # bytes written before this open come before the cut
-        attr = await self._meta(self.meta.setattr, ino, SetAttr(size=0))
-        if state is not None:
-            if state.writer is not None:
-                state.writer.end = 0
-            state.slices.clear()
-        return attr
 
     def keeps_cache(self, fh: int) -> bool:
         """Whether the kernel may keep its page cache of the file opened as `fh`."""
@@ -525,11 +514,8 @@ class Vfs:
     async def flush_releases(self, linger: float = RELEASE_LINGER) -> int:
         """Drop the open notes of files closed `linger` seconds ago (frees those unlinked
         meanwhile that no other client holds)."""
-        flush = getattr(self.meta, "flush_releases", None)
-        if flush is None:
-            return 0
         total = 0
-        while (done := await self._meta(flush, linger)) > 0:
+        while (done := await self._meta(self.meta.flush_releases, linger)) > 0:
             total += done
         return total
 

@@ -100,6 +100,7 @@ def test_fsck_names_each_injected_corruption_and_repairs_what_is_safe(
     _delete_object(volume, victim)
     code, lines = fsck(volume)
     assert any(line.startswith("blocks: /d/b: lost data: 1 blocks are missing") for line in lines), lines
+    assert not any(line.startswith("blocks:") for line in fsck(volume, "--no-objects")[1]), "no store listing"
 
     code, lines = fsck(volume, "--repair")
     repaired = [line for line in lines if line.endswith("(repaired)")]

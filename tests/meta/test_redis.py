@@ -303,3 +303,33 @@ def test_an_inode_counter_behind_its_inodes_never_reuses_a_number(meta: Meta, me
 
     assert purge_expired(meta, 1, now=time.time() + 3 * 86400) == (1, 1)
     assert_consistent(meta)
+
+
+def test_a_session_cleaned_as_stale_registers_itself_and_its_open_files_again(meta_url: str) -> None:
+    """Redis away longer than the stale timeout, or a frozen client: another client closes
+    its session. Its next heartbeat takes the session up again with its open-file notes,
+    so its open files are kept again from then on."""
+    a = open_meta(meta_url)
+    a.format(SETTINGS)
+    b = open_meta(meta_url)
+    b.load()
+    raw = redis.Redis.from_url(meta_url)
+    try:
+        sid = a.new_session("a", 1, "/a", "v")
+        f = mkfile(a, ROOT, b"f")
+        a.open(f.ino)
+        b.close_session(sid)  # as a cleaner does when a's heartbeats stopped
+        assert not raw.hexists(f"{{fc}}o{f.ino}", sid)
+        a.heartbeat(sid, 5)
+        assert sid in {s.sid for s in b.list_sessions()}
+        assert raw.hexists(f"{{fc}}o{f.ino}", sid) and raw.hget("{fc}inuse", sid) == b"5"
+        b.unlink(ROOT, b"f")
+        assert b.getattr(f.ino).nlink == 0, "kept again for a's open"
+        a.release(f.ino)
+        a.flush_releases()
+        with pytest.raises(FsError):
+            b.getattr(f.ino)
+    finally:
+        raw.close()
+        a.shutdown()
+        b.shutdown()
