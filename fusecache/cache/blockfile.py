@@ -1,19 +1,27 @@
 """On-disk format of one cached block, and the names of cache files.
 
-A cache file is a fixed header, the key, then the block bytes:
+A cache file (format 2) is a fixed header, the key, a table of page checksums, then the
+block bytes:
 
     offset  size  field
-    0       4     magic b"FCB1"
-    4       2     format version (1), little-endian
+    0       4     magic b"FCB2"
+    4       2     format version (2), little-endian
     6       2     key length K in bytes (UTF-8)
     8       8     data length N
-    16      8     xxh3_64 of the data
-    24      K     the object key
-    24+K    N     the data
+    16      4     page size P (64 KiB)
+    20      4     0 (reserved)
+    24      8     xxh3_64 of bytes 0-23, the key and the page table
+    32      K     the object key
+    32+K    8*n   xxh3_64 of each of the n = ceil(N/P) pages of the data
+    32+K+8n N     the data
 
-A file is valid only if the magic, version and key match, its size is exactly
-24 + K + N, and the checksum matches: a truncated, extended, misplaced or bit-flipped file
-is rejected as a whole, never partly served.
+Checksums cover pages, not the whole block, so a small read costs what it reads: it
+preads the header and the pages it needs and verifies only those. A file is valid only if
+the magic, version and key match, the header checksum matches, its size is exactly what
+the header says, and every page served matches its checksum: a truncated, extended,
+misplaced or bit-flipped file is never partly served wrong (a damaged page is an error for
+whoever reads it, and the tier drops the file). Format 1 files (one checksum over the
+whole block, from earlier versions) are still read, whole.
 
 File names are `<quoted key>.<generation>`: the key percent-encoded into one path
 component (so the index can be rebuilt from a directory listing, without opening files)
@@ -33,9 +41,13 @@ from urllib.parse import quote, unquote
 
 import xxhash
 
-MAGIC = b"FCB1"
-VERSION = 1
-HEADER = struct.Struct("<4sHHQQ")
+MAGIC = b"FCB2"
+VERSION = 2
+HEADER = struct.Struct("<4sHHQII")  # then the header checksum (Q)
+HEAD_SIZE = HEADER.size + 8
+PAGE = 64 << 10
+V1_MAGIC, V1_HEADER = b"FCB1", struct.Struct("<4sHHQQ")
+_HASH = struct.Struct("<Q")
 MAX_NAME = 240  # stay below NAME_MAX (255) with room for the ".tmp" suffix
 
 Buffer = bytes | bytearray | memoryview
@@ -49,8 +61,12 @@ def checksum(data: Buffer) -> int:
     return xxhash.xxh3_64_intdigest(data)
 
 
+def pages(data_len: int) -> int:
+    return -(-data_len // PAGE)
+
+
 def file_size(key: str, data_len: int) -> int:
-    return HEADER.size + len(key.encode()) + data_len
+    return HEAD_SIZE + len(key.encode()) + 8 * pages(data_len) + data_len
 
 
 def shard(key: str) -> str:
@@ -112,13 +128,12 @@ def write_block(tmp_dir: Path, final: Path, key: str, data: Buffer, *, durable: 
     temporary file, which start-up removes). With `durable`, the data and the directory
     entry are fsync'ed before returning, so the file survives a power loss.
     """
-    key_b = key.encode()
-    header = HEADER.pack(MAGIC, VERSION, len(key_b), len(data), checksum(data))
+    head = _header(key.encode(), data)
     tmp = tmp_dir / f"{final.name}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         try:
-            _write_all(fd, header + key_b)
+            _write_all(fd, head)
             _write_all(fd, data)
             if durable:
                 os.fsync(fd)
@@ -135,25 +150,121 @@ def write_block(tmp_dir: Path, final: Path, key: str, data: Buffer, *, durable: 
         fsync_dir(final.parent)
 
 
+def _header(key_b: bytes, data: Buffer) -> bytes:
+    view = memoryview(data).cast("B")
+    table = b"".join(_HASH.pack(checksum(view[i : i + PAGE])) for i in range(0, len(view), PAGE))
+    fixed = HEADER.pack(MAGIC, VERSION, len(key_b), len(view), PAGE, 0)
+    return fixed + _HASH.pack(checksum(fixed + key_b + table)) + key_b + table
+
+
+class _Layout:
+    """What the head of a format-2 file says: where the data is, and its page checksums."""
+
+    __slots__ = ("data_len", "data_off", "table")
+
+    def __init__(self, data_len: int, data_off: int, table: bytes) -> None:
+        self.data_len, self.data_off, self.table = data_len, data_off, table
+
+    def page_hash(self, page: int) -> int:
+        return int(_HASH.unpack_from(self.table, 8 * page)[0])
+
+
+def _read_layout(fd: int, key_b: bytes, size: int) -> _Layout | None:
+    """Parse and check a file's head; None if it is a format-1 file."""
+    guess = HEAD_SIZE + len(key_b) + 8 * 64  # the table of a block up to 4 MiB: one pread
+    head = os.pread(fd, guess, 0)
+    if head[:4] == V1_MAGIC:
+        return None
+    if len(head) < HEAD_SIZE:
+        raise CorruptBlock(f"short header ({len(head)} bytes)")
+    magic, version, key_len, data_len, page, _ = HEADER.unpack_from(head)
+    if magic != MAGIC or version != VERSION or page != PAGE:
+        raise CorruptBlock("bad magic, version or page size")
+    if key_len != len(key_b):
+        raise CorruptBlock("key mismatch")
+    table_len = 8 * pages(data_len)
+    data_off = HEAD_SIZE + key_len + table_len
+    if size != data_off + data_len:
+        raise CorruptBlock(f"file is {size} bytes, header says {data_off + data_len}")
+    if len(head) < data_off:
+        head += os.pread(fd, data_off - len(head), len(head))
+        if len(head) < data_off:
+            raise CorruptBlock("short page table")
+    fixed, key_got = head[: HEADER.size], head[HEAD_SIZE : HEAD_SIZE + key_len]
+    table = head[HEAD_SIZE + key_len : data_off]
+    if key_got != key_b:
+        raise CorruptBlock("key mismatch")
+    if _HASH.unpack_from(head, HEADER.size)[0] != checksum(fixed + key_b + table):
+        raise CorruptBlock("header checksum mismatch")
+    return _Layout(data_len, data_off, table)
+
+
 def read_block(path: Path, key: str, *, verify: bool) -> bytes:
     """The block stored in `path`; CorruptBlock if the file is not a valid copy of `key`.
 
     OSError (including FileNotFoundError) passes through to the caller.
     """
+    return read_range(path, key, 0, -1, verify=verify)
+
+
+def read_range(path: Path, key: str, offset: int, length: int, *, verify: bool) -> bytes:
+    """Bytes [offset, offset+length) of the block in `path` (length -1: to its end),
+    reading and verifying only the pages they lie in. CorruptBlock if the file is not a
+    valid copy of `key`, or a page read fails its checksum; short at the block's end."""
     key_b = key.encode()
-    with open(path, "rb", buffering=0) as f:
-        size = os.fstat(f.fileno()).st_size
-        head = _read_exact(f, HEADER.size + len(key_b))
-        if len(head) < HEADER.size:
-            raise CorruptBlock(f"short header ({len(head)} bytes)")
-        magic, version, key_len, data_len, digest = HEADER.unpack_from(head)
-        if magic != MAGIC or version != VERSION:
-            raise CorruptBlock("bad magic or version")
-        if key_len != len(key_b) or head[HEADER.size:] != key_b:
-            raise CorruptBlock("key mismatch")
-        if size != HEADER.size + key_len + data_len:
-            raise CorruptBlock(f"file is {size} bytes, header says {HEADER.size + key_len + data_len}")
-        data = _read_exact(f, data_len)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        layout = _read_layout(fd, key_b, size)
+        if layout is None:
+            with io.FileIO(fd, "r", closefd=False) as f:
+                data = _read_v1(f, key_b, size, verify)
+            return data[offset : offset + length] if length >= 0 else data[offset:]
+        end = layout.data_len if length < 0 else min(layout.data_len, offset + length)
+        if offset >= end:
+            return b""
+        first, last = offset // PAGE, (end - 1) // PAGE
+        start = first * PAGE
+        span = min(layout.data_len, (last + 1) * PAGE) - start
+        data = _pread_exact(fd, span, layout.data_off + start)
+    finally:
+        os.close(fd)
+    if len(data) != span:
+        raise CorruptBlock(f"short data ({len(data)} of {span} bytes)")
+    if verify:
+        view = memoryview(data)
+        for page in range(first, last + 1):
+            at = (page - first) * PAGE
+            if checksum(view[at : at + PAGE]) != layout.page_hash(page):
+                raise CorruptBlock(f"checksum mismatch in page {page}")
+    if offset == start and end - start == span:
+        return data
+    return data[offset - start : end - start]
+
+
+def _pread_exact(fd: int, n: int, at: int) -> bytes:
+    data = os.pread(fd, n, at)
+    if len(data) == n or not data:
+        return data
+    parts, got = [data], len(data)
+    while got < n and (more := os.pread(fd, n - got, at + got)):
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
+def _read_v1(f: io.FileIO, key_b: bytes, size: int, verify: bool) -> bytes:
+    head = _read_exact(f, V1_HEADER.size + len(key_b))
+    if len(head) < V1_HEADER.size:
+        raise CorruptBlock(f"short header ({len(head)} bytes)")
+    magic, version, key_len, data_len, digest = V1_HEADER.unpack_from(head)
+    if magic != V1_MAGIC or version != 1:
+        raise CorruptBlock("bad magic or version")
+    if key_len != len(key_b) or head[V1_HEADER.size:] != key_b:
+        raise CorruptBlock("key mismatch")
+    if size != V1_HEADER.size + key_len + data_len:
+        raise CorruptBlock(f"file is {size} bytes, header says {V1_HEADER.size + key_len + data_len}")
+    data = _read_exact(f, data_len)
     if len(data) != data_len:
         raise CorruptBlock(f"short data ({len(data)} of {data_len} bytes)")
     if verify and checksum(data) != digest:

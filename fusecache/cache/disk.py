@@ -255,12 +255,18 @@ class DiskTier:
     def get(self, key: str) -> bytes | None:
         return self._read(key, record=True)
 
+    def get_range(self, key: str, offset: int, length: int) -> bytes | None:
+        """Bytes [offset, offset+length) of a cached block, reading and verifying only the
+        pages they lie in; None on a miss (counted like `get`)."""
+        return self._read(key, record=True, span=(offset, length))
+
     def read_staged(self, key: str) -> bytes | None:
         """The data of a staged block, for its upload (no hit counted, no change of the
         eviction order). None if the block is not staged here or its file is unreadable."""
         return self._read(key, record=False, staged_only=True)
 
-    def _read(self, key: str, *, record: bool, staged_only: bool = False) -> bytes | None:
+    def _read(self, key: str, *, record: bool, staged_only: bool = False,
+              span: tuple[int, int] = (0, -1)) -> bytes | None:
         for _ in range(3):  # a file moved by uploaded() is retried under its new name
             with self._lock:
                 entry = self._entries.get(key)
@@ -272,7 +278,7 @@ class DiskTier:
                     self._evictable.touch(key)
                 path = entry.path
             try:
-                data = blockfile.read_block(path, key, verify=self._verify)
+                data = blockfile.read_range(path, key, *span, verify=self._verify)
             except FileNotFoundError:
                 with self._lock:
                     moved = self._entries.get(key) is entry and entry.path != path

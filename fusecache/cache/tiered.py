@@ -113,6 +113,29 @@ class TieredCache:
                 self._hits += 1
         return data
 
+    def get_range(self, key: str, offset: int, length: int) -> Buffer | None:
+        """Bytes [offset, offset+length) of a block, or None if no tier has a valid copy.
+        A MEM hit is a view of the stored block (no copy); an SSD hit reads and verifies
+        only the pages the range lies in."""
+        data: Buffer | None = None
+        if self._mem is not None:
+            whole = self._mem.get(key)
+            if whole is None:
+                whole = self._demoter.get(key)
+            if whole is not None:
+                data = memoryview(whole)[offset : offset + length]
+        if data is None:
+            for disk in self._disks:
+                data = disk.get_range(key, offset, length)
+                if data is not None:
+                    break
+        with self._lock:
+            if data is None:
+                self._misses += 1
+            else:
+                self._hits += 1
+        return data
+
     def _lookup(self, key: str) -> bytes | None:
         if self._mem is not None:
             data = self._mem.get(key)

@@ -17,7 +17,7 @@ from ..layout import chunk_span
 from ..types import Slice
 from ..workers import Workers
 from .slices import segments
-from .store import BlockMissing, ChunkStore
+from .store import BlockMissing, Buffer, ChunkStore
 
 
 class BlockId(NamedTuple):
@@ -93,6 +93,24 @@ class BlockLoader:
             return data
         return await self._load_once(block, keep, wait_missing)
 
+    async def load_range(self, block: BlockId, offset: int, length: int, *, wait_missing: bool = True) -> Buffer:
+        """Bytes [offset, offset+length) of the block, for a random reader: from a block
+        held in memory, else a ranged read of the cache (only the pages needed), else the
+        whole block from the store (then remembered like `load`)."""
+        data = self._recent.get(block)
+        if data is None and block in self._inflight:
+            data = await self._load_once(block, True, wait_missing)
+        if data is not None:
+            if block in self._recent:
+                self._recent.move_to_end(block)
+                self.recent_hits += 1
+            return memoryview(data)[offset : offset + length]
+        self.fetches += 1
+        part, whole = await self.workers.io(self.chunks.load_range, *block, offset, length, wait_missing)
+        if whole is not None:
+            self._remember(block, whole)
+        return part
+
     async def _load_once(self, block: BlockId, keep: bool, wait_missing: bool = True) -> bytes:
         while (pending := self._inflight.get(block)) is not None:
             await pending.done.wait()
@@ -138,13 +156,15 @@ class BlockLoader:
 
 async def read_file_range(
     loader: BlockLoader, slices_of: SliceSource, offset: int, size: int, *, view: bool = False,
-    wait_missing: bool = True,
+    wait_missing: bool = True, ranged: bool = False,
 ) -> bytes | memoryview:
     """Bytes [offset, offset+size) of a file (the caller clamps to the file length).
 
     `view`: a range inside one block may come back as a memoryview of the block, saving a
     copy (the FUSE reply takes any buffer); otherwise the result is always bytes.
-    `wait_missing`: see BlockLoader.load."""
+    `wait_missing`: see BlockLoader.load.
+    `ranged`: a random reader: blocks not in memory are read only as far as the range
+    needs (BlockLoader.load_range) instead of whole."""
     block_size = loader.chunks.block_size
     # Plan every piece first, then load all blocks concurrently.
     plan: list[tuple[int, int, BlockId | None, int]] = []  # (out pos, length, block, off in block)
@@ -163,25 +183,35 @@ async def read_file_range(
                 out_pos += take
                 soff += take
                 left -= take
-    blocks: dict[BlockId, bytes] = {}
-    wanted = {p[2] for p in plan if p[2] is not None}
-    if len(wanted) == 1:
-        (only,) = wanted
-        blocks[only] = await loader.load(only, wait_missing=wait_missing)
-    elif wanted:
-        async def fetch(block: BlockId) -> None:
-            blocks[block] = await loader.load(block, wait_missing=wait_missing)
+    # Per block, the span of it the plan needs: a random reader loads only that much.
+    spans: dict[BlockId, tuple[int, int]] = {}
+    for _, length, block, boff in plan:
+        if block is not None:
+            lo, hi = spans.get(block, (boff, boff + length))
+            spans[block] = (min(lo, boff), max(hi, boff + length))
+    got: dict[BlockId, tuple[int, Buffer]] = {}  # block → (offset in block of the data, data)
 
-        await for_each(fetch, wanted)
+    async def fetch(block: BlockId) -> None:
+        lo, hi = spans[block]
+        if ranged and not loader.is_ready(block):
+            got[block] = (lo, await loader.load_range(block, lo, hi - lo, wait_missing=wait_missing))
+        else:
+            got[block] = (0, await loader.load(block, wait_missing=wait_missing))
+
+    if len(spans) == 1:
+        await fetch(next(iter(spans)))
+    elif spans:
+        await for_each(fetch, spans)
     if len(plan) == 1 and plan[0][2] is not None:
         _, length, block, boff = plan[0]
-        if view:
-            return memoryview(blocks[block])[boff : boff + length]
-        return blocks[block][boff : boff + length]
+        at, data = got[block]
+        piece = memoryview(data)[boff - at : boff - at + length]
+        return piece if view else bytes(piece)
     out = bytearray(size)
     for opos, length, block, boff in plan:
         if block is not None:
-            out[opos : opos + length] = memoryview(blocks[block])[boff : boff + length]
+            at, data = got[block]
+            out[opos : opos + length] = memoryview(data)[boff - at : boff - at + length]
     return bytes(out)
 
 

@@ -61,6 +61,8 @@ class BlockCache(Protocol):
 
     def get(self, key: str) -> bytes | None: ...
 
+    def get_range(self, key: str, offset: int, length: int) -> Buffer | None: ...
+
     def put(self, key: str, data: bytes) -> None: ...
 
     def contains(self, key: str) -> str | None: ...
@@ -155,6 +157,19 @@ class ChunkStore:
         data = self._fetch(key, block_len(slice_size, self.block_size, index), expected_hash, wait_missing)
         self._cache_call("put", key, data)
         return data
+
+    def load_range(self, slice_id: int, slice_size: int, index: int, expected_hash: int, offset: int,
+                   length: int, wait_missing: bool = True) -> tuple[Buffer, bytes | None]:
+        """Bytes [offset, offset+length) of a block: a ranged read of the cache if it has
+        the block, else the whole block from the store (checked and cached as in
+        load_block). Returns (the range, the whole block if it was fetched, else None)."""
+        key = self.key(slice_id, slice_size, index)
+        data = self._cache_call("get_range", key, offset, length)
+        if data is not None:
+            return data, None
+        whole = self._fetch(key, block_len(slice_size, self.block_size, index), expected_hash, wait_missing)
+        self._cache_call("put", key, whole)
+        return memoryview(whole)[offset : offset + length], whole
 
     def is_cached(self, slice_id: int, slice_size: int, index: int) -> bool:
         return self._cache_call("contains", self.key(slice_id, slice_size, index)) is not None

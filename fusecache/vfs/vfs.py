@@ -81,6 +81,7 @@ class Counters:
     warmup_blocks: int = 0  # blocks loaded into the cache by warmup requests
     warmup_bytes: int = 0
     slice_rereads: int = 0  # reads that found a block gone and read the slice list again
+    ranged_reads: int = 0  # reads of a random reader, served by reading only the pages needed
 
 
 class Vfs:
@@ -361,9 +362,11 @@ class Vfs:
 
         if self._sequential(handle, offset, end) and self.options.readahead_blocks:
             self._readahead(handle, state, end)
+        ranged = handle.sequential == 0  # a jump: read only the pages asked for
+        self.counters.ranged_reads += ranged
         try:
             data = await read_file_range(self.loader, slices_of, offset, end - offset, view=True,
-                                         wait_missing=False)
+                                         wait_missing=False, ranged=ranged)
         except BlockMissing as exc:
             # The slice list may be stale: another client compacted or truncated the chunk
             # and its old objects are gone. Read it again once before reporting EIO (this
@@ -371,7 +374,8 @@ class Vfs:
             log.info("inode %d: %s; reading its slice list again", state.ino, exc.detail)
             self.counters.slice_rereads += 1
             state.slices.clear()
-            data = await read_file_range(self.loader, slices_of, offset, end - offset, view=True)
+            data = await read_file_range(self.loader, slices_of, offset, end - offset, view=True,
+                                         ranged=ranged)
         self.counters.read_bytes += len(data)
         return data
 
@@ -661,6 +665,7 @@ class Vfs:
                 "opens": c.opens, "keep_cache_opens": c.keep_cache_opens, "reads": c.reads,
                 "read_bytes": c.read_bytes, "readahead_blocks": c.readahead_blocks,
                 "recent_block_hits": self.loader.recent_hits, "slice_rereads": c.slice_rereads,
+                "ranged_reads": c.ranged_reads,
             },
             "warmup": {"blocks": c.warmup_blocks, "bytes": c.warmup_bytes},
         }

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import mmap
 import os
 import random
 import re
@@ -325,3 +326,31 @@ def test_mount_rejects_bad_cache_flags(s3_volume: Volume, tmp_path: Path) -> Non
     assert tier_stats(client_stats(m.path), "mem")["quota"] == 16 * MiB
     plain = s3_volume.mount()
     assert [t["medium"] for t in client_stats(plain.path)["cache"]["tiers"]] == ["mem"]
+
+
+def test_random_small_reads_of_a_warm_file_read_only_their_pages(s3_volume: Volume, tmp_path: Path) -> None:
+    """fio's pattern: 4 KiB O_DIRECT preads at random offsets of a file in the SSD tier.
+    Each is served by a ranged read of the cache file (the pages it needs, checked), not a
+    whole block, and every byte matches (tests/cache/test_pages.py: damaged pages)."""
+    writer = s3_volume.mount()
+    (data,) = write_files(writer.path, {"f": 8 * MiB + 5000}).values()
+    cache_dir = tmp_path / "cache"
+    m = s3_volume.mount("--cache", f"ssd:{cache_dir}:64MiB")
+    assert sha256_file(m.path / "f") == hashlib.sha256(data).hexdigest()  # now warm
+    before = client_stats(m.path)
+    rng = random.Random(3)
+    fd = os.open(m.path / "f", os.O_RDONLY | os.O_DIRECT)
+    aligned = mmap.mmap(-1, 4096)  # page-aligned, as O_DIRECT wants
+    try:
+        for _ in range(300):
+            off = rng.randrange(len(data) // 4096) * 4096
+            n = os.preadv(fd, [aligned], off)
+            assert bytes(aligned[:n]) == data[off : off + n], off
+    finally:
+        os.close(fd)
+        aligned.close()
+    after = client_stats(m.path)
+    # (a few offsets land next to the previous read: those count as sequential)
+    assert after["fuse"]["ranged_reads"] - before["fuse"]["ranged_reads"] >= 200, "reads jumped: ranged"
+    assert after["store"]["gets"] == before["store"]["gets"], "all from the SSD tier"
+    assert tier_stats(after, "ssd")["corrupt"] == 0
