@@ -406,13 +406,19 @@ def reference_rows(endpoint_bucket: Callable[[str], str], keys: tuple[str, str],
     return out
 
 
-def floor_rows(workdir: Path, count: int) -> dict[str, float]:
+def floor_rows(workdir: Path, count: int, fio_seconds: int) -> dict[str, float]:
     from benchmarks.bench_core import FuseFloor
 
     floor = FuseFloor(workdir)
     mnt = floor.mount()
     try:
-        return meta_rows(mnt / "meta", count)
+        rows = meta_rows(mnt / "meta", count)
+        if shutil.which("fio"):
+            with open(mnt / "big", "wb", buffering=0) as f:  # the floor keeps sizes, not bytes
+                for _ in range(256):
+                    f.write(bytes(MiB))
+            rows["random 4k read IOPS"] = fio_randread(mnt / "big", fio_seconds)
+        return rows
     finally:
         floor.umount()
 
@@ -462,7 +468,7 @@ def main() -> None:
         try:
             if not args.no_reference:
                 rows["reference"] = reference_rows(bucket, (s3.access_key, s3.secret_key), workdir, args.big_mib)
-                rows["floor"] = floor_rows(workdir, args.meta_ops)
+                rows["floor"] = floor_rows(workdir, args.meta_ops, args.fio_seconds)
             if args.only != "juicefs":
                 fc = Fusecache(redis.url(1), bucket("fcbench"), env, workdir, args.fc_opt)
                 rows["fusecache"] = run_all(fc, args)

@@ -31,6 +31,7 @@ remove a newer copy of the same key.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import struct
@@ -199,36 +200,77 @@ def _read_layout(fd: int, key_b: bytes, size: int) -> _Layout | None:
     return _Layout(data_len, data_off, table)
 
 
+class OpenBlock:
+    """A cache file opened and checked once, for many ranged reads (see read_pages).
+    None as layout: a format-1 file, which is only read whole."""
+
+    __slots__ = ("fd", "layout")
+
+    def __init__(self, fd: int, layout: _Layout | None) -> None:
+        self.fd, self.layout = fd, layout
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __del__(self) -> None:  # a tier dropped without close() does not leak descriptors
+        self.close()
+
+
+def open_block(path: Path, key: str) -> OpenBlock:
+    """Open a cache file and check its head; CorruptBlock if it is not a copy of `key`."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return OpenBlock(fd, _read_layout(fd, key.encode(), os.fstat(fd).st_size))
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def read_block(path: Path, key: str, *, verify: bool) -> bytes:
     """The block stored in `path`; CorruptBlock if the file is not a valid copy of `key`.
 
     OSError (including FileNotFoundError) passes through to the caller.
     """
-    return read_range(path, key, 0, -1, verify=verify)
+    data = read_range(path, key, 0, -1, verify=verify)
+    return data if isinstance(data, bytes) else bytes(data)
 
 
-def read_range(path: Path, key: str, offset: int, length: int, *, verify: bool) -> bytes:
+def read_range(path: Path, key: str, offset: int, length: int, *, verify: bool) -> Buffer:
     """Bytes [offset, offset+length) of the block in `path` (length -1: to its end),
     reading and verifying only the pages they lie in. CorruptBlock if the file is not a
     valid copy of `key`, or a page read fails its checksum; short at the block's end."""
-    key_b = key.encode()
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    block = open_block(path, key)
     try:
-        size = os.fstat(fd).st_size
-        layout = _read_layout(fd, key_b, size)
-        if layout is None:
-            with io.FileIO(fd, "r", closefd=False) as f:
-                data = _read_v1(f, key_b, size, verify)
+        if block.layout is None:
+            with io.FileIO(block.fd, "r", closefd=False) as f:
+                data = _read_v1(f, key.encode(), os.fstat(block.fd).st_size, verify)
             return data[offset : offset + length] if length >= 0 else data[offset:]
-        end = layout.data_len if length < 0 else min(layout.data_len, offset + length)
-        if offset >= end:
-            return b""
-        first, last = offset // PAGE, (end - 1) // PAGE
-        start = first * PAGE
-        span = min(layout.data_len, (last + 1) * PAGE) - start
-        data = _pread_exact(fd, span, layout.data_off + start)
+        return read_pages(block, offset, length, verify=verify)
     finally:
-        os.close(fd)
+        block.close()
+
+
+def read_pages(block: OpenBlock, offset: int, length: int, *, verify: bool, nowait: bool = False) -> Buffer:
+    """Bytes [offset, offset+length) of an open format-2 block (length -1: to its end).
+    `nowait`: only from the page cache (RWF_NOWAIT); BlockingIOError if reading them would
+    wait for the disk, so the caller can do it on a thread instead."""
+    layout = block.layout
+    assert layout is not None
+    end = layout.data_len if length < 0 else min(layout.data_len, offset + length)
+    if offset >= end:
+        return b""
+    first, last = offset // PAGE, (end - 1) // PAGE
+    start = first * PAGE
+    span = min(layout.data_len, (last + 1) * PAGE) - start
+    if nowait:
+        buf = bytearray(span)
+        if os.preadv(block.fd, [buf], layout.data_off + start, os.RWF_NOWAIT) != span:
+            raise BlockingIOError(errno.EAGAIN, "not all in the page cache")
+        data: bytes | bytearray = buf
+    else:
+        data = _pread_exact(block.fd, span, layout.data_off + start)
     if len(data) != span:
         raise CorruptBlock(f"short data ({len(data)} of {span} bytes)")
     if verify:
@@ -239,7 +281,7 @@ def read_range(path: Path, key: str, offset: int, length: int, *, verify: bool) 
                 raise CorruptBlock(f"checksum mismatch in page {page}")
     if offset == start and end - start == span:
         return data
-    return data[offset - start : end - start]
+    return memoryview(data)[offset - start : end - start]
 
 
 def _pread_exact(fd: int, n: int, at: int) -> bytes:

@@ -33,6 +33,7 @@ import os
 import shutil
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,7 @@ from fusecache.cache.stats import TierStats
 
 log = logging.getLogger(__name__)
 
+OPEN_FILES = 256  # cache files kept open (and their heads checked) for ranged reads
 RETRY_FAILED_AFTER = 30.0  # seconds a directory that failed with EIO/EROFS/... is skipped
 RETRY_FULL_AFTER = 1.0  # seconds writes to a full directory are skipped
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -59,6 +61,19 @@ class _Entry:
     staged: bool
     ready: bool  # False while the file is being written
     moving: bool = False  # uploaded() is turning this staged file into a clean one
+
+
+@dataclass(slots=True, eq=False)
+class _Open:
+    """A cache file held open for ranged reads. Closed once it is `doomed` (its entry
+    left the index, or the open-file cache let it go) and no reader uses it: a read in
+    progress never has its descriptor closed under it, and an evicted file's space is
+    freed as soon as its last reader is done."""
+
+    block: blockfile.OpenBlock
+    entry: _Entry
+    users: int = 1
+    doomed: bool = False
 
 
 class _Root:
@@ -153,6 +168,7 @@ class DiskTier:
         self._hits = self._misses = self._admitted = self._refused = 0
         self._evictions = self._corrupt = self._errors = 0
         self._logged: set[tuple[int, int]] = set()  # (directory, errno) already warned about
+        self._open: OrderedDict[str, _Open] = OrderedDict()  # LRU of files kept open
 
     # ----------------------------------------------------------------- start-up
 
@@ -255,10 +271,106 @@ class DiskTier:
     def get(self, key: str) -> bytes | None:
         return self._read(key, record=True)
 
-    def get_range(self, key: str, offset: int, length: int) -> bytes | None:
+    def get_range(self, key: str, offset: int, length: int) -> Buffer | None:
         """Bytes [offset, offset+length) of a cached block, reading and verifying only the
         pages they lie in; None on a miss (counted like `get`)."""
-        return self._read(key, record=True, span=(offset, length))
+        data = self._ranged(key, offset, length, nowait=False)
+        if data is None:
+            with self._lock:
+                self._misses += 1
+        return data
+
+    def get_range_nowait(self, key: str, offset: int, length: int) -> Buffer | None:
+        """Like get_range, but only if it needs no disk wait (an open file, pages in the
+        page cache), so it may run on an event loop; None (no miss counted) otherwise."""
+        return self._ranged(key, offset, length, nowait=True)
+
+    def _ranged(self, key: str, offset: int, length: int, *, nowait: bool) -> Buffer | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or not entry.ready:
+                return None
+            held = self._open.get(key)
+            if held is not None and held.entry is entry:
+                held.users += 1
+                self._open.move_to_end(key)
+            elif nowait:
+                return None  # opening the file could wait for the disk
+            else:
+                held = None
+            path = entry.path
+        if held is None:
+            held = self._open_file(key, entry, path)
+            if held is None:  # moved, gone, corrupt or format 1: the general path sorts it out
+                data = self._read(key, record=False, span=(offset, length))
+                if data is not None:
+                    with self._lock:
+                        self._hits += 1
+                        self._evictable.touch(key)
+                return data
+        try:
+            data = blockfile.read_pages(held.block, offset, length, verify=self._verify, nowait=nowait)
+        except BlockingIOError:
+            return None
+        except CorruptBlock as exc:
+            log.log(logging.ERROR if entry.staged else logging.WARNING, "cache file %s is corrupt (%s): dropped",
+                    path, exc)
+            with self._lock:
+                self._corrupt += 1
+            self._drop(key, entry)
+            return None
+        except OSError as exc:
+            self._io_error(entry.root, "read", exc)
+            if not entry.staged:
+                self._drop(key, entry)
+            return None
+        finally:
+            self._let_go(held)
+        with self._lock:
+            self._hits += 1
+            self._evictable.touch(key)
+        return data
+
+    def _open_file(self, key: str, entry: _Entry, path: Path) -> _Open | None:
+        """Open a format-2 cache file and keep it in the open-file cache (used once)."""
+        try:
+            block = blockfile.open_block(path, key)
+        except (OSError, CorruptBlock):
+            return None
+        if block.layout is None:
+            block.close()
+            return None
+        held = _Open(block, entry)
+        closing: list[_Open] = []
+        with self._lock:
+            if self._entries.get(key) is not entry or key in self._open:
+                held.doomed = True  # a private copy for this read only
+            else:
+                self._open[key] = held
+                while len(self._open) > OPEN_FILES:
+                    _, old = self._open.popitem(last=False)
+                    old.doomed = True
+                    if old.users == 0:
+                        closing.append(old)
+        for old in closing:
+            old.block.close()
+        return held
+
+    def _let_go(self, held: _Open) -> None:
+        with self._lock:
+            held.users -= 1
+            close = held.doomed and held.users == 0
+        if close:
+            held.block.close()
+
+    def _doom_locked(self, key: str, entry: _Entry) -> None:
+        """Its entry left the index: close the file once no read uses it."""
+        held = self._open.get(key)
+        if held is not None and held.entry is entry:
+            del self._open[key]
+            held.doomed = True
+            if held.users == 0:
+                held.block.close()
 
     def read_staged(self, key: str) -> bytes | None:
         """The data of a staged block, for its upload (no hit counted, no change of the
@@ -448,6 +560,7 @@ class DiskTier:
         """Remove an entry from the index and the accounting (its file is unlinked later)."""
         del self._entries[key]
         self._evictable.discard(key)
+        self._doom_locked(key, entry)
         self._used -= entry.size
         if entry.staged and entry.ready:
             self._staged_blocks -= 1
@@ -534,6 +647,7 @@ class DiskTier:
         unless `force`. Returns the number of staged blocks kept."""
         with self._lock:
             kept = 0 if force else self._staged_blocks
+            self._close_open_locked()
             self._entries = {k: e for k, e in self._entries.items() if e.staged and not force}
             self._evictable.clear()
             self._used = sum(e.size for e in self._entries.values())
@@ -553,8 +667,17 @@ class DiskTier:
 
     def close(self) -> None:
         """Release the directory locks; the tier takes no more writes."""
+        with self._lock:
+            self._close_open_locked()
         for root in self._roots:
             root.release()
+
+    def _close_open_locked(self) -> None:
+        for held in self._open.values():
+            held.doomed = True
+            if held.users == 0:
+                held.block.close()
+        self._open.clear()
 
     # ----------------------------------------------------------------- queries
 

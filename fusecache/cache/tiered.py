@@ -136,6 +136,27 @@ class TieredCache:
                 self._hits += 1
         return data
 
+    def get_range_nowait(self, key: str, offset: int, length: int) -> Buffer | None:
+        """Like get_range, but only what needs no disk wait: MEM, or SSD pages already in
+        the page cache of a file held open. None means "ask get_range on a thread"; it is
+        not counted as a miss. Safe to call from an event loop."""
+        data: Buffer | None = None
+        if self._mem is not None:
+            whole = self._mem.get(key)
+            if whole is None:
+                whole = self._demoter.get(key)
+            if whole is not None:
+                data = memoryview(whole)[offset : offset + length]
+        if data is None:
+            for disk in self._disks:
+                data = disk.get_range_nowait(key, offset, length)
+                if data is not None:
+                    break
+        if data is not None:
+            with self._lock:
+                self._hits += 1
+        return data
+
     def _lookup(self, key: str) -> bytes | None:
         if self._mem is not None:
             data = self._mem.get(key)

@@ -19,6 +19,10 @@ from ..workers import Workers
 from .slices import segments
 from .store import BlockMissing, Buffer, ChunkStore
 
+# Reads up to this size that the cache can serve without a disk wait are done on the event
+# loop: the hop to a worker thread and back costs more than the read itself.
+ON_LOOP_MAX = 256 << 10
+
 
 class BlockId(NamedTuple):
     """One block of a slice object, and the checksum its bytes must have (0: unknown)."""
@@ -105,6 +109,8 @@ class BlockLoader:
                 self._recent.move_to_end(block)
                 self.recent_hits += 1
             return memoryview(data)[offset : offset + length]
+        if length <= ON_LOOP_MAX and (part := self.chunks.try_range(*block.where, offset, length)) is not None:
+            return part  # from memory or the page cache: no thread hop
         self.fetches += 1
         part, whole = await self.workers.io(self.chunks.load_range, *block, offset, length, wait_missing)
         if whole is not None:
@@ -120,6 +126,11 @@ class BlockLoader:
             if not (wait_missing and isinstance(pending.error, BlockMissing) and not pending.waited):
                 raise pending.error
             # That load gave up on a missing object at once; this caller waits for it.
+        if block.size <= ON_LOOP_MAX and (data := self.chunks.try_range(*block.where, 0, -1)) is not None:
+            whole = bytes(data)  # a small file's block, from memory or the page cache
+            if keep:
+                self._remember(block, whole)
+            return whole
         pending = self._inflight[block] = _Load(wait_missing)
         self.fetches += 1
         try:

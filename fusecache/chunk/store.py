@@ -63,6 +63,8 @@ class BlockCache(Protocol):
 
     def get_range(self, key: str, offset: int, length: int) -> Buffer | None: ...
 
+    def get_range_nowait(self, key: str, offset: int, length: int) -> Buffer | None: ...
+
     def put(self, key: str, data: bytes) -> None: ...
 
     def contains(self, key: str) -> str | None: ...
@@ -170,6 +172,14 @@ class ChunkStore:
         whole = self._fetch(key, block_len(slice_size, self.block_size, index), expected_hash, wait_missing)
         self._cache_call("put", key, whole)
         return memoryview(whole)[offset : offset + length], whole
+
+    def try_range(self, slice_id: int, slice_size: int, index: int, offset: int, length: int) -> Buffer | None:
+        """A block range if the cache can give it without waiting for a disk (safe on the
+        event loop: no store request, no disk wait); None means "use load_range on a
+        thread". length -1: to the block's end."""
+        if length < 0:
+            length = block_len(slice_size, self.block_size, index) - offset
+        return self._cache_call("get_range_nowait", self.key(slice_id, slice_size, index), offset, length)
 
     def is_cached(self, slice_id: int, slice_size: int, index: int) -> bool:
         return self._cache_call("contains", self.key(slice_id, slice_size, index)) is not None

@@ -104,3 +104,40 @@ def test_format_1_files_of_an_earlier_version_are_still_read(tmp_path: Path) -> 
     assert cache.get(key) == data
     _flip(old.parent / name, 1)
     assert cache.get(key) is None, "the whole-block checksum of format 1 still guards it"
+
+
+def _open_cache_files(root: Path) -> list[str]:
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            out.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            pass
+    return [p for p in out if p.startswith(str(root)) and ("/clean/" in p or "/staged/" in p)]
+
+
+def test_reads_without_a_disk_wait_use_files_held_open_and_evicted_files_are_let_go(tmp_path: Path) -> None:
+    """get_range_nowait (safe on the event loop) serves only a file a ranged read opened
+    before, from the page cache; when the block leaves the cache its file is closed, so
+    its disk space is freed, and a damaged page is still never served."""
+    cache = TieredCache([ssd(64 << 20, tmp_path)], "v")
+    key, data = key_of(8, BLOCK), block_of(8, BLOCK)
+    cache.put(key, data)
+    assert cache.get_range_nowait(key, 0, 4096) is None, "not open yet: opening could wait"
+    assert bytes(cache.get_range(key, 0, 4096) or b"") == data[:4096]
+    assert len(_open_cache_files(tmp_path)) == 1
+    for off in (0, PAGE * 7 + 11, BLOCK - 4096):
+        got = cache.get_range_nowait(key, off, 4096)
+        assert got is not None and bytes(got) == data[off : off + 4096]
+    assert cache.get_range_nowait(key_of(9, BLOCK), 0, 10) is None
+    misses = cache.stats().misses
+    _flip(_only_file(tmp_path), 10)
+    assert cache.get_range_nowait(key, BLOCK - 4096, 4096) is None
+    assert cache.stats().tiers[0].corrupt == 1 and cache.stats().misses == misses
+    assert _open_cache_files(tmp_path) == [], "a dropped file is closed"
+    cache.put(key, data)
+    cache.get_range(key, 0, 1)
+    assert len(_open_cache_files(tmp_path)) == 1
+    cache.evict([key])
+    assert _open_cache_files(tmp_path) == [], "an evicted file is closed: its space is freed"
+    cache.close()
