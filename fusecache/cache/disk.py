@@ -30,6 +30,7 @@ import io
 import logging
 import math
 import os
+import resource
 import shutil
 import threading
 import time
@@ -47,7 +48,17 @@ from fusecache.cache.stats import TierStats
 
 log = logging.getLogger(__name__)
 
-OPEN_FILES = 256  # cache files kept open (and their heads checked) for ranged reads
+def _open_files_allowed() -> int:
+    """How many cache files a tier keeps open for ranged reads: up to 4096, a quarter of
+    the descriptor limit (raised to its hard limit first: the client needs many)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or hard > soft):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return 4096 if soft == resource.RLIM_INFINITY else max(16, min(4096, soft // 4))
 RETRY_FAILED_AFTER = 30.0  # seconds a directory that failed with EIO/EROFS/... is skipped
 RETRY_FULL_AFTER = 1.0  # seconds writes to a full directory are skipped
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -169,6 +180,7 @@ class DiskTier:
         self._evictions = self._corrupt = self._errors = 0
         self._logged: set[tuple[int, int]] = set()  # (directory, errno) already warned about
         self._open: OrderedDict[str, _Open] = OrderedDict()  # LRU of files kept open
+        self._open_max = _open_files_allowed()
 
     # ----------------------------------------------------------------- start-up
 
@@ -347,7 +359,7 @@ class DiskTier:
                 held.doomed = True  # a private copy for this read only
             else:
                 self._open[key] = held
-                while len(self._open) > OPEN_FILES:
+                while len(self._open) > self._open_max:
                     _, old = self._open.popitem(last=False)
                     old.doomed = True
                     if old.users == 0:

@@ -39,6 +39,9 @@ HEARTBEAT = 10.0
 STALE_SESSION = 60.0
 DEFAULT_CACHE = "mem:256MiB"
 UPLOAD_DRAIN_STALL = 60.0  # seconds without upload progress after which unmount stops waiting
+# pyfuse3 ends a request task whenever more than min_tasks wait for the next request, so
+# with its default of 1 every burst of parallel readers creates and ends tasks per request.
+FUSE_MIN_TASKS = 16
 TRASH_EVERY = 600.0  # seconds between looks for trash older than the volume's trash_days
 
 
@@ -471,7 +474,7 @@ async def _main(vfs, ops, meta, sid: int, mountpoint: str) -> None:  # type: ign
         nursery.start_soon(_trash_janitor, vfs)
         nursery.start_soon(_on_signal, mountpoint)
         nursery.start_soon(_after_init, ops, mountpoint)
-        await pyfuse3.main()
+        await pyfuse3.main(min_tasks=FUSE_MIN_TASKS)
         await vfs.flush_all()
         nursery.cancel_scope.cancel()
 

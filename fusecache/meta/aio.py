@@ -307,25 +307,32 @@ class FastCalls:
         if kept is not None:  # kept for its openers: perhaps only this session's closed note
             await self.blocking(self.meta.settle_unlinked, kept)
 
-    async def open(self, ino: int, known: Any = None) -> Any:
-        """Count an open (noting it in Redis if this session did not hold the file yet) and
-        return fresh attributes, or `known` ones the caller just got."""
+    async def open(self, ino: int, known: Any = None) -> tuple[Any, list[Any] | None]:
+        """Count an open (noting it in Redis if this session did not hold the file yet).
+        Returns (fresh attributes, or `known` ones the caller just got; the slices of the
+        file's first chunk when they came in the same round trip, else None)."""
         state = self.meta.open_nowait(ino)
         if state is None:
-            return await self.blocking(self.meta.open, ino, known)
+            return await self.blocking(self.meta.open, ino, known), None
         try:
             if state is True:
-                return known if known is not None else await self.getattr(ino)
+                if known is not None:
+                    return known, None
+                request = self._request(self.meta.open_request, ino, False)
+                return await self._run(request, self._attr_only, ino)  # type: ignore[no-any-return]
             try:
-                attr = await self._run(state, self._never, ino)
+                opened = await self._run(state, self._never, ino)
             except BaseException:
                 self.meta.opened(ino, False)
                 raise
             self.meta.opened(ino, True)
-            return attr
+            return opened  # type: ignore[no-any-return]
         except BaseException:
             self.meta.release(ino)  # counted above; a note possibly written goes later
             raise
+
+    def _attr_only(self, ino: int) -> tuple[Any, None]:
+        return self.meta.getattr(ino), None
 
     @staticmethod
     def _never(ino: int) -> Any:

@@ -692,13 +692,15 @@ redis.call('SET', ik(ARGV[2]), put(a, OFF_CTIME, ARGV[4]))
 return done({0})
 """
 
-# KEYS: attr(ino)  ARGV: P, ino, sid ('0': no session)
+# KEYS: attr(ino) [, chunk(ino, 0)]  ARGV: P, ino, sid ('0': no session), hold ('0': no note)
 # Attributes, and (with a session) the note that the session holds the inode open, in one
-# step: an unlink by any client either ran before (ENOENT here) or sees the note.
+# step: an unlink by any client either ran before (ENOENT here) or sees the note. With the
+# chunk key, also the first chunk's slices: a small file's open and read cost one round trip.
 OPEN = r"""
 local a = redis.call('GET', KEYS[1])
 if not a then return {ENOENT} end
-hold(ARGV[2], ARGV[3])
+if ARGV[4] ~= '0' then hold(ARGV[2], ARGV[3]) end
+if KEYS[2] then return {0, a, redis.call('LRANGE', KEYS[2], 0, -1)} end
 return {0, a}
 """
 

@@ -536,12 +536,17 @@ class RedisMeta(Meta):
         self._status(res)
         return int(res[1]) if res[1] and int(res[2]) == _KEPT else None
 
-    def open_request(self, ino: int) -> MetaRequest | None:
-        """Fresh attributes of `ino` and the note that this session holds it open, as one
-        request, once `open_nowait(ino)` said a note is needed."""
+    def open_request(self, ino: int, hold: bool = True) -> MetaRequest | None:
+        """Fresh attributes of `ino` and its first chunk's slices, as (Attr, slices), and
+        (`hold`) the note that this session holds it open, as one request: `hold` once
+        `open_nowait(ino)` said a note is needed, else for an open of a file held already."""
         sid = self._sid or 0
-        return self._script_request("OPEN", [self._ik(ino)], [ino, sid],
-                                    lambda res: unpack_attr(ino, self._status(res)[1]))
+
+        def decode(res: list[Any]) -> tuple[Attr, list[Slice]]:
+            self._status(res)
+            return unpack_attr(ino, res[1]), [unpack_slice(raw) for raw in res[2]]
+
+        return self._script_request("OPEN", [self._ik(ino), self._ck(ino, 0)], [ino, sid, int(hold)], decode)
 
     def _get_dir(self, ino: int) -> Attr:
         attr = self._get_attr(ino)
@@ -808,7 +813,7 @@ class RedisMeta(Meta):
         try:
             if note:
                 try:
-                    attr = unpack_attr(ino, self._run("OPEN", [self._ik(ino)], [ino, self._sid or 0])[1])
+                    attr = unpack_attr(ino, self._run("OPEN", [self._ik(ino)], [ino, self._sid or 0, 1])[1])
                 except BaseException:
                     self._noted_open(ino, False)
                     raise

@@ -121,6 +121,9 @@ class Vfs:
         self._readahead_slots = trio.CapacityLimiter(max(2, 2 * self.options.readahead_blocks))
         self._warm_slots = trio.CapacityLimiter(max(1, self.options.warmup_slots))
         self._commits: dict[tuple[int, int], int] = {}  # commits per chunk since its last compaction check
+        # Bumped around every change of slices this client makes (a write's commit, a
+        # truncation): an open only trusts a slice list that no such change may predate.
+        self._slice_changes = 0
         self._compacting: set[tuple[int, int]] = set()
         self._compact_slots = trio.CapacityLimiter(2)  # a compaction holds up to a chunk in memory
 
@@ -182,7 +185,9 @@ class Vfs:
             if state.writer is not None:
                 await state.writer.flush()
             state.slices.clear()
+        self._slice_changes += 1
         attr = await self._meta(self.meta.setattr, ino, changes)
+        self._slice_changes += 1
         if changes.size is not None and state is not None:
             if state.writer is not None:
                 state.writer.end = 0  # committed; the metadata length is the truth now
@@ -281,8 +286,12 @@ class Vfs:
     async def open(self, ino: int, flags: int, known: Attr | None = None) -> int:
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
             self._writable()
-        attr = await self.fast.open(ino, known)
+        changes = self._slice_changes
+        attr, first_chunk = await self.fast.open(ino, known)
+        if changes != self._slice_changes:
+            first_chunk = None  # this client changed some file meanwhile: the list may predate it
         if flags & os.O_TRUNC and attr.is_file:
+            first_chunk = None
             # With atomic O_TRUNC (libfuse's default) the kernel sends no setattr: the open
             # itself must truncate, and like any truncation it sets mtime and ctime.
             try:
@@ -297,6 +306,8 @@ class Vfs:
             state.slices.clear()  # changed elsewhere since we last looked
         if not state.opens:
             state.slices.clear()
+        if first_chunk is not None and not (state.writer is not None and state.writer.dirty):
+            state.slices.put(0, first_chunk)  # as fresh as a read now: saves its round trip
         state.attr = attr
         state.opens += 1
         fh = next(self._fh)
@@ -450,7 +461,9 @@ class Vfs:
         return len(data)
 
     async def _commit(self, ino: int, index: int, piece: Slice) -> None:
+        self._slice_changes += 1
         attr = await self._meta(self.meta.write, ino, index, piece, time.time_ns())
+        self._slice_changes += 1
         state = self.files.get(ino)
         if state is not None:
             state.slices.pop(index)

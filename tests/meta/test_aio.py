@@ -110,10 +110,11 @@ def test_fast_open_notes_the_open_where_every_client_sees_it(meta_url: str) -> N
 
         async def main() -> None:
             before = fast.direct
-            assert await fast.open(f.ino) == meta.getattr(f.ino)
-            assert fast.direct == before + 1, "one request: note and attributes"
-            assert await fast.open(f.ino) == meta.getattr(f.ino)
-            assert fast.direct == before + 2, "held already: a plain GET"
+            assert await fast.open(f.ino) == (meta.getattr(f.ino), [])
+            assert fast.direct == before + 1, "one request: note, attributes, first chunk"
+            meta.write(f.ino, 0, Slice(0, 77, 5, 0, 5), 1)
+            assert await fast.open(f.ino) == (meta.getattr(f.ino), meta.read(f.ino, 0))
+            assert fast.direct == before + 2, "held already: attributes and first chunk, no note"
             with pytest.raises(FsError) as info:
                 await fast.open(999_999)
             assert info.value.errno == errno.ENOENT
@@ -174,7 +175,7 @@ def test_fast_create_and_unlink_match_engine(meta_url: str) -> None:
                 meta.getattr(first.ino)
 
             # A file created open loses its last link: kept (nlink 0) until its last release.
-            assert await fast.open(a.ino, a) == a  # held since the create: no round trip
+            assert (await fast.open(a.ino, a))[0] == a
             await fast.unlink(d.ino, b"b")
             assert meta.getattr(a.ino).nlink == 0
             meta.release(a.ino)
