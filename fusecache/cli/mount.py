@@ -73,6 +73,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mem-cache", metavar="SIZE", help="same as --cache mem:SIZE (kept for compatibility)")
     p.add_argument("--metrics", metavar="ADDR:PORT", help="serve Prometheus metrics on this address")
     p.add_argument("--io-threads", type=int, default=32, help="object store worker threads")
+    p.add_argument("--s3-data-client", choices=["boto3", "lean"], default="boto3",
+                   help="how block GETs and PUTs reach S3: boto3 (default) or lean, a minimal signed "
+                        "HTTP path that costs about a third of boto3's CPU per request (docs/performance.md)")
     p.add_argument("--log", help="log file (default with -d: /var/log/fusecache/<name>.log or ~/.fusecache/)")
     p.set_defaults(run=run)
 
@@ -138,7 +141,9 @@ def open_volume(args: argparse.Namespace) -> Volume:
             _warn(problem)
         root = _resolve_subdir(meta, args.subdir)
         try:
-            store = create_store(settings.storage, settings.bucket, settings.access_key, settings.secret_key)
+            options = {"data_client": args.s3_data_client} if settings.storage == "s3" else {}
+            store = create_store(settings.storage, settings.bucket, settings.access_key, settings.secret_key,
+                                 **options)
             if args.read_only:
                 store.list("", "", 1)
             else:

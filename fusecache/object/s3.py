@@ -125,12 +125,15 @@ class S3Store(ObjectStore):
         backoff_base: float = 0.1,
         backoff_max: float = 10.0,
         list_page_size: int = S3_MAX_PAGE,
+        data_client: str = "boto3",
     ) -> None:
         """Empty access/secret keys fall back to boto3's own credential chain (env, instance role).
 
         Retrying stops after `max_attempts` tries; the waits between them double from
         `backoff_base` up to `backoff_max` seconds (defaults: about 35 s in all), so an
         outage shorter than that is invisible to callers.
+
+        `data_client`: "boto3" (the default) or "lean" (s3_lean.py) for object GETs and PUTs.
         """
         self._loc = parse_bucket_url(bucket_url)
         self._secret = secret_key
@@ -160,6 +163,16 @@ class S3Store(ObjectStore):
             aws_secret_access_key=secret_key or None,
             config=config,
         )
+        self._lean = None
+        if data_client == "lean":
+            from fusecache.object.s3_lean import LeanS3
+
+            self._lean = LeanS3(self._loc.endpoint, self._loc.bucket, self._loc.addressing_style, region,
+                                self._client._request_signer._credentials,
+                                max_connections=max_pool_connections, connect_timeout=connect_timeout,
+                                read_timeout=read_timeout)
+        elif data_client != "boto3":
+            raise ValueError(f"unknown S3 data client {data_client!r}: choose boto3 or lean")
 
     # -- ObjectStore -------------------------------------------------------------------------
 
@@ -172,6 +185,18 @@ class S3Store(ObjectStore):
         ranged = off > 0 or limit > 0
         if ranged:
             params["Range"] = f"bytes={off}-{off + limit - 1}" if limit > 0 else f"bytes={off}-"
+
+        def lean_attempt() -> bytes:
+            assert self._lean is not None
+            try:
+                data, partial = self._lean.get(params["Key"], params.get("Range"))
+            except bexc.ClientError as e:
+                if _code(e) == "InvalidRange":
+                    return b""
+                raise
+            if ranged and not partial:  # a server that ignored Range sent it all
+                data = data[off : off + limit] if limit > 0 else data[off:]
+            return data
 
         def attempt() -> bytes:
             try:
@@ -190,10 +215,14 @@ class S3Store(ObjectStore):
                 data = data[off : off + limit] if limit > 0 else data[off:]
             return data
 
-        return self._call("get", key, attempt)
+        return self._call("get", key, lean_attempt if self._lean is not None else attempt)
 
     def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
         body = _as_body(data)
+        if self._lean is not None:
+            lean = self._lean
+            self._call("put", key, lambda: lean.put(self._key(key), body))
+            return
         params = {"Bucket": self._loc.bucket, "Key": self._key(key), "Body": body}
         self._call("put", key, lambda: self._client.put_object(**params))
 
@@ -235,6 +264,8 @@ class S3Store(ObjectStore):
         return f"s3://{host}/{self._loc.bucket}/{self._loc.prefix}".rstrip("/")
 
     def close(self) -> None:
+        if self._lean is not None:
+            self._lean.close()
         self._client.close()
 
     # -- internals ---------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from tests.object.conformance import CHECKS
 from tests.servers import S3Server
 
 
-@pytest.fixture(params=["s3", "s3-prefix-small-pages", "local"])
+@pytest.fixture(params=["s3", "s3-prefix-small-pages", "s3-lean", "local"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ObjectStore]:
     s: ObjectStore
     if request.param == "local":
@@ -24,6 +24,8 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ObjectStor
         url: str = request.getfixturevalue("bucket_url")
         if request.param == "s3":
             s = S3Store(url, server.access_key, server.secret_key)
+        elif request.param == "s3-lean":  # the lean data path for GET and PUT, under a prefix
+            s = S3Store(f"{url}/lean", server.access_key, server.secret_key, data_client="lean")
         else:
             # A key prefix inside the bucket, and 4-key server pages so every listing pages.
             s = S3Store(f"{url}/vol/one", server.access_key, server.secret_key, list_page_size=4)

@@ -33,11 +33,12 @@ def assert_no_secret(exc: BaseException, *secrets: str) -> None:
         assert secret not in text
 
 
+@pytest.mark.parametrize("data_client", ["boto3", "lean"])
 def test_wrong_secret_key_is_access_denied(
-    s3_server: S3Server, bucket_url: str, caplog: pytest.LogCaptureFixture
+    data_client: str, s3_server: S3Server, bucket_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    store = S3Store(bucket_url, s3_server.access_key, WRONG_SECRET)
+    store = S3Store(bucket_url, s3_server.access_key, WRONG_SECRET, data_client=data_client)
     started = time.monotonic()
     for op in (lambda: store.put("k", b"x"), lambda: store.get("k"), lambda: store.list()):
         with pytest.raises(ObjectStoreError) as info:
@@ -58,8 +59,10 @@ def test_unknown_access_key_is_access_denied(s3_server: S3Server, bucket_url: st
     store.close()
 
 
-def test_missing_bucket_is_named(s3_server: S3Server) -> None:
-    store = S3Store(f"{s3_server.endpoint}/no-such-bucket", s3_server.access_key, s3_server.secret_key)
+@pytest.mark.parametrize("data_client", ["boto3", "lean"])
+def test_missing_bucket_is_named(data_client: str, s3_server: S3Server) -> None:
+    store = S3Store(f"{s3_server.endpoint}/no-such-bucket", s3_server.access_key, s3_server.secret_key,
+                    data_client=data_client)
     for op in (lambda: store.put("k", b"x"), lambda: store.get("k"), lambda: store.list()):
         with pytest.raises(ObjectStoreError) as info:
             op()
@@ -71,11 +74,14 @@ def test_missing_bucket_is_named(s3_server: S3Server) -> None:
     store.close()
 
 
-def test_unreachable_endpoint_fails_fast_after_bounded_retries(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("data_client", ["boto3", "lean"])
+def test_unreachable_endpoint_fails_fast_after_bounded_retries(
+    data_client: str, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="fusecache.object.s3")
     closed = free_port()  # nothing listens here
     store = S3Store(f"http://127.0.0.1:{closed}/bucket", S3_ACCESS_KEY, S3_SECRET_KEY,
-                    connect_timeout=1, max_attempts=3, backoff_base=0.05)
+                    connect_timeout=1, max_attempts=3, backoff_base=0.05, data_client=data_client)
     started = time.monotonic()
     with pytest.raises(ObjectStoreError) as info:
         store.get("k")
