@@ -179,3 +179,22 @@ def test_deleted_and_truncated_data_is_removed_from_the_store(gc_volume: Volume)
     while {k for k in volume.object_keys("testvol/blocks/")} != _referenced_objects(m.path / "b"):
         assert time.monotonic() < deadline, "objects of deleted/truncated data were not removed"
         time.sleep(0.5)
+
+
+def test_the_lean_s3_data_path_round_trips_with_the_default_one(s3_volume: Volume) -> None:
+    """Files written through `--s3-data-client lean` read back the same through boto3,
+    and the other way round (the objects are the same S3 objects)."""
+    rng = random.Random(11)
+    blobs = {f"f{i}": rng.randbytes(size) for i, size in enumerate([0, 1, 150_000, 5 << 20, (4 << 20) + 3])}
+    lean = s3_volume.mount("--s3-data-client", "lean")
+    for name, data in blobs.items():
+        (lean.path / name).write_bytes(data)
+    (lean.path / "by-lean").mkdir()
+    lean.umount()
+    default = s3_volume.mount()
+    for name, data in blobs.items():
+        assert sha256_file(default.path / name) == hashlib.sha256(data).hexdigest(), name
+    (default.path / "by-boto3").write_bytes(blobs["f3"])
+    default.umount()
+    lean = s3_volume.mount("--s3-data-client", "lean", "--cache", "mem:1MiB")
+    assert sha256_file(lean.path / "by-boto3") == hashlib.sha256(blobs["f3"]).hexdigest()
