@@ -59,6 +59,7 @@ class FuseOps(pyfuse3.Operations):
         self.attr_timeout = attr_timeout
         self.entry_timeout = entry_timeout
         self.initialized = False  # the kernel's INIT request arrived
+        self._built: dict[int, dict[int, pyfuse3.EntryAttributes]] = {}  # dir handle → entry left over
         self.on_init: Callable[[], None] | None = None
 
     def init(self) -> None:
@@ -203,11 +204,19 @@ class FuseOps(pyfuse3.Operations):
 
     @fs_errors
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        for i, entry in enumerate(self.vfs.readdir(fh, start_id)):
-            if not pyfuse3.readdir_reply(token, entry.name, self._entry(entry.attr), start_id + i + 1):
+        # The kernel takes a listing a page (a few dozen entries) at a time: the listing is
+        # read once at opendir, and the entry that did not fit is not built twice.
+        entries = self.vfs.dir_entries(fh)
+        built = self._built.setdefault(fh, {})
+        reply, make = pyfuse3.readdir_reply, self._entry
+        for i in range(start_id, len(entries)):
+            attrs = built.pop(i, None) or make(entries[i].attr)
+            if not reply(token, entries[i].name, attrs, i + 1):
+                built[i] = attrs
                 break
 
     async def releasedir(self, fh: int) -> None:
+        self._built.pop(fh, None)
         self.vfs.releasedir(fh)
 
     async def fsyncdir(self, fh: int, datasync: bool) -> None:

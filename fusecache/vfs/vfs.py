@@ -252,10 +252,14 @@ class Vfs:
         return fh
 
     def readdir(self, fh: int, start: int) -> list[DirEntry]:
+        return self.dir_entries(fh)[start:]
+
+    def dir_entries(self, fh: int) -> list[DirEntry]:
+        """The whole listing of an open directory, as read at opendir (do not modify)."""
         handle = self.dirs.get(fh)
         if handle is None:
             raise FsError(errno.EBADF)
-        return handle.entries[start:]
+        return handle.entries
 
     def releasedir(self, fh: int) -> None:
         self.dirs.pop(fh, None)
