@@ -69,7 +69,8 @@ class TieredCache:
     """
 
     def __init__(self, tiers: Sequence[TierConfig], volume_id: str, *, checksum: bool = True,
-                 promote: bool = False, protected_share: float = PROTECTED_SHARE) -> None:
+                 promote: bool = False, protected_share: float = PROTECTED_SHARE,
+                 demote_limit: int | None = None) -> None:
         check_volume_id(volume_id)
         mems = [t for t in tiers if t.medium == "mem"]
         if len(mems) > 1:
@@ -85,16 +86,20 @@ class TieredCache:
         # The writer closes over the tiers, not over self: no reference cycle, so a dropped
         # cache is freed (and its directory locks released) at once.
         disks = self._disks
-        self._demoter = Demoter(_demotion_writer(self._mem, disks), _demotion_undo(disks),
-                                limit=max(burst, DEMOTE_QUEUE_MIN))
+        if demote_limit is None:
+            demote_limit = max(burst, DEMOTE_QUEUE_MIN)
+        self._demoter = Demoter(_demotion_writer(self._mem, disks), _demotion_undo(disks), limit=demote_limit)
         for disk in self._disks:
             disk.load()
 
     @classmethod
     def open(cls, tiers: Sequence[TierConfig], volume_id: str, *, checksum: bool = True,
-             promote: bool = False, protected_share: float = PROTECTED_SHARE) -> TieredCache:
-        """Open the cache of a volume, finding the blocks earlier processes left on disk."""
-        return cls(tiers, volume_id, checksum=checksum, promote=promote, protected_share=protected_share)
+             promote: bool = False, protected_share: float = PROTECTED_SHARE,
+             demote_limit: int | None = None) -> TieredCache:
+        """Open the cache of a volume, finding the blocks earlier processes left on disk.
+        `demote_limit`: bytes of MEM evictions that may wait for the disk (a memory bound)."""
+        return cls(tiers, volume_id, checksum=checksum, promote=promote, protected_share=protected_share,
+                   demote_limit=demote_limit)
 
     @property
     def can_stage(self) -> bool:

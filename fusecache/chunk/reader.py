@@ -60,9 +60,12 @@ class BlockLoader:
     immutable, so a remembered block is never stale.
     """
 
-    def __init__(self, chunks: ChunkStore, workers: Workers, recent_bytes: int = 64 << 20) -> None:
+    def __init__(self, chunks: ChunkStore, workers: Workers, recent_bytes: int = 64 << 20,
+                 slots: int = 64) -> None:
         self.chunks = chunks
         self.workers = workers
+        # Block loads in flight at once: each holds up to a block in memory (memory.py).
+        self._slots = trio.CapacityLimiter(max(1, slots))
         self._inflight: dict[BlockId, _Load] = {}
         self._recent: OrderedDict[BlockId, bytes] = OrderedDict()
         self._recent_bytes = recent_bytes
@@ -112,7 +115,8 @@ class BlockLoader:
         if length <= ON_LOOP_MAX and (part := self.chunks.try_range(*block.where, offset, length)) is not None:
             return part  # from memory or the page cache: no thread hop
         self.fetches += 1
-        part, whole = await self.workers.io(self.chunks.load_range, *block, offset, length, wait_missing)
+        async with self._slots:
+            part, whole = await self.workers.io(self.chunks.load_range, *block, offset, length, wait_missing)
         if whole is not None:
             self._remember(block, whole)
         return part
@@ -134,7 +138,8 @@ class BlockLoader:
         pending = self._inflight[block] = _Load(wait_missing)
         self.fetches += 1
         try:
-            pending.data = await self.workers.io(self.chunks.load_block, *block, wait_missing)
+            async with self._slots:
+                pending.data = await self.workers.io(self.chunks.load_block, *block, wait_missing)
             if keep:
                 self._remember(block, pending.data)
             return pending.data

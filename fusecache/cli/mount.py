@@ -25,6 +25,8 @@ from .. import __version__
 from ..errors import CliError, FsError, ObjectStoreError
 from ..mountinfo import is_mounted, top_mount
 from ..types import ROOT_INO
+from ..units import parse_size
+from ..vfs.memory import MEM_TIER_SHARE, BudgetTooSmall, MemoryPlan, plan_memory
 from .common import connect_meta, eviction_problem, load_volume
 
 if TYPE_CHECKING:
@@ -72,6 +74,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="stage written blocks on the ssd tier and upload them in the background")
     p.add_argument("--mem-cache", metavar="SIZE", help="same as --cache mem:SIZE (kept for compatibility)")
     p.add_argument("--metrics", metavar="ADDR:PORT", help="serve Prometheus metrics on this address")
+    p.add_argument("--memory-budget", default="1GiB", metavar="SIZE",
+                   help="memory for block data: the mem cache tier, read and write buffers, readahead and "
+                        "loads in flight together (default 1GiB; the client's fixed overhead comes on top)")
     p.add_argument("--io-threads", type=int, default=32, help="object store worker threads")
     p.add_argument("--s3-data-client", choices=["boto3", "lean"], default="boto3",
                    help="how block GETs and PUTs reach S3: boto3 (default) or lean, a minimal signed "
@@ -189,8 +194,31 @@ def metrics_address(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def memory_budget(args: argparse.Namespace) -> int:
+    try:
+        budget = parse_size(args.memory_budget)
+    except ValueError as exc:
+        raise CliError(f"--memory-budget: {exc}", 2) from None
+    if budget <= 0:
+        raise CliError("--memory-budget must be positive", 2)
+    return budget
+
+
+def plan_client_memory(args: argparse.Namespace, block_size: int) -> MemoryPlan:
+    """The memory plan of this mount (CliError if the flags ask for more than the budget)."""
+    mem_tier = sum(t.quota for t in args.cache_tiers if t.medium == "mem")
+    try:
+        return plan_memory(memory_budget(args), block_size, mem_tier, readahead_blocks=args.readahead,
+                           upload_blocks=max(2, args.buffer_blocks))
+    except BudgetTooSmall as exc:
+        raise CliError(str(exc), 2) from None
+
+
 def run(args: argparse.Namespace) -> int:
     args.cache_tiers = cache_tiers(args)  # fail before starting a background client
+    mem_tier = sum(t.quota for t in args.cache_tiers if t.medium == "mem")
+    if mem_tier > MEM_TIER_SHARE * memory_budget(args):  # the rest needs the block size
+        plan_client_memory(args, 1)
     if args.metrics:
         metrics_address(args.metrics)
     if args.readahead < 0:
@@ -325,9 +353,11 @@ def _serve_volume(args: argparse.Namespace, volume: Volume) -> int:
     from .stats import start_metrics
 
     meta, settings = volume.meta, volume.settings
+    plan = plan_client_memory(args, settings.block_size)  # type: ignore[attr-defined]
+    log.info("%s", plan.describe())
     # The volume's uuid names its cache directories: volumes never share cached blocks,
     # even two volumes of the same name on different metadata servers.
-    cache = TieredCache.open(args.cache_tiers, settings.uuid)  # type: ignore[attr-defined]
+    cache = TieredCache.open(args.cache_tiers, settings.uuid, demote_limit=plan.demote_queue)  # type: ignore[attr-defined]
     chunks = ChunkStore(volume.store, settings.name, settings.block_size, cache,  # type: ignore[arg-type, attr-defined]
                         writeback=args.writeback and not args.read_only,
                         upload_threads=max(2, args.io_threads // 4))
@@ -335,7 +365,9 @@ def _serve_volume(args: argparse.Namespace, volume: Volume) -> int:
         chunks.resume_uploads()
         workers = Workers(meta_threads=16, io_threads=args.io_threads)
         options = VfsOptions(read_only=args.read_only, readahead_blocks=args.readahead,
-                             upload_slots=max(2, args.buffer_blocks))
+                             upload_slots=plan.upload_slots, readahead_slots=plan.readahead_slots,
+                             read_slots=plan.read_slots, recent_blocks=plan.recent_blocks,
+                             warmup_slots=plan.warmup_slots)
         vfs = Vfs(meta, chunks, settings, workers, options)  # type: ignore[arg-type]
         vfs.about = {
             "volume": settings.name, "uuid": settings.uuid, "pid": os.getpid(),  # type: ignore[attr-defined]

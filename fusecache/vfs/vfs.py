@@ -66,6 +66,9 @@ class VfsOptions:
     upload_slots: int = 32  # blocks being uploaded at once (bounds buffered memory)
     idle_flush: float = 5.0  # seconds after which an idle open slice is committed
     warmup_slots: int = 16  # blocks loaded at once by warmup requests
+    readahead_slots: int = 0  # readahead loads at once (0: twice readahead_blocks)
+    read_slots: int = 64  # block loads in flight for readers (bounds their memory)
+    recent_blocks: int = 0  # blocks kept for readers (0: room for two readahead windows)
     keep_page_cache: bool = True  # let unchanged files keep the kernel page cache across opens
 
 
@@ -100,8 +103,8 @@ class Vfs:
         self.options = options or VfsOptions()
         block = chunks.block_size
         # Room for a readahead window being consumed while the next one is fetched.
-        self.loader = BlockLoader(chunks, workers,
-                                  recent_bytes=max(4, 2 * (self.options.readahead_blocks + 1)) * block)
+        recent = self.options.recent_blocks or max(4, 2 * (self.options.readahead_blocks + 1))
+        self.loader = BlockLoader(chunks, workers, recent_bytes=recent * block, slots=self.options.read_slots)
         self.counters = Counters()
         self.about: dict[str, Any] = {}  # static facts for stats (volume, pid, mountpoint), set by mount
         self._page_versions: OrderedDict[int, tuple[int, int, int]] = OrderedDict()
@@ -118,7 +121,8 @@ class Vfs:
         self._fh = itertools.count(1)
         self._nursery: trio.Nursery | None = None
         self._upload_slots = trio.CapacityLimiter(self.options.upload_slots)
-        self._readahead_slots = trio.CapacityLimiter(max(2, 2 * self.options.readahead_blocks))
+        self._readahead_slots = trio.CapacityLimiter(
+            max(1, self.options.readahead_slots or 2 * self.options.readahead_blocks))
         self._warm_slots = trio.CapacityLimiter(max(1, self.options.warmup_slots))
         self._commits: dict[tuple[int, int], int] = {}  # commits per chunk since its last compaction check
         # Bumped around every change of slices this client makes (a write's commit, a
