@@ -120,7 +120,7 @@ class FloorFs(pyfuse3.Operations):
 def main() -> None:
     if len(sys.argv) != 2:
         sys.exit("usage: python -m benchmarks.fuse_floor MOUNTPOINT")
-    sys.setswitchinterval(0.0005)  # as fusecache's mount does
+    sys.setswitchinterval(0.005)  # as fusecache's mount does
     pyfuse3.init(FloorFs(), sys.argv[1], {"fsname=fusefloor", "subtype=fusefloor", "default_permissions"})
     try:
         trio.run(pyfuse3.main)
