@@ -28,6 +28,7 @@ import hiredis
 import trio
 
 from .connect import SOCKET_TIMEOUT
+from .tracking import MetaCache
 
 log = logging.getLogger(__name__)
 
@@ -242,6 +243,92 @@ class AsyncRedis:
         self._idle.clear()
 
 
+class ChangeFeed:
+    """Redis's notices of changed inode and directory keys, fed to a MetaCache.
+
+    One connection asks for broadcast tracking of the two key prefixes, redirected to
+    itself, and subscribes to the notices. The cache is live only while this connection is
+    subscribed and answering; a lost, silent or refused connection makes it drop everything
+    and stop caching until it is subscribed again."""
+
+    QUIET = 5.0  # seconds without a message before a PING checks the connection
+
+    def __init__(self, client: AsyncRedis, inode_prefix: str, dir_prefix: str, cache: MetaCache) -> None:
+        self.client = client
+        self.cache = cache
+        self._inode_prefix = inode_prefix.encode()
+        self._dir_prefix = dir_prefix.encode()
+        self.notices = 0
+
+    async def run(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                conn = await self.client._connect()
+            except (OSError, hiredis.ProtocolError, FallBack, trio.TooSlowError) as exc:
+                log.debug("change feed: cannot connect: %s", exc)
+            else:
+                try:
+                    if not await self._follow(conn):
+                        return
+                    delay = 0.5
+                except (OSError, hiredis.ProtocolError, trio.TooSlowError) as exc:
+                    log.info("change feed lost (%s); metadata caching is off until it is back",
+                             exc or type(exc).__name__)
+                finally:
+                    self.cache.set_live(False)
+                    conn.close()
+            await trio.sleep(delay)
+            delay = min(2 * delay, 10.0)
+
+    async def _follow(self, conn: _Connection) -> bool:
+        """Subscribe and apply notices until the connection fails (raises) or the server
+        cannot track keys (returns False: caching stays off)."""
+        with trio.fail_after(self.client.timeout):
+            cid = await conn.call("CLIENT", "ID")
+            ok = await conn.call("CLIENT", "TRACKING", "ON", "REDIRECT", cid, "BCAST",
+                                 "PREFIX", self._inode_prefix, "PREFIX", self._dir_prefix)
+            if isinstance(ok, hiredis.ReplyError):
+                log.warning("Redis does not track keys for clients (%s): metadata is not cached", ok)
+                return False
+            await conn.call("SUBSCRIBE", "__redis__:invalidate")
+        self.cache.set_live(True)
+        pinged = False
+        while True:
+            with trio.move_on_after(self.QUIET) as quiet:
+                await trio.lowlevel.wait_readable(conn.sock)
+            if quiet.cancelled_caught:
+                if pinged:
+                    raise TimeoutError("no answer to PING")
+                conn.sock.send(pack_command("PING"))  # a few bytes: the socket buffer takes them
+                pinged = True
+                continue
+            try:
+                chunk = conn.sock.recv(65536)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                raise ConnectionResetError("Redis closed the change feed")
+            pinged = False
+            conn.reader.feed(chunk)
+            while (message := conn.reader.gets()) is not False:
+                self._apply(message)
+
+    def _apply(self, message: Any) -> None:
+        if not isinstance(message, list) or len(message) < 3 or message[0] != b"message":
+            return  # a PING's pong, or a subscription confirmation
+        keys = message[2]
+        self.notices += 1
+        if keys is None:  # FLUSHDB/FLUSHALL: anything may have changed
+            self.cache.reset()
+            return
+        for key in keys:
+            if key.startswith(self._inode_prefix) and key[len(self._inode_prefix):].isdigit():
+                self.cache.changed_inode(int(key[len(self._inode_prefix):]))
+            elif key.startswith(self._dir_prefix) and key[len(self._dir_prefix):].isdigit():
+                self.cache.changed_dir(int(key[len(self._dir_prefix):]))
+
+
 class FastCalls:
     """The hottest metadata calls over `AsyncRedis` when the engine supports it, else in a
     thread: lookup, getattr, slice lists, open, and the creates and unlinks of regular
@@ -255,11 +342,17 @@ class FastCalls:
         self.blocking = blocking
         self.client = client
         self.direct = 0  # calls answered without a thread (for stats and tests)
+        self.cache = MetaCache()  # live only while `feed` runs (tracking.py)
+        prefixes = meta.tracked_prefixes() if client is not None and hasattr(meta, "tracked_prefixes") else None
+        self.feed = ChangeFeed(client, *prefixes, self.cache) if client is not None and prefixes else None
 
     def start(self, nursery: trio.Nursery) -> None:
-        """Bound the replies of non-blocking calls (AsyncRedis.watch)."""
+        """Bound the replies of non-blocking calls (AsyncRedis.watch), and follow the
+        change feed that keeps the metadata cache coherent."""
         if self.client is not None:
             nursery.start_soon(self.client.watch)
+        if self.feed is not None:
+            nursery.start_soon(self.feed.run)
 
     @classmethod
     def for_engine(cls, meta: Any, blocking: Callable[..., Any]) -> FastCalls:
@@ -288,10 +381,22 @@ class FastCalls:
         return make(*args) if self.client is not None else None
 
     async def lookup(self, parent: int, name: bytes) -> Any:
-        return await self._run(self._request(self.meta.lookup_request, parent, name), self.meta.lookup, parent, name)
+        kept = self.cache.entry(parent, name)
+        if kept is not None:
+            return kept
+        token = self.cache.begin()
+        attr = await self._run(self._request(self.meta.lookup_request, parent, name), self.meta.lookup, parent, name)
+        self.cache.fill_entry(token, parent, name, attr)
+        return attr
 
     async def getattr(self, ino: int) -> Any:
-        return await self._run(self._request(self.meta.getattr_request, ino), self.meta.getattr, ino)
+        kept = self.cache.attr(ino)
+        if kept is not None:
+            return kept
+        token = self.cache.begin()
+        attr = await self._run(self._request(self.meta.getattr_request, ino), self.meta.getattr, ino)
+        self.cache.fill_attr(token, attr)
+        return attr
 
     async def read(self, ino: int, chunk_index: int) -> Any:
         return await self._run(self._request(self.meta.read_request, ino, chunk_index),
@@ -300,12 +405,19 @@ class FastCalls:
     async def create(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Any:
         """A regular file that this session holds open from the start (FUSE create)."""
         request = self._request(self.meta.create_file_request, parent, name, mode, uid, gid, True)
-        return await self._run(request, self.meta.create_held, parent, name, mode, uid, gid)
+        try:
+            return await self._run(request, self.meta.create_held, parent, name, mode, uid, gid)
+        finally:
+            self.cache.reset()  # our own change: drop what it may outdate before its notice comes
 
     async def unlink(self, parent: int, name: bytes) -> None:
-        kept = await self._run(self._request(self.meta.unlink_request, parent, name), self.meta.unlink, parent, name)
-        if kept is not None:  # kept for its openers: perhaps only this session's closed note
-            await self.blocking(self.meta.settle_unlinked, kept)
+        try:
+            kept = await self._run(self._request(self.meta.unlink_request, parent, name),
+                                   self.meta.unlink, parent, name)
+            if kept is not None:  # kept for its openers: perhaps only this session's closed note
+                await self.blocking(self.meta.settle_unlinked, kept)
+        finally:
+            self.cache.reset()
 
     async def open(self, ino: int, known: Any = None) -> tuple[Any, list[Any] | None]:
         """Count an open (noting it in Redis if this session did not hold the file yet).

@@ -475,6 +475,11 @@ class RedisMeta(Meta):
 
         return MetaRequest(("GET", self._ik(ino)), decode)
 
+    def tracked_prefixes(self) -> tuple[str, str]:
+        """The key prefixes of inode attributes and of directory entries (their keys end in
+        the inode number), for a client that asks Redis to tell it of changes."""
+        return self._p + "i", self._p + "d"
+
     def read_request(self, ino: int, chunk_index: int) -> MetaRequest:
         return MetaRequest(("LRANGE", self._ck(ino, chunk_index), 0, -1),
                            lambda raws: [unpack_slice(raw) for raw in raws])

@@ -72,6 +72,13 @@ class VfsOptions:
     keep_page_cache: bool = True  # let unchanged files keep the kernel page cache across opens
 
 
+# Engine calls after which nothing the metadata cache holds is outdated (they read, or touch
+# only open-file notes and garbage; an inode freed at a release is announced by Redis, and
+# its name went at the unlink). Every other call drops the cache when it ends.
+CACHE_SAFE_CALLS = frozenset({"lookup", "getattr", "read", "readdir", "readlink", "statfs", "getxattr",
+                              "listxattr", "take_garbage", "ack_garbage", "release", "flush_releases"})
+
+
 @dataclass
 class Counters:
     """Request figures of this client, for `fusecache stats` (updated on the trio thread)."""
@@ -152,6 +159,9 @@ class Vfs:
         except Exception as exc:  # e.g. redis connection errors after the engine's retries
             log.error("metadata call %s failed: %s: %s", getattr(fn, "__name__", fn), type(exc).__name__, exc)
             raise FsError(errno.EIO, "metadata engine error") from None
+        finally:
+            if getattr(fn, "__name__", "") not in CACHE_SAFE_CALLS:
+                self.fast.cache.reset()  # our own change: drop what it may outdate at once
 
     def _writable(self) -> None:
         if self.options.read_only:
@@ -675,6 +685,10 @@ class Vfs:
             "cache": self.chunks.cache_stats(),
             "store": self.chunks.counters.snapshot(),
             "inflight_fetches": self.loader.inflight,
+            "meta_cache": {
+                "live": self.fast.cache.live, "entries": self.fast.cache.size, "hits": self.fast.cache.hits,
+                "notices": self.fast.feed.notices if self.fast.feed is not None else 0,
+            },
             "uploads": {
                 "pending_blocks": pending_blocks,
                 "pending_bytes": pending_bytes,

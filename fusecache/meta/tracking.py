@@ -1,0 +1,97 @@
+"""Attributes and names this client read, kept for as long as Redis says they did not change.
+
+Redis tracks the keys for us (CLIENT TRACKING in broadcast mode, aio.ChangeFeed): whenever
+any client changes an inode's attributes or a directory's entries, this client hears of it
+within a round trip and drops what it kept. Lookups and getattrs of unchanged entries are
+then answered here, without crossing the network.
+
+Rules that keep it coherent:
+- Nothing is kept unless the feed is live (subscribed). When it drops, everything goes
+  and caching stops until it is subscribed again (changes in between are unknown).
+- A value read from Redis is kept only if no change notice arrived while it was being
+  read (`begin()` takes the epoch before the request, `fill_*` checks it after).
+- This client's own changes drop everything at once (`reset()`), before their notices
+  come back: a lookup right after our own unlink never sees the old entry.
+- Entries are also dropped after `ttl` seconds, and all of them when `limit` is reached:
+  a bound, not the coherence rule.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+TTL = 60.0
+LIMIT = 200_000
+
+
+class MetaCache:
+    def __init__(self, ttl: float = TTL, limit: int = LIMIT) -> None:
+        self.ttl = ttl
+        self.limit = limit
+        self.live = False
+        self.epoch = 0
+        self.hits = 0
+        self._attrs: dict[int, tuple[Any, float]] = {}  # ino → (Attr, expiry)
+        self._names: dict[int, dict[bytes, int]] = {}  # parent → name → ino
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def begin(self) -> int | None:
+        """A token for a read from Redis whose result may be kept; None: do not keep it."""
+        return self.epoch if self.live else None
+
+    def attr(self, ino: int) -> Any:
+        kept = self._attrs.get(ino)
+        if kept is None:
+            return None
+        if kept[1] < time.monotonic():
+            del self._attrs[ino]
+            return None
+        self.hits += 1
+        return kept[0]
+
+    def entry(self, parent: int, name: bytes) -> Any:
+        names = self._names.get(parent)
+        ino = names.get(name) if names is not None else None
+        return self.attr(ino) if ino is not None else None
+
+    def fill_attr(self, token: int | None, attr: Any) -> None:
+        if token is None or token != self.epoch or not self.live:
+            return
+        if len(self._attrs) >= self.limit:
+            self._drop_all()
+        self._attrs[attr.ino] = (attr, time.monotonic() + self.ttl)
+
+    def fill_entry(self, token: int | None, parent: int, name: bytes, attr: Any) -> None:
+        if token is None or token != self.epoch or not self.live:
+            return
+        self.fill_attr(token, attr)
+        self._names.setdefault(parent, {})[name] = attr.ino
+
+    # -- changes -------------------------------------------------------------------------
+
+    def changed_inode(self, ino: int) -> None:
+        self.epoch += 1
+        self._attrs.pop(ino, None)
+
+    def changed_dir(self, ino: int) -> None:
+        self.epoch += 1
+        self._names.pop(ino, None)
+
+    def reset(self) -> None:
+        """Drop everything (our own change, or the feed's state changed)."""
+        self.epoch += 1
+        self._drop_all()
+
+    def set_live(self, live: bool) -> None:
+        self.live = live
+        self.reset()
+
+    def _drop_all(self) -> None:
+        self._attrs = {}
+        self._names = {}
+
+    @property
+    def size(self) -> int:
+        return len(self._attrs)

@@ -1,0 +1,54 @@
+"""The client's metadata cache through two real mounts of one volume: repeated lookups and
+stats past the kernel's 1 s caches are answered without Redis, and every change the other
+mount makes (attributes, size, rename over, unlink, a new file) is seen as soon as the
+kernel asks again."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from tests.fuse.helpers import Volume, client_stats, wait_for
+
+KERNEL_TIMEOUT = 1.1  # past the kernel's entry and attribute caches (1 s)
+
+
+def test_another_mounts_changes_are_seen_and_unchanged_entries_are_cached(file_volume: Volume) -> None:
+    a, b = file_volume.mount(), file_volume.mount()
+    for name in ("f", "g", "h"):
+        (b.path / name).write_bytes(b"12345")
+    wait_for(lambda: client_stats(a.path)["meta_cache"]["live"], what="change feed live")
+    os.stat(a.path / "f")
+    time.sleep(KERNEL_TIMEOUT)
+    before = client_stats(a.path)["meta_cache"]["hits"]
+    for _ in range(3):
+        assert os.stat(a.path / "f").st_size == 5
+        time.sleep(KERNEL_TIMEOUT)
+    assert client_stats(a.path)["meta_cache"]["hits"] - before >= 3, "unchanged: answered from the cache"
+
+    os.stat(a.path / "g")
+    time.sleep(KERNEL_TIMEOUT)
+    # Attribute changes alone (no name changes in the directory) ...
+    os.chmod(b.path / "f", 0o600)
+    with open(b.path / "g", "r+b") as out:
+        out.write(b"longer now")
+    time.sleep(KERNEL_TIMEOUT)
+    assert os.stat(a.path / "f").st_mode & 0o777 == 0o600
+    assert os.stat(a.path / "g").st_size == 10
+    # ... and name changes.
+    os.rename(b.path / "h", b.path / "f2")
+    time.sleep(KERNEL_TIMEOUT)
+    assert not os.path.exists(a.path / "h") and os.stat(a.path / "f2").st_size == 5
+
+    os.rename(b.path / "g", b.path / "f")  # replaces f: a's name must lead to g's inode
+    os.unlink(b.path / "f2")
+    (b.path / "new").write_bytes(b"x")
+    time.sleep(KERNEL_TIMEOUT)
+    assert (a.path / "f").read_bytes() == b"longer now"
+    assert not os.path.exists(a.path / "f2")
+    assert (a.path / "new").read_bytes() == b"x"
+    assert sorted(os.listdir(a.path)) == ["f", "new"]
+
+    # a's own changes are seen by a at once, before any notice could come back
+    os.unlink(a.path / "new")
+    assert not os.path.exists(a.path / "new")

@@ -1,0 +1,104 @@
+"""The metadata cache and the change feed that keeps it coherent, on a real redis-server:
+another client's change drops what it outdates within moments; a value read while a change
+was announced is not kept; a lost feed turns caching off until it is back."""
+
+from __future__ import annotations
+
+import time
+
+import redis
+import trio
+
+from fusecache.meta import open_meta
+from fusecache.meta.aio import FastCalls
+from fusecache.meta.tracking import MetaCache
+from fusecache.types import ROOT_INO, SetAttr
+from tests.meta.test_aio import _blocking, settings
+
+
+async def _until(predicate, timeout: float = 3.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = trio.current_time() + timeout
+    while not predicate():
+        assert trio.current_time() < deadline, "not in time"
+        await trio.sleep(0.01)
+
+
+def test_changes_by_another_client_drop_what_they_outdate(meta_url: str) -> None:
+    meta, other = open_meta(meta_url), open_meta(meta_url)
+    raw = redis.Redis.from_url(meta_url)
+    try:
+        meta.format(settings())
+        other.load()
+        f = meta.mknod(ROOT_INO, b"f", 0o100644, 0, 0)
+        meta.mknod(ROOT_INO, b"g", 0o100644, 0, 0)
+        fast = FastCalls.for_engine(meta, _blocking)
+
+        async def main() -> None:
+            async with trio.open_nursery() as nursery:
+                fast.start(nursery)
+                await _until(lambda: fast.cache.live)
+                assert (await fast.lookup(ROOT_INO, b"f")).ino == f.ino
+                sent = fast.direct
+                assert (await fast.lookup(ROOT_INO, b"f")).ino == f.ino
+                assert (await fast.getattr(f.ino)).mode == 0o100644
+                assert fast.direct == sent and fast.cache.hits == 2, "served without Redis"
+
+                other.setattr(f.ino, SetAttr(mode=0o600))  # another client: attributes
+                await _until(lambda: fast.cache.attr(f.ino) is None)
+                assert (await fast.getattr(f.ino)).mode & 0o7777 == 0o600
+
+                await fast.lookup(ROOT_INO, b"g")
+                other.rename(ROOT_INO, b"g", ROOT_INO, b"f")  # another client: names
+                await _until(lambda: fast.cache.entry(ROOT_INO, b"f") is None)
+                assert (await fast.lookup(ROOT_INO, b"f")).ino != f.ino
+
+                raw.flushdb()  # anything may have changed
+                await _until(lambda: fast.cache.size == 0)
+
+                # The feed's connection is lost: nothing is kept until it is back.
+                raw.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+                await _until(lambda: not fast.cache.live)
+                await _until(lambda: fast.cache.live)
+                nursery.cancel_scope.cancel()
+
+        trio.run(main)
+    finally:
+        raw.close()
+        meta.shutdown()
+        other.shutdown()
+
+
+def test_a_value_read_across_a_change_notice_is_not_kept() -> None:
+    cache = MetaCache()
+    cache.set_live(True)
+
+    class A:
+        ino = 7
+
+    token = cache.begin()
+    cache.changed_inode(99)  # any notice while the read was on its way
+    cache.fill_attr(token, A())
+    assert cache.attr(7) is None
+    cache.fill_attr(cache.begin(), A())
+    assert cache.attr(7) is not None
+    cache.set_live(False)
+    assert cache.attr(7) is None and cache.begin() is None
+    cache.fill_attr(None, A())
+    assert cache.attr(7) is None
+
+
+def test_entries_expire_and_the_size_is_bounded() -> None:
+    cache = MetaCache(ttl=0.05, limit=3)
+    cache.set_live(True)
+
+    class A:
+        def __init__(self, ino: int) -> None:
+            self.ino = ino
+
+    for i in range(3):
+        cache.fill_entry(cache.begin(), 1, b"n%d" % i, A(i))
+    assert cache.size == 3
+    cache.fill_attr(cache.begin(), A(9))
+    assert cache.size == 1, "at the limit everything goes, then it fills again"
+    time.sleep(0.06)
+    assert cache.attr(9) is None
