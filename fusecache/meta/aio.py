@@ -286,9 +286,10 @@ class ChangeFeed:
         cannot track keys (returns False: caching stays off)."""
         with trio.fail_after(self.client.timeout):
             cid = await conn.call("CLIENT", "ID")
-            ok = await conn.call("CLIENT", "TRACKING", "ON", "REDIRECT", cid, "BCAST",
-                                 "PREFIX", self._inode_prefix, "PREFIX", self._dir_prefix)
-            if isinstance(ok, hiredis.ReplyError):
+            ok = cid if isinstance(cid, hiredis.ReplyError) else await conn.call(
+                "CLIENT", "TRACKING", "ON", "REDIRECT", cid, "BCAST",
+                "PREFIX", self._inode_prefix, "PREFIX", self._dir_prefix)
+            if isinstance(ok, hiredis.ReplyError):  # Redis < 6, or an ACL without CLIENT
                 log.warning("Redis does not track keys for clients (%s): metadata is not cached", ok)
                 return False
             await conn.call("SUBSCRIBE", "__redis__:invalidate")

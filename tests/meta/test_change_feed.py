@@ -102,3 +102,30 @@ def test_entries_expire_and_the_size_is_bounded() -> None:
     assert cache.size == 1, "at the limit everything goes, then it fills again"
     time.sleep(0.06)
     assert cache.attr(9) is None
+
+
+def test_a_server_that_refuses_tracking_leaves_caching_off(meta_url: str) -> None:
+    """An ACL user without CLIENT (or a Redis before 6): one warning, no cache, no crash."""
+    meta = open_meta(meta_url)
+    raw = redis.Redis.from_url(meta_url)
+    url = meta_url.replace("redis://", "redis://plain:pw@")
+    raw.execute_command("ACL", "SETUSER", "plain", "on", ">pw", "~*", "&*", "+@all", "-client")
+    try:
+        meta.format(settings())
+        user = open_meta(url)
+        user.load()
+        fast = FastCalls.for_engine(user, _blocking)
+        assert fast.feed is not None
+
+        async def main() -> None:
+            with trio.fail_after(5):
+                await fast.feed.run()  # type: ignore[union-attr]  # returns: nothing to follow
+            assert not fast.cache.live
+            assert fast.cache.begin() is None, "nothing read now would be kept"
+
+        trio.run(main)
+        user.shutdown()
+    finally:
+        raw.execute_command("ACL", "DELUSER", "plain")
+        raw.close()
+        meta.shutdown()
