@@ -113,6 +113,18 @@ class FloorFs(pyfuse3.Operations):
         self.children.pop(ino, None)
         self.attrs.pop(ino, None)
 
+    async def opendir(self, inode: int, ctx: Any) -> int:
+        if inode not in self.children:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return inode
+
+    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+        entries = list(self.children[fh].items())  # a listing as it stands: names are kept in order
+        for i in range(start_id, len(entries)):
+            name, ino = entries[i]
+            if not pyfuse3.readdir_reply(token, name, self.attrs[ino], i + 1):
+                break
+
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
         raise pyfuse3.FUSEError(errno.ENODATA)
 

@@ -252,6 +252,7 @@ class ChangeFeed:
     and stop caching until it is subscribed again."""
 
     QUIET = 5.0  # seconds without a message before a PING checks the connection
+    BATCH_WAIT = 0.002  # seconds
 
     def __init__(self, client: AsyncRedis, inode_prefix: str, dir_prefix: str, cache: MetaCache) -> None:
         self.client = client
@@ -314,6 +315,9 @@ class ChangeFeed:
             conn.reader.feed(chunk)
             while (message := conn.reader.gets()) is not False:
                 self._apply(message)
+            # Let notices gather for a moment: one wake-up per batch, not per change, keeps
+            # a busy writer's notices off the FUSE loop (at most BATCH_WAIT more staleness).
+            await trio.sleep(self.BATCH_WAIT)
 
     def _apply(self, message: Any) -> None:
         if not isinstance(message, list) or len(message) < 3 or message[0] != b"message":
