@@ -111,56 +111,45 @@ class TieredCache:
     def get(self, key: str) -> bytes | None:
         """The block, or None if no tier has a valid copy (never bad data)."""
         data = self._lookup(key)
-        with self._lock:
-            if data is None:
-                self._misses += 1
-            else:
-                self._hits += 1
+        self._count(data is not None)
         return data
 
     def get_range(self, key: str, offset: int, length: int) -> Buffer | None:
         """Bytes [offset, offset+length) of a block, or None if no tier has a valid copy.
         A MEM hit is a view of the stored block (no copy); an SSD hit reads and verifies
         only the pages the range lies in."""
-        data: Buffer | None = None
-        if self._mem is not None:
-            whole = self._mem.get(key)
-            if whole is None:
-                whole = self._demoter.get(key)
-            if whole is not None:
-                data = memoryview(whole)[offset : offset + length]
-        if data is None:
-            for disk in self._disks:
-                data = disk.get_range(key, offset, length)
-                if data is not None:
-                    break
-        with self._lock:
-            if data is None:
-                self._misses += 1
-            else:
-                self._hits += 1
+        data = self._range(key, offset, length, nowait=False)
+        self._count(data is not None)
         return data
 
     def get_range_nowait(self, key: str, offset: int, length: int) -> Buffer | None:
         """Like get_range, but only what needs no disk wait: MEM, or SSD pages already in
         the page cache of a file held open. None means "ask get_range on a thread"; it is
         not counted as a miss. Safe to call from an event loop."""
-        data: Buffer | None = None
+        data = self._range(key, offset, length, nowait=True)
+        if data is not None:
+            self._count(True)
+        return data
+
+    def _range(self, key: str, offset: int, length: int, *, nowait: bool) -> Buffer | None:
         if self._mem is not None:
             whole = self._mem.get(key)
             if whole is None:
                 whole = self._demoter.get(key)
             if whole is not None:
-                data = memoryview(whole)[offset : offset + length]
-        if data is None:
-            for disk in self._disks:
-                data = disk.get_range_nowait(key, offset, length)
-                if data is not None:
-                    break
-        if data is not None:
-            with self._lock:
+                return memoryview(whole)[offset : offset + length]
+        for disk in self._disks:
+            data = disk.get_range_nowait(key, offset, length) if nowait else disk.get_range(key, offset, length)
+            if data is not None:
+                return data
+        return None
+
+    def _count(self, hit: bool) -> None:
+        with self._lock:
+            if hit:
                 self._hits += 1
-        return data
+            else:
+                self._misses += 1
 
     def _lookup(self, key: str) -> bytes | None:
         if self._mem is not None:

@@ -10,30 +10,19 @@ from pathlib import Path
 
 import trio
 
-from fusecache.chunk.store import ChunkStore
 from fusecache.meta import open_meta
-from fusecache.object.local import LocalStore
 from fusecache.types import ROOT_INO
-from fusecache.vfs.vfs import Vfs
-from fusecache.workers import Workers
-from tests.vfs.test_truncate_on_open import CTX, SETTINGS
+from tests.vfs.test_truncate_on_open import CTX, SETTINGS, _vfs
 
 # Slice lists are kept for a while only with a garbage delay (see SliceCache)
 KEEPING = dataclasses.replace(SETTINGS, garbage_delay=300.0)
-
-
-def _vfs(meta_url: str, objects: Path) -> Vfs:
-    meta = open_meta(meta_url)
-    meta.load()
-    return Vfs(meta, ChunkStore(LocalStore(objects), KEEPING.name, KEEPING.block_size), KEEPING,
-               Workers(meta_threads=2, io_threads=2))
 
 
 def test_open_then_read_is_one_round_trip_and_sees_other_clients(meta_url: str, tmp_path: Path) -> None:
     setup = open_meta(meta_url)
     setup.format(KEEPING)
     setup.shutdown()
-    reader, writer = _vfs(meta_url, tmp_path), _vfs(meta_url, tmp_path)
+    reader, writer = _vfs(meta_url, tmp_path, KEEPING), _vfs(meta_url, tmp_path, KEEPING)
 
     async def write(ino: int, data: bytes) -> None:
         fh = await writer.open(ino, os.O_WRONLY)

@@ -21,10 +21,10 @@ SETTINGS = VolumeSettings(name="vfsvol", uuid="u-1", storage="file", bucket="/un
 CTX = Ctx(0, 0)
 
 
-def _vfs(meta_url: str, objects: Path) -> Vfs:
+def _vfs(meta_url: str, objects: Path, settings: VolumeSettings = SETTINGS) -> Vfs:
     meta = open_meta(meta_url)
     meta.load()
-    return Vfs(meta, ChunkStore(LocalStore(objects), SETTINGS.name, SETTINGS.block_size), SETTINGS,
+    return Vfs(meta, ChunkStore(LocalStore(objects), settings.name, settings.block_size), settings,
                Workers(meta_threads=2, io_threads=2))
 
 
