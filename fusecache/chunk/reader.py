@@ -121,7 +121,7 @@ class BlockLoader:
             self._remember(block, whole)
         return part
 
-    async def _load_once(self, block: BlockId, keep: bool, wait_missing: bool = True) -> bytes:
+    async def _load_once(self, block: BlockId, keep: bool, wait_missing: bool = True, fill: bool = False) -> bytes:
         while (pending := self._inflight.get(block)) is not None:
             await pending.done.wait()
             if pending.error is None:
@@ -130,7 +130,7 @@ class BlockLoader:
             if not (wait_missing and isinstance(pending.error, BlockMissing) and not pending.waited):
                 raise pending.error
             # That load gave up on a missing object at once; this caller waits for it.
-        if block.size <= ON_LOOP_MAX and (data := self.chunks.try_range(*block.where, 0, -1)) is not None:
+        if not fill and block.size <= ON_LOOP_MAX and (data := self.chunks.try_range(*block.where, 0, -1)) is not None:
             whole = bytes(data)  # a small file's block, from memory or the page cache
             if keep:
                 self._remember(block, whole)
@@ -139,7 +139,7 @@ class BlockLoader:
         self.fetches += 1
         try:
             async with self._slots:
-                pending.data = await self.workers.io(self.chunks.load_block, *block, wait_missing)
+                pending.data = await self.workers.io(self.chunks.load_block, *block, wait_missing, not fill)
             if keep:
                 self._remember(block, pending.data)
             return pending.data
@@ -154,7 +154,9 @@ class BlockLoader:
         """Make sure the block is in the cache; True if it had to be fetched (or loaded)."""
         if self.chunks.is_cached(*block.where):
             return False
-        await self._load_once(block, keep=False)  # not from `recent`: it must reach the cache
+        # Not from `recent`: it must reach the cache. Not through the cache either: it was
+        # just seen missing, and a warmup fetch is not a reader's miss.
+        await self._load_once(block, keep=False, fill=True)
         return True
 
     def _remember(self, block: BlockId, data: bytes) -> None:

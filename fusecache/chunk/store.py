@@ -144,16 +144,18 @@ class ChunkStore:
     # ----------------------------------------------------------------- reads
 
     def load_block(self, slice_id: int, slice_size: int, index: int, expected_hash: int = 0,
-                   wait_missing: bool = True) -> bytes:
+                   wait_missing: bool = True, look_in_cache: bool = True) -> bytes:
         """One whole block: from the cache, else from the object store (then cached).
 
         Bytes from the store must match `expected_hash` (the checksum metadata recorded at
         upload; 0: none recorded). A missing, short or corrupt object is EIO (BlockMissing
         when missing): a reader gets an error, never wrong bytes, and nothing is cached.
         `wait_missing`: wait up to `missing_wait` for a missing object first (a writeback
-        client may not have uploaded it yet)."""
+        client may not have uploaded it yet). `look_in_cache=False` (warmup, which has just
+        seen the cache without it) goes to the store at once, and the cache's hit ratio does
+        not count a miss for it."""
         key = self.key(slice_id, slice_size, index)
-        data = self._cache_call("get", key)
+        data = self._cache_call("get", key) if look_in_cache else None
         if data is not None:
             return data
         data = self._fetch(key, block_len(slice_size, self.block_size, index), expected_hash, wait_missing)

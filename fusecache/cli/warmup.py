@@ -1,10 +1,12 @@
 """`fusecache warmup PATH...`: load files (or whole trees) into the mount's block cache.
 
-Each file is cut into pieces of at most one chunk (64 MiB, block-aligned), and N threads ask
-the client serving the mount to load each piece through the virtual xattr
-`fusecache.warmup:OFFSET:LENGTH` (vfs/control.py). The client fetches the blocks straight
-into its cache: no file data crosses the kernel or this process. `--check` only reports how
-much is cached; `--evict` drops the files' clean blocks from the cache instead.
+Small files (up to one chunk, 64 MiB) go in batches: N threads ask the client serving the
+mount to warm the small files among 256 entries of a directory at a time, through the
+virtual xattr `fusecache.warmup-dir:START:COUNT:MAX` of the directory (vfs/control.py).
+Each bigger file is cut into pieces of one chunk (block-aligned), asked for through
+`fusecache.warmup:OFFSET:LENGTH` of the file. The client fetches the blocks straight into
+its cache, many at once: no file data crosses the kernel or this process. `--check` only
+reports how much is cached; `--evict` drops the files' clean blocks from the cache instead.
 
 A progress bar (files, bytes, rate, ETA) is drawn on stderr; the summary goes to stdout.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import itertools
 import json
 import os
 import stat
@@ -27,9 +30,12 @@ from ..errors import CliError
 from ..layout import CHUNK_SIZE
 from ..mountinfo import FUSECACHE_FSTYPE, owning_mount
 from ..units import format_size
-from ..vfs.control import parse_answer
+from ..vfs.control import dir_command_name, parse_answer, parse_dir_answer
 
 PIECE = CHUNK_SIZE  # bytes per request: a chunk boundary is always a block boundary
+SMALL_MAX = PIECE  # files up to this size are warmed in directory batches
+DIR_BATCH = 256  # directory entries per batch request
+TO_THE_END = 1 << 40  # the count of a directory's last batch: entries added meanwhile too
 REDRAW = 0.2  # seconds between progress bar updates on a terminal
 LOG_EVERY = 5.0  # seconds between progress lines when stderr is not a terminal
 
@@ -53,6 +59,15 @@ class FileItem:
     size: int
 
 
+@dataclass(frozen=True)
+class DirBatch:
+    """The small files among entries [start, start+count) of a directory."""
+
+    path: str
+    start: int
+    count: int
+
+
 @dataclass
 class Totals:
     """What the client reported, summed over all pieces (updated under `lock`)."""
@@ -69,8 +84,21 @@ class Totals:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def collect_files(paths: list[str]) -> Iterator[FileItem]:
-    """Regular files under the given paths (symlinks inside trees are not followed)."""
+@dataclass
+class Plan:
+    """What a walk found: big files one by one, small ones as directory batches."""
+
+    files: list[FileItem] = field(default_factory=list)
+    batches: list[DirBatch] = field(default_factory=list)
+    small_files: int = 0
+    small_bytes: int = 0
+
+
+def plan_work(paths: list[str]) -> Plan:
+    """Walk the given paths (symlinks inside trees are not followed). Entry sizes come
+    from the directory listing the kernel already holds (readdirplus), so the walk costs
+    the client one listing per directory."""
+    plan = Plan()
     for top in paths:
         try:
             st = os.stat(top)
@@ -80,29 +108,65 @@ def collect_files(paths: list[str]) -> Iterator[FileItem]:
         if entry is None or entry.fstype != FUSECACHE_FSTYPE:
             raise CliError(f"{top} is not inside a fusecache mount")
         if stat.S_ISREG(st.st_mode):
-            yield FileItem(top, st.st_size)
-            continue
-        if not stat.S_ISDIR(st.st_mode):
-            continue
-        for root, _dirs, files in os.walk(top):
-            for name in files:
-                path = os.path.join(root, name)
-                try:
-                    st = os.lstat(path)
-                except OSError:
-                    continue  # removed meanwhile
-                if stat.S_ISREG(st.st_mode):
-                    yield FileItem(path, st.st_size)
+            plan.files.append(FileItem(top, st.st_size))
+        elif stat.S_ISDIR(st.st_mode):
+            _walk(top, plan)
+    return plan
 
 
-def _ask(path: str, op: str, offset: int, length: int) -> tuple[int, int, int, int]:
+def _walk(top: str, plan: Plan) -> None:
+    stack = [top]
+    while stack:
+        directory = stack.pop()
+        try:
+            with os.scandir(directory) as listing:
+                entries = list(listing)
+        except OSError:
+            continue  # removed or unreadable meanwhile
+        small = 0
+        for item in entries:
+            try:
+                if item.is_dir(follow_symlinks=False):
+                    stack.append(item.path)
+                    continue
+                if not item.is_file(follow_symlinks=False):
+                    continue
+                size = item.stat(follow_symlinks=False).st_size
+            except OSError:
+                continue  # removed meanwhile
+            if size > SMALL_MAX:
+                plan.files.append(FileItem(item.path, size))
+            else:
+                small += 1
+                plan.small_bytes += size
+        plan.small_files += small
+        if small:
+            for start in range(0, len(entries), DIR_BATCH):
+                last = start + DIR_BATCH >= len(entries)
+                plan.batches.append(DirBatch(directory, start, TO_THE_END if last else DIR_BATCH))
+
+
+def _getxattr(path: str, name: str) -> bytes:
     try:
-        raw = os.getxattr(path, f"fusecache.{op}:{offset}:{length}")
+        return os.getxattr(path, name)
     except OSError as exc:
         if exc.errno == errno.ENOTCONN:
             raise CliError(f"{path}: the fusecache client of this mount is not running") from None
         raise
-    return parse_answer(raw)
+
+
+def _ask(path: str, op: str, offset: int, length: int) -> tuple[int, int, int, int]:
+    return parse_answer(_getxattr(path, f"fusecache.{op}:{offset}:{length}"))
+
+
+def _ask_dir(batch: DirBatch, op: str) -> tuple[int, int, int, int, int, int]:
+    try:
+        return parse_dir_answer(_getxattr(batch.path, dir_command_name(op, batch.start, batch.count, SMALL_MAX)))
+    except OSError as exc:
+        if exc.errno == errno.ENODATA:  # a client older than this command
+            raise CliError(f"{batch.path}: the fusecache client of this mount is older than this "
+                           "command; remount it with this version") from None
+        raise
 
 
 class Progress:
@@ -120,7 +184,8 @@ class Progress:
         t = self.totals
         elapsed = max(time.monotonic() - self.started, 1e-6)
         rate = t.bytes_done / elapsed
-        share = t.bytes_done / t.bytes if t.bytes else (t.files_done / t.files if t.files else 1.0)
+        # (entries added to a directory during the walk may make the done figures overshoot)
+        share = min(1.0, t.bytes_done / t.bytes if t.bytes else (t.files_done / t.files if t.files else 1.0))
         eta = (t.bytes - t.bytes_done) / rate if rate > 0 else float("inf")
         eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta != float("inf") else "--:--:--"
         width = 24
@@ -154,14 +219,21 @@ def run(args: argparse.Namespace) -> int:
         raise CliError("--threads must be at least 1", 2)
     op = "cached" if args.check else "evict" if args.evict else "warmup"
     verb = {"warmup": "warming up", "cached": "checking", "evict": "evicting"}[op]
-    files = list(collect_files(args.paths))
-    totals = Totals(files=len(files), bytes=sum(f.size for f in files))
+    plan = plan_work(args.paths)
+    files = plan.files
+    totals = Totals(files=len(files) + plan.small_files, bytes=sum(f.size for f in files) + plan.small_bytes)
     progress = Progress(totals, verb, enabled=not args.quiet and not args.json)
     remaining = {f.path: len(_pieces(f)) for f in files}
 
-    def work(item: FileItem, offset: int, length: int) -> None:
+    def add(blocks: int, nbytes: int, done_blocks: int, done_bytes: int) -> None:
+        totals.blocks += blocks
+        totals.block_bytes += nbytes
+        totals.done_blocks += done_blocks
+        totals.done_bytes += done_bytes
+
+    def work_piece(item: FileItem, offset: int, length: int) -> None:
         try:
-            blocks, nbytes, done_blocks, done_bytes = _ask(item.path, op, offset, length) if length else (0, 0, 0, 0)
+            answer = _ask(item.path, op, offset, length) if length else (0, 0, 0, 0)
         except OSError as exc:
             with totals.lock:
                 if remaining.pop(item.path, None) is not None:
@@ -169,10 +241,7 @@ def run(args: argparse.Namespace) -> int:
                     totals.files_done += 1
             return
         with totals.lock:
-            totals.blocks += blocks
-            totals.block_bytes += nbytes
-            totals.done_blocks += done_blocks
-            totals.done_bytes += done_bytes
+            add(*answer)
             totals.bytes_done += length
             if item.path in remaining:
                 remaining[item.path] -= 1
@@ -180,14 +249,33 @@ def run(args: argparse.Namespace) -> int:
                     del remaining[item.path]
                     totals.files_done += 1
 
+    def work_batch(batch: DirBatch) -> None:
+        try:
+            files_done, file_bytes, *answer = _ask_dir(batch, op)
+        except OSError as exc:
+            with totals.lock:
+                totals.failed.append(f"{batch.path} (entries from {batch.start}): {exc.strerror}")
+            return
+        with totals.lock:
+            add(*answer)
+            totals.files_done += files_done
+            totals.bytes_done += file_bytes
+
+    def work(job: DirBatch | tuple[FileItem, int, int]) -> None:
+        if isinstance(job, DirBatch):
+            work_batch(job)
+        else:
+            work_piece(*job)
+
     started = time.monotonic()
-    jobs = ((item, off, n) for item in files for off, n in _pieces(item))
+    jobs: Iterator[DirBatch | tuple[FileItem, int, int]] = itertools.chain(
+        plan.batches, ((item, off, n) for item in files for off, n in _pieces(item)))
     with ThreadPoolExecutor(args.threads) as pool:
         # Bounded submission: millions of files must not become millions of futures at once.
         running: set[Future[None]] = set()
         try:
             for job in jobs:
-                running.add(pool.submit(work, *job))
+                running.add(pool.submit(work, job))
                 if len(running) >= 4 * args.threads:
                     finished, running = wait(running, timeout=REDRAW, return_when=FIRST_COMPLETED)
                     for fut in finished:

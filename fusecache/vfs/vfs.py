@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import trio
 
 from ..chunk.compact import COMPACT_AT, compact_chunk
-from ..chunk.reader import BlockId, BlockLoader, blocks_in_range, for_each, read_file_range
+from ..chunk.reader import BlockLoader, blocks_in_range, read_file_range
 from ..chunk.store import BlockMissing, ChunkStore
 from ..chunk.writer import FileWriter, SliceIds
 from ..errors import FsError, MetaError
@@ -37,6 +37,7 @@ from ..meta.base import MAX_NAME, MAX_XATTR_NAME, MAX_XATTR_VALUE, Meta
 from ..types import Attr, DirEntry, SetAttr, Slice, StatFs, VolumeSettings
 from ..workers import Workers
 from . import control
+from .cachecmd import CacheCommands
 from .handles import DirHandle, FileHandle, OpenInode, SliceCache
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ class Counters:
     readahead_blocks: int = 0  # blocks prefetched for sequential readers
     warmup_blocks: int = 0  # blocks loaded into the cache by warmup requests
     warmup_bytes: int = 0
+    cache_commands: int = 0  # warmup / cached / evict requests of the control channel
     slice_rereads: int = 0  # reads that found a block gone and read the slice list again
     ranged_reads: int = 0  # reads of a random reader, served by reading only the pages needed
 
@@ -130,7 +132,9 @@ class Vfs:
         self._upload_slots = trio.CapacityLimiter(self.options.upload_slots)
         self._readahead_slots = trio.CapacityLimiter(
             max(1, self.options.readahead_slots or 2 * self.options.readahead_blocks))
-        self._warm_slots = trio.CapacityLimiter(max(1, self.options.warmup_slots))
+        self.cache_commands = CacheCommands(
+            self.fast, chunks, self.loader, workers, lambda ino: self._meta(meta.readdir, ino),
+            self.options.warmup_slots, self._warmed)
         self._commits: dict[tuple[int, int], int] = {}  # commits per chunk since its last compaction check
         # Bumped around every change of slices this client makes (a write's commit, a
         # truncation): an open only trusts a slice list that no such change may predate.
@@ -627,50 +631,17 @@ class Vfs:
         if name == control.STATS:
             return json.dumps(self.stats()).encode()
         command = control.parse_block_command(name)
-        if command is None:
-            raise FsError(errno.ENODATA)
-        return await self._block_command(ino, command)
+        self.counters.cache_commands += 1
+        if command is not None:
+            return await self.cache_commands.file(ino, command)
+        dir_command = control.parse_dir_command(name)
+        if dir_command is not None:
+            return await self.cache_commands.directory(ino, dir_command)
+        raise FsError(errno.ENODATA)
 
-    async def _block_command(self, ino: int, command: control.BlockCommand) -> bytes:
-        """warmup / cached / evict over the blocks of a byte range of a file."""
-        if command.length < 0:
-            attr = await self.fast.getattr(ino)
-            end = attr.size if attr.is_file else 0
-        else:
-            # An explicit range (what the CLI sends) needs no attributes: past the end of the
-            # file, or in a directory, there are no slices and so no blocks. One metadata
-            # round trip less per file counts when warming up many small files.
-            end = command.offset + command.length
-        if end <= command.offset:
-            return control.format_answer(0, 0, 0, 0)
-        chunk_slices: dict[int, list[Slice]] = {}
-
-        async def slices_of(index: int) -> list[Slice]:
-            if index not in chunk_slices:  # fresh from metadata: not the open-file cache
-                chunk_slices[index] = await self.fast.read(ino, index)
-            return chunk_slices[index]
-
-        blocks = await blocks_in_range(slices_of, self.chunks.block_size, command.offset, end - command.offset)
-        sizes = {b: min(self.chunks.block_size, b.size - b.index * self.chunks.block_size) for b in blocks}
-        total = sum(sizes.values())
-        done: list[BlockId] = []
-        if command.op == "cached":
-            done = [b for b in blocks if self.chunks.is_cached(*b.where)]
-        elif command.op == "evict":
-            keys = [self.chunks.key(*b.where) for b in blocks]
-            self.loader.forget(blocks)
-            evicted = await self.workers.io(self.chunks.evict, keys)
-            return control.format_answer(len(blocks), total, evicted, 0)
-        else:
-            async def warm(block: BlockId) -> None:
-                async with self._warm_slots:
-                    if await self.loader.warm(block):
-                        done.append(block)
-
-            await for_each(warm, blocks)
-            self.counters.warmup_blocks += len(done)
-            self.counters.warmup_bytes += sum(sizes[b] for b in done)
-        return control.format_answer(len(blocks), total, len(done), sum(sizes[b] for b in done))
+    def _warmed(self, blocks: int, nbytes: int) -> None:
+        self.counters.warmup_blocks += blocks
+        self.counters.warmup_bytes += nbytes
 
     def stats(self) -> dict[str, Any]:
         """Everything `fusecache stats` and the Prometheus exporter show (JSON-ready)."""
@@ -702,7 +673,7 @@ class Vfs:
                 "recent_block_hits": self.loader.recent_hits, "slice_rereads": c.slice_rereads,
                 "ranged_reads": c.ranged_reads,
             },
-            "warmup": {"blocks": c.warmup_blocks, "bytes": c.warmup_bytes},
+            "warmup": {"blocks": c.warmup_blocks, "bytes": c.warmup_bytes, "requests": c.cache_commands},
         }
 
     async def _info(self, ino: int) -> bytes:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import random
 from pathlib import Path
+
+import pytest
 
 from tests.fuse.helpers import Volume, client_stats, run_cli, sha256_file
 
@@ -83,3 +86,43 @@ def test_warmup_errors_are_one_line(s3_volume: Volume, tmp_path: Path) -> None:
         assert result.returncode != 0
         assert word in result.stderr.lower(), result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_tree_of_small_files_warms_in_directory_batches(s3_volume: Volume, tmp_path: Path) -> None:
+    """600 small files in one directory and 40 in a subdirectory: one request per 256
+    entries, not one per file; every block fetched once; the hit ratio counts no warmup
+    fetch as a miss; then every read is a hit with no GET; --check and --evict batch too."""
+    writer = s3_volume.mount()
+    rng = random.Random(5)
+    digests = {}
+    for rel in [f"many/f{i:03d}" for i in range(600)] + [f"many/sub/g{i}" for i in range(40)]:
+        data = rng.randbytes(rng.randrange(1, 50_000))
+        (writer.path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (writer.path / rel).write_bytes(data)
+        digests[rel] = hashlib.sha256(data).hexdigest()
+    m = s3_volume.mount("--cache", f"ssd:{tmp_path / 'cache'}:256MiB")
+    done = summary(str(m.path / "many"), "-p", "3")
+    assert done["files"] == 640 and done["done_blocks"] == 640 and done["failed"] == 0
+    stats = client_stats(m.path)
+    assert stats["store"]["gets"] == 640 and stats["warmup"]["blocks"] == 640
+    assert stats["warmup"]["requests"] == 3 + 1  # ceil(601 / 256) batches in many/, 1 in sub/
+    assert stats["cache"]["misses"] == 0
+    for rel, digest in digests.items():
+        assert sha256_file(m.path / rel) == digest
+    stats = client_stats(m.path)
+    assert stats["store"]["gets"] == 640 and stats["cache"]["misses"] == 0 and stats["cache"]["hits"] >= 640
+    assert summary(str(m.path / "many"), "--check")["cached_percent"] == 100.0
+    assert summary(str(m.path / "many"), "--evict")["done_blocks"] == 640
+    assert summary(str(m.path / "many"), "--check")["cached_percent"] == 0.0
+    assert client_stats(m.path)["warmup"]["requests"] == 4 * 4  # four walks of four batches
+
+
+def test_a_directory_batch_on_a_file_or_with_a_bad_range_is_refused(s3_volume: Volume) -> None:
+    m = s3_volume.mount()
+    (m.path / "f").write_bytes(b"x")
+    for path, name, code in [(m.path / "f", "fusecache.warmup-dir:0:10:100", errno.ENOTDIR),
+                             (m.path, "fusecache.warmup-dir:0:x:100", errno.EINVAL),
+                             (m.path, "fusecache.warmup-dir:0:10", errno.EINVAL)]:
+        with pytest.raises(OSError) as caught:
+            os.getxattr(path, name)
+        assert caught.value.errno == code, name
