@@ -144,6 +144,10 @@ class TieredCache:
                 return data
         return None
 
+    def count_miss(self) -> None:
+        """A miss found without a lookup (the caller saw `contains` say no)."""
+        self._count(False)
+
     def _count(self, hit: bool) -> None:
         with self._lock:
             if hit:

@@ -139,7 +139,15 @@ class BlockLoader:
         self.fetches += 1
         try:
             async with self._slots:
-                pending.data = await self.workers.io(self.chunks.load_block, *block, wait_missing, not fill)
+                if self.chunks.async_fetch and (fill or not self.chunks.is_cached(*block.where)):
+                    # Not cached: fetch on the loop (no thread hand-off per GET), then admit.
+                    if not fill:
+                        self.chunks.count_miss()
+                    data = await self.chunks.fetch_async(*block, wait_missing)
+                    await self.workers.io(self.chunks.admit, *block.where, data)
+                    pending.data = data
+                else:
+                    pending.data = await self.workers.io(self.chunks.load_block, *block, wait_missing, not fill)
             if keep:
                 self._remember(block, pending.data)
             return pending.data

@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+import trio
 import xxhash
 
 from ..errors import FsError, ObjectNotFound, ObjectStoreError
@@ -69,6 +70,8 @@ class BlockCache(Protocol):
 
     def contains(self, key: str) -> str | None: ...
 
+    def count_miss(self) -> None: ...
+
     def remove(self, key: str) -> None: ...
 
     def evict(self, keys: Iterable[str]) -> int: ...
@@ -95,6 +98,7 @@ class StoreCounters:
         self._lock = threading.Lock()
         self.gets = self.get_bytes = self.puts = self.put_bytes = 0
         self.get_errors = self.put_errors = 0
+        self.loop_gets = 0  # of `gets`, those made on the event loop (fetch_async)
 
     def add(self, **deltas: int) -> None:
         with self._lock:
@@ -105,7 +109,7 @@ class StoreCounters:
         with self._lock:
             return {"gets": self.gets, "get_bytes": self.get_bytes, "puts": self.puts,
                     "put_bytes": self.put_bytes, "get_errors": self.get_errors,
-                    "put_errors": self.put_errors}
+                    "put_errors": self.put_errors, "loop_gets": self.loop_gets}
 
 
 def _block_length(key: str) -> int:
@@ -198,19 +202,63 @@ class ChunkStore:
                 data = self.store.get(key)
                 break
             except ObjectNotFound:
-                if time.monotonic() + delay > deadline:
-                    self.counters.add(get_errors=1)
-                    if wait_missing:
-                        log.error("block %s is missing from the object store", key)
-                    raise BlockMissing(key) from None
-                # Perhaps staged by a writeback client and not uploaded yet: wait a little.
-                log.info("block %s is not in the object store yet; retrying", key)
+                self._still_missing(key, delay, deadline, wait_missing)
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
             except ObjectStoreError as exc:
-                self.counters.add(get_errors=1)
-                log.error("cannot read block %s: %s", key, exc)
-                raise FsError(errno.EIO, str(exc)) from None
+                raise self._unreadable(key, exc) from None
+        return self._checked(key, data, expected, expected_hash)
+
+    @property
+    def async_fetch(self) -> bool:
+        """Whether `fetch_async` can fetch blocks on the event loop (the store's `aget`)."""
+        return self.store.async_get
+
+    async def fetch_async(self, slice_id: int, slice_size: int, index: int, expected_hash: int = 0,
+                          wait_missing: bool = True) -> bytes:
+        """One block from the object store, on the event loop, checked as in load_block.
+        Not cached: `admit` it from a thread (the cache writes to disk)."""
+        key = self.key(slice_id, slice_size, index)
+        deadline = time.monotonic() + (self.missing_wait if wait_missing else 0.0)
+        delay = 0.1
+        while True:
+            try:
+                data = await self.store.aget(key)
+                break
+            except ObjectNotFound:
+                self._still_missing(key, delay, deadline, wait_missing)
+                await trio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+            except ObjectStoreError as exc:
+                raise self._unreadable(key, exc) from None
+        data = self._checked(key, data, block_len(slice_size, self.block_size, index), expected_hash)
+        self.counters.add(loop_gets=1)
+        return data
+
+    def count_miss(self) -> None:
+        """A reader's block that was not in the cache (when it is fetched without asking it)."""
+        self._cache_call("count_miss")
+
+    def admit(self, slice_id: int, slice_size: int, index: int, data: bytes) -> None:
+        """Put a block fetched by fetch_async into the cache."""
+        self._cache_call("put", self.key(slice_id, slice_size, index), data)
+
+    def _still_missing(self, key: str, delay: float, deadline: float, wait_missing: bool) -> None:
+        """A missing object: BlockMissing once waiting `delay` more would pass the deadline."""
+        if time.monotonic() + delay > deadline:
+            self.counters.add(get_errors=1)
+            if wait_missing:
+                log.error("block %s is missing from the object store", key)
+            raise BlockMissing(key) from None
+        # Perhaps staged by a writeback client and not uploaded yet: wait a little.
+        log.info("block %s is not in the object store yet; retrying", key)
+
+    def _unreadable(self, key: str, exc: ObjectStoreError) -> FsError:
+        self.counters.add(get_errors=1)
+        log.error("cannot read block %s: %s", key, exc)
+        return FsError(errno.EIO, str(exc))
+
+    def _checked(self, key: str, data: bytes, expected: int, expected_hash: int) -> bytes:
         if len(data) != expected:
             self.counters.add(get_errors=1)
             log.error("block %s has %d bytes, expected %d", key, len(data), expected)

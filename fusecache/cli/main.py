@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
+from types import ModuleType
 
 from ..errors import CliError
-from . import format as format_cmd
-from . import fsck, gc, info, mount, stats, status, umount, warmup
 
-COMMANDS = (format_cmd, mount, umount, status, info, warmup, stats, fsck, gc)
+# Subcommand → its module. A command line that names one imports only that module: `warmup`
+# or `stats` need neither redis-py nor boto3, and a warmup run costs its start-up time.
+COMMANDS = ("format", "mount", "umount", "status", "info", "warmup", "stats", "fsck", "gc")
+
+
+def _module(command: str) -> ModuleType:
+    return importlib.import_module(f"{__package__}.{command}")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -20,19 +26,26 @@ class _Parser(argparse.ArgumentParser):
         raise CliError(f"{self.prog}: {message} (see --help)", exit_code=2)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line, or (`only`) the one subcommand a command line names."""
     parser = _Parser(prog="fusecache", description="A FUSE caching filesystem over Redis and S3.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for command in COMMANDS:
-        command.add_parser(sub)
+    for command in (only,) if only in COMMANDS else COMMANDS:
+        _module(command).add_parser(sub)
     return parser
+
+
+def _named_command(argv: list[str]) -> str | None:
+    """The subcommand an argument list names, if its first non-option argument is one."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    return first if first in COMMANDS else None
 
 
 def main(argv: list[str] | None = None) -> int:
     verbose = False
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(_named_command(sys.argv[1:] if argv is None else argv)).parse_args(argv)
         verbose = args.verbose
         logging.basicConfig(
             level=logging.DEBUG if args.verbose else logging.WARNING,

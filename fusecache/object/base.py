@@ -1,6 +1,8 @@
 """The object store interface: a flat key → bytes namespace (S3, MinIO, a local directory).
 
-Every call is blocking (run it from a worker thread) and idempotent. Implementations retry
+Every call is blocking (run it from a worker thread) and idempotent, except `aget`: a store
+that can read an object on the trio event loop without blocking says so with `async_get`,
+and callers on the loop then await `aget` instead of handing `get` to a thread. Implementations retry
 temporary failures themselves; what escapes is `ObjectNotFound` for a missing key and
 `ObjectStoreError` for anything else, with a message that names the cause but never a
 credential.
@@ -24,6 +26,15 @@ class ObjectStore(ABC):
     @abstractmethod
     def get(self, key: str, off: int = 0, limit: int = -1) -> bytes:
         """Bytes [off, off+limit) of the object (limit -1: to the end)."""
+
+    @property
+    def async_get(self) -> bool:
+        """Whether `aget` reads on the event loop (else it is not available)."""
+        return False
+
+    async def aget(self, key: str) -> bytes:
+        """The whole object, read on the trio event loop (only when `async_get`)."""
+        raise NotImplementedError
 
     @abstractmethod
     def put(self, key: str, data: bytes | bytearray | memoryview) -> None: ...

@@ -22,10 +22,13 @@ from urllib.parse import urlsplit
 
 import boto3
 import botocore.exceptions as bexc
+import trio
 from botocore.config import Config
+from botocore.credentials import Credentials
 
 from fusecache.errors import ObjectNotFound, ObjectStoreError
 from fusecache.object.base import ObjectInfo, ObjectStore
+from fusecache.object.s3_async import AsyncS3
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +176,12 @@ class S3Store(ObjectStore):
                                 read_timeout=read_timeout)
         elif data_client != "boto3":
             raise ValueError(f"unknown S3 data client {data_client!r}: choose boto3 or lean")
+        self._async: AsyncS3 | None = None
+        # Whole-block GETs on the event loop (s3_async.py), with static credentials only: a
+        # refresh of temporary ones is a blocking call.
+        if self._lean is not None and type(self._lean.credentials) is Credentials:
+            self._async = AsyncS3(self._lean, self._loc.endpoint, max_connections=max_pool_connections,
+                                  connect_timeout=connect_timeout, read_timeout=read_timeout)
 
     # -- ObjectStore -------------------------------------------------------------------------
 
@@ -216,6 +225,24 @@ class S3Store(ObjectStore):
             return data
 
         return self._call("get", key, lean_attempt if self._lean is not None else attempt)
+
+    @property
+    def async_get(self) -> bool:
+        return self._async is not None
+
+    async def aget(self, key: str) -> bytes:
+        if self._async is None:
+            raise NotImplementedError("GETs of this store run on threads (see async_get)")
+        client = self._async
+        attempt = 1
+        while True:
+            try:
+                data, _ = await client.get(self._key(key))
+                return data
+            except Exception as e:
+                delay = self._retry_delay("get", key, e, attempt)
+            await trio.sleep(delay)
+            attempt += 1
 
     def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
         body = _as_body(data)
@@ -288,13 +315,19 @@ class S3Store(ObjectStore):
             try:
                 return fn()
             except Exception as e:
-                if not is_temporary(e) or attempt >= self._max_attempts:
-                    raise self._translate(op, key, e, attempt) from None
-                delay = min(self._backoff_max, self._backoff_base * 2 ** (attempt - 1))
-                delay *= random.uniform(0.5, 1.0)  # jitter keeps many threads from retrying in step
-                log.info("S3 %s %r failed (%s), retry %d in %.2fs", op, key, _short(e), attempt, delay)
-                time.sleep(delay)
-                attempt += 1
+                delay = self._retry_delay(op, key, e, attempt)
+            time.sleep(delay)
+            attempt += 1
+
+    def _retry_delay(self, op: str, key: str, exc: Exception, attempt: int) -> float:
+        """Seconds to wait before trying a failed request again; raises what the caller
+        should see once the failure is not temporary or the attempts are used up."""
+        if not is_temporary(exc) or attempt >= self._max_attempts:
+            raise self._translate(op, key, exc, attempt) from None
+        delay = min(self._backoff_max, self._backoff_base * 2 ** (attempt - 1))
+        delay *= random.uniform(0.5, 1.0)  # jitter keeps many threads from retrying in step
+        log.info("S3 %s %r failed (%s), retry %d in %.2fs", op, key, _short(exc), attempt, delay)
+        return delay
 
     def _translate(self, op: str, key: str, exc: Exception, attempts: int) -> Exception:
         where = f"at {self._loc.endpoint}"

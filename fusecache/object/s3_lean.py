@@ -29,6 +29,16 @@ EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _ERROR_CODE = re.compile(rb"<Code>([^<]*)</Code>")
 
 
+def error_of(method: str, status: int, body: bytes | None, operation: str) -> bexc.ClientError:
+    """The botocore error for an S3 error response, with the code from its XML body."""
+    match = _ERROR_CODE.search(body or b"")
+    code = match.group(1).decode(errors="replace") if match else str(status)
+    if status == 404 and not match:
+        code = "NoSuchKey" if method != "PUT" else "NoSuchBucket"
+    return bexc.ClientError({"Error": {"Code": code, "Message": ""},
+                             "ResponseMetadata": {"HTTPStatusCode": status}}, operation)
+
+
 class LeanS3:
     def __init__(self, endpoint: str, bucket: str, addressing_style: str, region: str, credentials: Any,
                  *, max_connections: int, connect_timeout: float, read_timeout: float) -> None:
@@ -64,9 +74,24 @@ class LeanS3:
 
     # -- internals ---------------------------------------------------------------------------
 
+    @property
+    def host(self) -> str:
+        return self._host
+
+    @property
+    def credentials(self) -> Any:
+        return self._credentials
+
+    def path_of(self, key: str) -> str:
+        return f"{self._base}/{quote(key, safe='/~')}"
+
+    def sign(self, method: str, path: str, payload_hash: str = EMPTY_SHA256) -> dict[str, str]:
+        """SigV4 headers for a request (Host not included: the HTTP layer sends it)."""
+        return self._sign(method, path, payload_hash)
+
     def _request(self, method: str, key: str, body: bytes | bytearray, headers: dict[str, str],
                  operation: str) -> Any:
-        path = f"{self._base}/{quote(key, safe='/~')}"
+        path = self.path_of(key)
         payload_hash = hashlib.sha256(body).hexdigest() if body else EMPTY_SHA256
         headers.update(self._sign(method, path, payload_hash))
         try:
@@ -79,12 +104,7 @@ class LeanS3:
         except urllib3.exceptions.HTTPError as exc:  # reset, read timeout, body cut short
             raise bexc.HTTPClientError(error=exc) from None
         if resp.status >= 300:
-            match = _ERROR_CODE.search(resp.data or b"")
-            code = match.group(1).decode(errors="replace") if match else str(resp.status)
-            if resp.status == 404 and not match:
-                code = "NoSuchKey" if method != "PUT" else "NoSuchBucket"
-            raise bexc.ClientError({"Error": {"Code": code, "Message": ""},
-                                    "ResponseMetadata": {"HTTPStatusCode": resp.status}}, operation)
+            raise error_of(method, resp.status, resp.data, operation)
         return resp
 
     def _sign(self, method: str, path: str, payload_hash: str) -> dict[str, str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fuse.helpers import Volume, run_cli, sha256_file
+from tests.fuse.helpers import Volume, client_stats, run_cli, sha256_file
 
 MiB = 1 << 20
 
@@ -198,3 +198,9 @@ def test_the_lean_s3_data_path_round_trips_with_the_default_one(s3_volume: Volum
     default.umount()
     lean = s3_volume.mount("--s3-data-client", "lean", "--cache", "mem:1MiB")
     assert sha256_file(lean.path / "by-boto3") == hashlib.sha256(blobs["f3"]).hexdigest()
+    for name, data in blobs.items():
+        assert sha256_file(lean.path / name) == hashlib.sha256(data).hexdigest(), name
+    store = client_stats(lean.path)["store"]
+    # Every block fetched on the event loop (object/s3_async.py): at least the 8 blocks of
+    # the files (a 1 MiB cache keeps no 4 MiB block, so some are fetched again).
+    assert store["loop_gets"] == store["gets"] >= 8
