@@ -162,3 +162,21 @@ def test_region_default_env_and_hostname(monkeypatch: pytest.MonkeyPatch) -> Non
     vhost = S3Store("https://bkt.s3.eu-central-1.amazonaws.com", "a", "s")
     assert vhost._client.meta.region_name == "eu-central-1"
     assert vhost.describe() == "s3://s3.eu-central-1.amazonaws.com/bkt"
+
+
+@pytest.mark.parametrize("data_client", ["boto3", "lean"])
+def test_a_put_sends_its_body_without_waiting_for_100_continue(
+        data_client: str, s3_server: S3Server, bucket_url: str) -> None:
+    """`Expect: 100-continue` costs a round trip per block before the body moves."""
+    from tests.lossy_proxy import LossyProxy
+
+    port = int(s3_server.endpoint.rsplit(":", 1)[1])
+    with LossyProxy(port) as proxy:
+        store = S3Store(f"http://127.0.0.1:{proxy.port}/{bucket_url.rsplit('/', 1)[1]}", s3_server.access_key,
+                        s3_server.secret_key, data_client=data_client)
+        proxy.lose_reply_to(b"100-continue")
+        data = bytes(range(256)) * 4096  # 1 MiB
+        store.put("k", data)
+        assert store.get("k") == data
+        assert proxy.armed() == 1 and proxy.lost == 0  # no request asked for a go-ahead
+        store.close()
