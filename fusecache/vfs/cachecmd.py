@@ -18,6 +18,7 @@ import trio
 
 from ..chunk.reader import BlockId, BlockLoader, blocks_in_range, for_each
 from ..chunk.store import ChunkStore
+from ..layout import block_len
 from ..meta.aio import FastCalls
 from ..types import DirEntry, Slice
 from ..workers import Workers
@@ -106,7 +107,7 @@ class CacheCommands:
         return await blocks_in_range(slices_of, self.chunks.block_size, offset, end - offset)
 
     def _size(self, block: BlockId) -> int:
-        return min(self.chunks.block_size, block.size - block.index * self.chunks.block_size)
+        return block_len(block.size, self.chunks.block_size, block.index)
 
     async def _apply(self, op: str, blocks: list[BlockId]) -> RangeTotals:
         total = sum(self._size(b) for b in blocks)

@@ -55,11 +55,18 @@ def is_control(name: bytes) -> bool:
     return name.startswith(PREFIX)
 
 
+def _command_text(name: bytes) -> str | None:
+    """The part of a control name after `fusecache.`, or None if it is not ASCII."""
+    try:
+        return name[len(PREFIX):].decode("ascii")
+    except UnicodeDecodeError:
+        return None
+
+
 def parse_block_command(name: bytes) -> BlockCommand | None:
     """`fusecache.warmup`, `fusecache.cached:0:67108864`, ... or None for other names."""
-    try:
-        text = name[len(PREFIX):].decode("ascii")
-    except UnicodeDecodeError:
+    text = _command_text(name)
+    if text is None:
         return None
     op, _, rest = text.partition(":")
     if op not in BLOCK_COMMANDS:
@@ -84,9 +91,8 @@ class DirCommand:
 
 def parse_dir_command(name: bytes) -> DirCommand | None:
     """`fusecache.warmup-dir:0:256:67108864`, ... or None for other names."""
-    try:
-        text = name[len(PREFIX):].decode("ascii")
-    except UnicodeDecodeError:
+    text = _command_text(name)
+    if text is None:
         return None
     head, _, rest = text.partition(":")
     op = head.removesuffix(DIR_SUFFIX)

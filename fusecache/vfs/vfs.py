@@ -631,11 +631,12 @@ class Vfs:
         if name == control.STATS:
             return json.dumps(self.stats()).encode()
         command = control.parse_block_command(name)
-        self.counters.cache_commands += 1
         if command is not None:
+            self.counters.cache_commands += 1
             return await self.cache_commands.file(ino, command)
         dir_command = control.parse_dir_command(name)
         if dir_command is not None:
+            self.counters.cache_commands += 1
             return await self.cache_commands.directory(ino, dir_command)
         raise FsError(errno.ENODATA)
 
