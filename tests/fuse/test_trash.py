@@ -18,7 +18,15 @@ MiB = 1 << 20
 
 
 def _trashed(mnt: Path) -> dict[str, Path]:
-    return {p.name: p for hour in (mnt / ".trash").iterdir() for p in hour.iterdir()}
+    """The trashed entries by name. The janitor may remove an hour directory between the
+    listing of /.trash and the listing of that hour: a vanished hour holds nothing."""
+    found: dict[str, Path] = {}
+    for hour in (mnt / ".trash").iterdir():
+        try:
+            found.update((p.name, p) for p in hour.iterdir())
+        except FileNotFoundError:
+            continue
+    return found
 
 
 def test_deleted_and_replaced_files_wait_in_the_trash(volume: Volume) -> None:
