@@ -8,6 +8,7 @@ Attribute keys (StorageClass `parameters`, or a static PV's `volumeAttributes`):
     cacheFreeRatio ssd tiers stop growing when their disk's free share would drop below it
     readahead      blocks to read ahead                writeback   "true" to upload asynchronously
     attrTimeout    kernel attribute cache seconds      entryTimeout  kernel dentry cache seconds
+    coherentTimeout  kernel cache seconds while Redis tells the client of changes (0: off)
     fuseOptions    extra comma-separated FUSE -o options
     sharedClient   "false": this volume gets its own FUSE client, mounted at its directory,
                    so `df` in the pod shows the volume's quota (a shared client can only show
@@ -51,6 +52,7 @@ class MountSettings:
     writeback: bool = False
     attr_timeout: str = ""
     entry_timeout: str = ""
+    coherent_timeout: str = ""
     fuse_options: tuple[str, ...] = ()
     shared: bool = True
 
@@ -63,7 +65,8 @@ class MountSettings:
         for flag, value in (("--cache-low", self.cache_low), ("--cache-high", self.cache_high),
                             ("--cache-free-ratio", self.cache_free_ratio),
                             ("--readahead", self.readahead), ("--attr-timeout", self.attr_timeout),
-                            ("--entry-timeout", self.entry_timeout)):
+                            ("--entry-timeout", self.entry_timeout),
+                            ("--coherent-timeout", self.coherent_timeout)):
             if value:
                 args += [flag, value]
         if self.writeback:
@@ -80,7 +83,8 @@ class MountSettings:
             out["cache"] = ";".join(self.cache)
         for key, value in (("cacheLow", self.cache_low), ("cacheHigh", self.cache_high),
                            ("cacheFreeRatio", self.cache_free_ratio), ("readahead", self.readahead),
-                           ("attrTimeout", self.attr_timeout), ("entryTimeout", self.entry_timeout)):
+                           ("attrTimeout", self.attr_timeout), ("entryTimeout", self.entry_timeout),
+                           ("coherentTimeout", self.coherent_timeout)):
             if value:
                 out[key] = value
         if self.writeback:
@@ -147,7 +151,8 @@ def _check_cache(settings: MountSettings) -> None:
 def _parsers() -> dict[str, str]:
     return {"cache": "cache", "cacheLow": "cache_low", "cacheHigh": "cache_high",
             "cacheFreeRatio": "cache_free_ratio", "readahead": "readahead", "writeback": "writeback",
-            "attrTimeout": "attr_timeout", "entryTimeout": "entry_timeout", "fuseOptions": "fuse_options",
+            "attrTimeout": "attr_timeout", "entryTimeout": "entry_timeout",
+            "coherentTimeout": "coherent_timeout", "fuseOptions": "fuse_options",
             "sharedClient": "shared"}
 
 
@@ -169,8 +174,8 @@ def parse(attributes: Mapping[str, str]) -> MountSettings:
             if not raw.isdigit():
                 raise invalid("readahead must be a whole number of blocks")
             values[field_name] = raw
-        elif key in ("attrTimeout", "entryTimeout"):
-            values[field_name] = _number(key, raw, 0.0)
+        elif key in ("attrTimeout", "entryTimeout", "coherentTimeout"):
+            values[field_name] = _number(key, raw, 0.0, 1e6)
         elif key in ("writeback", "sharedClient"):
             if raw.lower() not in _BOOL:
                 raise invalid(f"{key} must be true or false")

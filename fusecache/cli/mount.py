@@ -59,6 +59,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="FUSE mount options, comma separated (e.g. allow_other)")
     p.add_argument("--attr-timeout", type=float, default=1.0, help="kernel attribute cache seconds (default 1)")
     p.add_argument("--entry-timeout", type=float, default=1.0, help="kernel name cache seconds (default 1)")
+    p.add_argument("--coherent-timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="kernel name and attribute cache seconds while Redis tells this client of "
+                        "changes (standalone Redis; taken back at once on a change; 0: off; default 60)")
     p.add_argument("--readahead", type=int, default=4, metavar="N",
                    help="most blocks prefetched ahead of a sequential reader (default 4; 0: off)")
     p.add_argument("--buffer-blocks", type=int, default=32, help="blocks buffered for upload at once")
@@ -224,6 +227,9 @@ def run(args: argparse.Namespace) -> int:
         metrics_address(args.metrics)
     if args.readahead < 0:
         raise CliError("--readahead must be 0 (off) or a number of blocks", 2)
+    for option in ("attr_timeout", "entry_timeout", "coherent_timeout"):
+        if not 0 <= getattr(args, option) < 1e6:  # also refuses nan
+            raise CliError(f"--{option.replace('_', '-')} must be a number of seconds, 0 or more", 2)
     args.mountpoint = _check_mountpoint(args.mountpoint)
     if args.background:
         return _start_background(args)
@@ -374,7 +380,7 @@ def _serve_volume(args: argparse.Namespace, volume: Volume) -> int:
             "volume": settings.name, "uuid": settings.uuid, "pid": os.getpid(),  # type: ignore[attr-defined]
             "mountpoint": args.mountpoint, "subdir": args.subdir, "version": __version__,
         }
-        ops = FuseOps(vfs, volume.root, args.attr_timeout, args.entry_timeout)
+        ops = FuseOps(vfs, volume.root, args.attr_timeout, args.entry_timeout, args.coherent_timeout)
         metrics = start_metrics(*metrics_address(args.metrics), vfs.stats) if args.metrics else None
     except BaseException:
         chunks.close(drain_stall=0)  # staged blocks wait for the next mount
@@ -508,6 +514,7 @@ async def _main(vfs, ops, meta, sid: int, mountpoint: str) -> None:  # type: ign
 
     async with trio.open_nursery() as nursery:
         vfs.start(nursery)
+        nursery.start_soon(ops.kernel.run)
         nursery.start_soon(_heartbeat, vfs, meta, sid)
         nursery.start_soon(_janitor, vfs)
         nursery.start_soon(_trash_janitor, vfs)

@@ -18,11 +18,13 @@ import pyfuse3
 from ..errors import FsError
 from ..types import ROOT_INO, Attr, SetAttr
 from ..vfs.vfs import Ctx, Vfs
+from .kernel_cache import LONG_TIMEOUT, KernelCache
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
 
+RENAME_EXCHANGE = 2  # linux/fs.h
 BLKSIZE = 1 << 20  # st_blksize: tools like cp size their I/O by it; large I/O is cheap here
 
 
@@ -52,7 +54,8 @@ class FuseOps(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
 
-    def __init__(self, vfs: Vfs, root: int = ROOT_INO, attr_timeout: float = 1.0, entry_timeout: float = 1.0):
+    def __init__(self, vfs: Vfs, root: int = ROOT_INO, attr_timeout: float = 1.0, entry_timeout: float = 1.0,
+                 coherent_timeout: float = LONG_TIMEOUT):
         super().__init__()
         self.vfs = vfs
         self.root = root
@@ -60,7 +63,13 @@ class FuseOps(pyfuse3.Operations):
         self.entry_timeout = entry_timeout
         self.initialized = False  # the kernel's INIT request arrived
         self._built: dict[int, dict[int, pyfuse3.EntryAttributes]] = {}  # dir handle → entry left over
+        self._listing: dict[int, tuple[int | None, int]] = {}  # dir handle → (kernel-cache token, dir inode)
         self.on_init: Callable[[], None] | None = None
+        # Never shorter than what the user asked for without the feed.
+        long = max(coherent_timeout, attr_timeout, entry_timeout) if coherent_timeout > 0 else 0.0
+        self.kernel = KernelCache(vfs.fast.cache.notice_token, vfs.fast.current_attrs, self._kernel, long)
+        vfs.fast.cache.listener = self.kernel.changed
+        vfs.stat_sources["kernel_cache"] = self.kernel.snapshot
 
     def init(self) -> None:
         self.initialized = True
@@ -74,12 +83,15 @@ class FuseOps(pyfuse3.Operations):
     def _kernel(self, ino: int) -> int:
         return pyfuse3.ROOT_INODE if ino == self.root else ino
 
-    def _entry(self, attr: Attr) -> pyfuse3.EntryAttributes:
+    def _entry(self, attr: Attr, long: bool = False) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
         e.st_ino = self._kernel(attr.ino)
         e.generation = 0
-        e.entry_timeout = self.entry_timeout
-        e.attr_timeout = self.attr_timeout
+        if long:
+            e.entry_timeout = e.attr_timeout = self.kernel.long
+        else:
+            e.entry_timeout = self.entry_timeout
+            e.attr_timeout = self.attr_timeout
         e.st_mode = attr.mode
         e.st_nlink = attr.nlink
         e.st_uid = attr.uid
@@ -93,16 +105,25 @@ class FuseOps(pyfuse3.Operations):
         e.st_ctime_ns = attr.ctime_ns
         return e
 
+    def _new_entry(self, token: int | None, parent: int, name: bytes, attr: Attr) -> pyfuse3.EntryAttributes:
+        """An entry reply: the kernel now holds (parent, name) → attr.ino."""
+        return self._entry(attr, self.kernel.keep(token, attr, (parent, name)))
+
     @fs_errors
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return self._entry(await self.vfs.lookup(self._vol(parent_inode), name))
+        parent, token = self._vol(parent_inode), self.kernel.begin()
+        return self._new_entry(token, parent, name, await self.vfs.lookup(parent, name))
 
     async def forget(self, inode_list: Any) -> None:
-        pass  # inodes live in the metadata engine; nothing is pinned per lookup
+        # Inodes live in the metadata engine; only the kernel cache's records follow the kernel.
+        for ino, nlookup in inode_list:
+            self.kernel.forget(self._vol(ino), nlookup)
 
     @fs_errors
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return self._entry(await self.vfs.getattr(self._vol(inode)))
+        token = self.kernel.begin()
+        attr = await self.vfs.getattr(self._vol(inode))
+        return self._entry(attr, self.kernel.keep(token, attr))
 
     @fs_errors
     async def setattr(
@@ -117,7 +138,9 @@ class FuseOps(pyfuse3.Operations):
             atime_ns=attr.st_atime_ns if fields.update_atime else None,
             mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
         )
-        return self._entry(await self.vfs.setattr(self._vol(inode), changes))
+        token = self.kernel.begin()
+        done = await self.vfs.setattr(self._vol(inode), changes)
+        return self._entry(done, self.kernel.keep(token, done))
 
     @fs_errors
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
@@ -127,40 +150,49 @@ class FuseOps(pyfuse3.Operations):
     async def mknod(
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        return self._entry(await self.vfs.mknod(self._vol(parent_inode), name, mode, rdev, _ctx(ctx)))
+        parent, token = self._vol(parent_inode), self.kernel.begin()
+        return self._new_entry(token, parent, name, await self.vfs.mknod(parent, name, mode, rdev, _ctx(ctx)))
 
     @fs_errors
     async def mkdir(
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        return self._entry(await self.vfs.mkdir(self._vol(parent_inode), name, mode, _ctx(ctx)))
+        parent, token = self._vol(parent_inode), self.kernel.begin()
+        return self._new_entry(token, parent, name, await self.vfs.mkdir(parent, name, mode, _ctx(ctx)))
 
     @fs_errors
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         await self.vfs.unlink(self._vol(parent_inode), name)
+        self.kernel.name_gone(self._vol(parent_inode), name)
 
     @fs_errors
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         await self.vfs.rmdir(self._vol(parent_inode), name)
+        self.kernel.name_gone(self._vol(parent_inode), name)
 
     @fs_errors
     async def symlink(
         self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        return self._entry(await self.vfs.symlink(self._vol(parent_inode), name, target, _ctx(ctx)))
+        parent, token = self._vol(parent_inode), self.kernel.begin()
+        return self._new_entry(token, parent, name, await self.vfs.symlink(parent, name, target, _ctx(ctx)))
 
     @fs_errors
     async def rename(
         self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
         flags: int, ctx: pyfuse3.RequestContext,
     ) -> None:
-        await self.vfs.rename(self._vol(parent_inode_old), name_old, self._vol(parent_inode_new), name_new, flags)
+        old, new = (self._vol(parent_inode_old), name_old), (self._vol(parent_inode_new), name_new)
+        moved, other = self.kernel.holder(*old), self.kernel.holder(*new)
+        await self.vfs.rename(*old, *new, flags)
+        self.kernel.renamed(old, new, moved, other, bool(flags & RENAME_EXCHANGE))
 
     @fs_errors
     async def link(
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        return self._entry(await self.vfs.link(self._vol(inode), self._vol(new_parent_inode), new_name))
+        parent, token = self._vol(new_parent_inode), self.kernel.begin()
+        return self._new_entry(token, parent, new_name, await self.vfs.link(self._vol(inode), parent, new_name))
 
     def _file_info(self, fh: int) -> pyfuse3.FileInfo:
         # keep_cache: the file is unchanged since the kernel last cached it, so its page
@@ -175,8 +207,9 @@ class FuseOps(pyfuse3.Operations):
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        fh, attr = await self.vfs.create(self._vol(parent_inode), name, mode, flags, _ctx(ctx))
-        return self._file_info(fh), self._entry(attr)
+        parent, token = self._vol(parent_inode), self.kernel.begin()
+        fh, attr = await self.vfs.create(parent, name, mode, flags, _ctx(ctx))
+        return self._file_info(fh), self._new_entry(token, parent, name, attr)
 
     @fs_errors
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:  # type: ignore[override]
@@ -200,23 +233,33 @@ class FuseOps(pyfuse3.Operations):
 
     @fs_errors
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        return await self.vfs.opendir(self._vol(inode))
+        ino, token = self._vol(inode), self.kernel.begin()
+        fh = await self.vfs.opendir(ino)
+        self._listing[fh] = (token, ino)
+        return fh
 
     @fs_errors
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         # The kernel takes a listing a page (a few dozen entries) at a time: the listing is
         # read once at opendir, and the entry that did not fit is not built twice.
+        # Each entry sent is a kernel name (readdirplus), except "." and "..".
         entries = self.vfs.dir_entries(fh)
         built = self._built.setdefault(fh, {})
-        reply, make = pyfuse3.readdir_reply, self._entry
+        kept, ino = self._listing.get(fh, (None, 0))
+        reply, make, keep = pyfuse3.readdir_reply, self._entry, self.kernel.keep
         for i in range(start_id, len(entries)):
-            attrs = built.pop(i, None) or make(entries[i].attr)
-            if not reply(token, entries[i].name, attrs, i + 1):
+            entry = entries[i]
+            attrs = built.pop(i, None)
+            if attrs is None:
+                name = entry.name
+                attrs = make(entry.attr, name not in (b".", b"..") and keep(kept, entry.attr, (ino, name)))
+            if not reply(token, entry.name, attrs, i + 1):
                 built[i] = attrs
                 break
 
     async def releasedir(self, fh: int) -> None:
         self._built.pop(fh, None)
+        self._listing.pop(fh, None)
         self.vfs.releasedir(fh)
 
     async def fsyncdir(self, fh: int, datasync: bool) -> None:

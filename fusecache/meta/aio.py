@@ -315,6 +315,7 @@ class ChangeFeed:
             conn.reader.feed(chunk)
             while (message := conn.reader.gets()) is not False:
                 self._apply(message)
+            self.cache.tell()
             # Let notices gather for a moment: one wake-up per batch, not per change, keeps
             # a busy writer's notices off the FUSE loop (at most BATCH_WAIT more staleness).
             await trio.sleep(self.BATCH_WAIT)
@@ -325,7 +326,7 @@ class ChangeFeed:
         keys = message[2]
         self.notices += 1
         if keys is None:  # FLUSHDB/FLUSHALL: anything may have changed
-            self.cache.reset()
+            self.cache.changed_all()
             return
         for key in keys:
             if key.startswith(self._inode_prefix) and key[len(self._inode_prefix):].isdigit():
@@ -402,6 +403,11 @@ class FastCalls:
         attr = await self._run(self._request(self.meta.getattr_request, ino), self.meta.getattr, ino)
         self.cache.fill_attr(token, attr)
         return attr
+
+    async def current_attrs(self, inos: list[int]) -> list[Any]:
+        """The attributes of these inodes now (None where an inode is gone), in one round trip."""
+        return await self._run(self._request(self.meta.attrs_request, inos),  # type: ignore[no-any-return]
+                               self.meta.current_attrs, inos)
 
     async def read(self, ino: int, chunk_index: int) -> Any:
         return await self._run(self._request(self.meta.read_request, ino, chunk_index),

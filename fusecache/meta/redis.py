@@ -475,6 +475,17 @@ class RedisMeta(Meta):
 
         return MetaRequest(("GET", self._ik(ino)), decode)
 
+    @staticmethod
+    def _attrs_of(inos: list[int], raws: list[bytes | None]) -> list[Attr | None]:
+        return [None if raw is None else unpack_attr(ino, raw) for ino, raw in zip(inos, raws, strict=True)]
+
+    def attrs_request(self, inos: list[int]) -> MetaRequest:
+        return MetaRequest(("MGET", *(self._ik(ino) for ino in inos)), lambda raws: self._attrs_of(inos, raws))
+
+    def current_attrs(self, inos: list[int]) -> list[Attr | None]:
+        """The attributes of these inodes now; None where an inode is gone."""
+        return self._attrs_of(inos, self._call(self._r.mget, [self._ik(ino) for ino in inos]))
+
     def tracked_prefixes(self) -> tuple[str, str]:
         """The key prefixes of inode attributes and of directory entries (their keys end in
         the inode number), for a client that asks Redis to tell it of changes."""

@@ -19,6 +19,7 @@ Rules that keep it coherent:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 TTL = 60.0
@@ -31,7 +32,14 @@ class MetaCache:
         self.limit = limit
         self.live = False
         self.epoch = 0
+        # Counts only what Redis told us (inode notices, feed up or down), not our own
+        # resets: a reply built after our own change may still be kept by the kernel.
+        self.notice_epoch = 0
         self.hits = 0
+        # Told after each batch of notices which inodes changed (None: any may have).
+        self.listener: Callable[[set[int] | None], None] | None = None
+        self._heard: set[int] = set()
+        self._heard_all = False
         self._attrs: dict[int, tuple[Any, float]] = {}  # ino → (Attr, expiry)
         self._names: dict[int, dict[bytes, int]] = {}  # parent → name → ino
 
@@ -40,6 +48,11 @@ class MetaCache:
     def begin(self) -> int | None:
         """A token for a read from Redis whose result may be kept; None: do not keep it."""
         return self.epoch if self.live else None
+
+    def notice_token(self) -> int | None:
+        """Like `begin()`, for a cache outside this client (the kernel's) that hears of
+        changes through `listener`: None unless the feed is live."""
+        return self.notice_epoch if self.live else None
 
     def attr(self, ino: int) -> Any:
         kept = self._attrs.get(ino)
@@ -73,7 +86,10 @@ class MetaCache:
 
     def changed_inode(self, ino: int) -> None:
         self.epoch += 1
+        self.notice_epoch += 1
         self._attrs.pop(ino, None)
+        if self.listener is not None:
+            self._heard.add(ino)
 
     def changed_dir(self, ino: int) -> None:
         self.epoch += 1
@@ -84,9 +100,24 @@ class MetaCache:
         self.epoch += 1
         self._drop_all()
 
+    def changed_all(self) -> None:
+        """Anything may have changed (FLUSHDB, or the feed went down or came back)."""
+        self.notice_epoch += 1
+        self._heard_all = True
+        self.reset()
+
     def set_live(self, live: bool) -> None:
         self.live = live
-        self.reset()
+        self.changed_all()
+        self.tell()
+
+    def tell(self) -> None:
+        """Pass what the last batch of notices changed to the listener."""
+        if self.listener is None or not (self._heard or self._heard_all):
+            return
+        heard, self._heard = (None if self._heard_all else self._heard), set()
+        self._heard_all = False
+        self.listener(heard)
 
     def _drop_all(self) -> None:
         self._attrs = {}

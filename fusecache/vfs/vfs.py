@@ -77,13 +77,16 @@ class VfsOptions:
 # only open-file notes and garbage; an inode freed at a release is announced by Redis, and
 # its name went at the unlink). Every other call drops the cache when it ends.
 CACHE_SAFE_CALLS = frozenset({"lookup", "getattr", "read", "readdir", "readlink", "statfs", "getxattr",
-                              "listxattr", "take_garbage", "ack_garbage", "release", "flush_releases"})
+                              "listxattr", "take_garbage", "ack_garbage", "release", "flush_releases",
+                              "current_attrs"})
 
 
 @dataclass
 class Counters:
     """Request figures of this client, for `fusecache stats` (updated on the trio thread)."""
 
+    lookups: int = 0  # lookup and getattr requests that reached this client
+    getattrs: int = 0
     opens: int = 0
     keep_cache_opens: int = 0  # opens that let the kernel keep the file's page cache
     reads: int = 0  # FUSE read requests
@@ -129,6 +132,8 @@ class Vfs:
         self.dirs: dict[int, DirHandle] = {}
         self._fh = itertools.count(1)
         self._nursery: trio.Nursery | None = None
+        # Sections that layers above add to `stats()` (the FUSE adapter's kernel cache).
+        self.stat_sources: dict[str, Callable[[], dict[str, Any]]] = {}
         self._upload_slots = trio.CapacityLimiter(self.options.upload_slots)
         self._readahead_slots = trio.CapacityLimiter(
             max(1, self.options.readahead_slots or 2 * self.options.readahead_blocks))
@@ -191,9 +196,11 @@ class Vfs:
     async def lookup(self, parent: int, name: bytes) -> Attr:
         if len(name) > MAX_NAME:
             raise FsError(errno.ENAMETOOLONG)
+        self.counters.lookups += 1
         return self._merge(await self.fast.lookup(parent, name))
 
     async def getattr(self, ino: int) -> Attr:
+        self.counters.getattrs += 1
         return self._merge(await self.fast.getattr(ino))
 
     async def setattr(self, ino: int, changes: SetAttr) -> Attr:
@@ -669,12 +676,14 @@ class Vfs:
                 "failed_attempts": uploader.failed_attempts if uploader else 0,
             },
             "fuse": {
+                "lookups": c.lookups, "getattrs": c.getattrs,
                 "opens": c.opens, "keep_cache_opens": c.keep_cache_opens, "reads": c.reads,
                 "read_bytes": c.read_bytes, "readahead_blocks": c.readahead_blocks,
                 "recent_block_hits": self.loader.recent_hits, "slice_rereads": c.slice_rereads,
                 "ranged_reads": c.ranged_reads,
             },
             "warmup": {"blocks": c.warmup_blocks, "bytes": c.warmup_bytes, "requests": c.cache_commands},
+            **{name: source() for name, source in self.stat_sources.items()},
         }
 
     async def _info(self, ino: int) -> bytes:

@@ -245,9 +245,12 @@ def _parse_mount(extra: list[str]) -> argparse.Namespace:
 
 def test_mount_args_without_cache_are_accepted_by_fusecache_mount() -> None:
     parsed = settings.parse({"readahead": "8", "attrTimeout": "2", "entryTimeout": "3",
-                             "fuseOptions": "max_read=131072"})
+                             "coherentTimeout": "0", "fuseOptions": "max_read=131072"})
     args = _parse_mount(parsed.mount_args())
-    assert (args.readahead, args.attr_timeout, args.entry_timeout) == (8, 2.0, 3.0)
+    assert (args.readahead, args.attr_timeout, args.entry_timeout, args.coherent_timeout) == (8, 2.0, 3.0, 0.0)
+    assert settings.parse(parsed.context()) == parsed
+    with pytest.raises(Exception, match="coherentTimeout"):
+        settings.parse({"coherentTimeout": "-1"})
 
 
 @pytest.mark.skipif(not mount_has_cache_flags(), reason="`fusecache mount` has no tiered cache flags (--cache) yet")

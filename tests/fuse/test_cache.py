@@ -317,6 +317,8 @@ def test_mount_rejects_bad_cache_flags(s3_volume: Volume, tmp_path: Path) -> Non
         (["--writeback"], "ssd"),
         (["--metrics", "nowhere"], "ADDR:PORT"),
         (["--readahead", "-1"], "readahead"),
+        (["--coherent-timeout", "-1"], "coherent-timeout"),
+        (["--attr-timeout", "nan"], "attr-timeout"),
     ]:
         result = run_cli("mount", s3_volume.meta_url, str(mp), *flags, env=s3_volume.env, check=False)
         assert result.returncode == 2, (flags, result.stderr)

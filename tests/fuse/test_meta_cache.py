@@ -1,7 +1,8 @@
 """The client's metadata cache through two real mounts of one volume: repeated lookups and
 stats past the kernel's 1 s caches are answered without Redis, and every change the other
 mount makes (attributes, size, rename over, unlink, a new file) is seen as soon as the
-kernel asks again."""
+kernel asks again. Mount a keeps the kernel's caches short (--coherent-timeout 0), so that
+each stat reaches the client's own cache (test_kernel_cache.py covers the long ones)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ KERNEL_TIMEOUT = 1.1  # past the kernel's entry and attribute caches (1 s)
 
 
 def test_another_mounts_changes_are_seen_and_unchanged_entries_are_cached(file_volume: Volume) -> None:
-    a, b = file_volume.mount(), file_volume.mount()
+    a, b = file_volume.mount("--coherent-timeout", "0"), file_volume.mount()
     for name in ("f", "g", "h"):
         (b.path / name).write_bytes(b"12345")
     wait_for(lambda: client_stats(a.path)["meta_cache"]["live"], what="change feed live")

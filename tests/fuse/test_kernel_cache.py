@@ -1,0 +1,138 @@
+"""The kernel's name and attribute caches through two real mounts of one volume: while the
+change feed is live the kernel keeps unchanged entries for --coherent-timeout seconds (no
+request reaches the client), and every change another mount makes is taken back from it
+at once, long before that timeout; a lost feed takes back everything."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import redis
+
+from tests.fuse.helpers import Mount, Volume, client_stats, wait_for
+
+SHORT = 1.1  # past the short timeouts (--attr-timeout/--entry-timeout, 1 s)
+SOON = 5.0  # seconds a change may take to reach the other kernel: far below the 60 s held
+
+
+def _requests(m: Mount) -> int:
+    fuse = client_stats(m.path)["fuse"]
+    return int(fuse["lookups"] + fuse["getattrs"])
+
+
+def _live(m: Mount) -> None:
+    wait_for(lambda: client_stats(m.path)["meta_cache"]["live"], what="change feed live")
+
+
+def _stat_all(paths: list[Path]) -> None:
+    for p in paths:
+        os.stat(p)
+
+
+def test_unchanged_entries_stay_in_the_kernel_past_the_short_timeouts(file_volume: Volume) -> None:
+    held, plain = file_volume.mount(), file_volume.mount("--coherent-timeout", "0")
+    (held.path / "d").mkdir()
+    for i in range(40):
+        (held.path / "d" / f"f{i}").write_bytes(b"x" * i)
+    _live(held)
+    _live(plain)
+    for m in (held, plain):
+        paths = [m.path / "d" / f"f{i}" for i in range(40)]
+        _stat_all(paths)
+        time.sleep(SHORT)
+        before = _requests(m)
+        _stat_all(paths)
+        asked = _requests(m) - before
+        if m is held:
+            assert asked <= 5, f"{asked} requests reached the client for 40 unchanged entries"
+        else:
+            assert asked >= 40, "without the feed's help the kernel asks again after 1 s"
+    assert client_stats(held.path)["kernel_cache"]["long_replies"] >= 40
+    # ls -l: the names a listing gave the kernel are kept too
+    listed = file_volume.mount()
+    _live(listed)
+    names = os.listdir(listed.path / "d")
+    time.sleep(SHORT)
+    before = _requests(listed)
+    _stat_all([listed.path / "d" / n for n in names])
+    assert _requests(listed) - before <= 5
+
+
+def test_another_mounts_changes_reach_the_kernel_at_once(file_volume: Volume) -> None:
+    a, b = file_volume.mount(), file_volume.mount()
+    for name in ("f", "g", "h", "k"):
+        (b.path / name).write_bytes(b"12345")
+    (b.path / "d").mkdir()
+    _live(a)
+    _live(b)
+    ino_d = os.stat(a.path / "d").st_ino
+    _stat_all([a.path / n for n in ("f", "g", "h", "k")])
+    assert client_stats(a.path)["kernel_cache"]["held_inodes"] >= 5
+
+    os.chmod(b.path / "f", 0o600)
+    wait_for(lambda: os.stat(a.path / "f").st_mode & 0o777 == 0o600, timeout=SOON, what="chmod seen")
+    with open(b.path / "g", "r+b") as out:
+        out.write(b"longer now")
+    wait_for(lambda: os.stat(a.path / "g").st_size == 10, timeout=SOON, what="new size seen")
+    os.link(b.path / "k", b.path / "k2")
+    wait_for(lambda: os.stat(a.path / "k").st_nlink == 2, timeout=SOON, what="link count seen")
+
+    os.rename(b.path / "h", b.path / "h2")
+    wait_for(lambda: not os.path.exists(a.path / "h"), timeout=SOON, what="renamed name gone")
+    os.rename(b.path / "g", b.path / "f")  # replaces f: a's name must now lead to g's inode
+    wait_for(lambda: (a.path / "f").read_bytes() == b"longer now", timeout=SOON, what="rename-over seen")
+    os.unlink(b.path / "k")
+    wait_for(lambda: not os.path.exists(a.path / "k"), timeout=SOON, what="unlink seen")
+    (b.path / "k").write_bytes(b"fresh")  # a new inode under the name a held
+    wait_for(lambda: _read(a.path / "k") == b"fresh", timeout=SOON, what="the new k")
+    os.rmdir(b.path / "d")
+    (b.path / "d").mkdir()
+    wait_for(lambda: os.stat(a.path / "d").st_ino != ino_d, timeout=SOON, what="a new directory")
+    assert sorted(os.listdir(a.path)) == ["d", "f", "h2", "k", "k2"]
+    assert client_stats(a.path)["kernel_cache"]["invalidated_names"] >= 4
+
+
+def test_names_moved_by_this_mount_are_still_taken_back(file_volume: Volume) -> None:
+    a, b = file_volume.mount(), file_volume.mount()
+    _live(a)
+    (a.path / "x").write_bytes(b"mine")
+    (a.path / "z").write_bytes(b"zzz")
+    _stat_all([a.path / "x", a.path / "z"])
+    os.rename(a.path / "x", a.path / "y")  # the kernel's long-held name moves with it
+    os.rename(a.path / "z", a.path / "w")
+    assert (a.path / "y").read_bytes() == b"mine"
+    # Another client puts a new file under each moved name: a must find the new inodes.
+    os.unlink(b.path / "y")
+    (b.path / "y").write_bytes(b"new y")
+    (b.path / "w.tmp").write_bytes(b"new w")
+    os.rename(b.path / "w.tmp", b.path / "w")
+    for name, data in (("y", b"new y"), ("w", b"new w")):
+        wait_for(lambda n=name, d=data: _read(a.path / n) == d, timeout=SOON, what=f"the new {name}")
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def test_a_lost_change_feed_takes_back_everything_the_kernel_holds(file_volume: Volume) -> None:
+    a, b = file_volume.mount(), file_volume.mount()
+    (b.path / "f").write_bytes(b"data")
+    _live(a)
+    os.stat(a.path / "f")
+    assert os.stat(a.path / "f").st_mode & 0o777 == 0o644
+    r = redis.Redis.from_url(file_volume.meta_url)
+    try:
+        # Drop every feed connection, then change f before a's feed can be back (0.5 s):
+        # the notice of this change never reaches a.
+        assert r.client_kill_filter(_type="pubsub") >= 2
+        os.chmod(b.path / "f", 0o600)
+    finally:
+        r.close()
+    wait_for(lambda: os.stat(a.path / "f").st_mode & 0o777 == 0o600, timeout=SOON,
+             what="the kernel's copy taken back when the feed was lost")
+    _live(a)
