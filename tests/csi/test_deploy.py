@@ -202,7 +202,8 @@ def test_readme_tables_list_exactly_the_keys_the_driver_knows() -> None:
     # Each flag the table names is the one the driver passes.
     every = settings.parse({"cache": "mem:1GiB;ssd:/c:1GiB", "cacheLow": "0.5", "cacheHigh": "0.9",
                             "cacheFreeRatio": "0.1", "readahead": "1", "writeback": "true", "attrTimeout": "1",
-                            "entryTimeout": "1", "fuseOptions": "max_read=131072"}).mount_args()
+                            "entryTimeout": "1", "coherentTimeout": "30",
+                            "fuseOptions": "max_read=131072"}).mount_args()
     lines = section.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("| key | `fusecache mount` flag |"))
     for line in lines[start + 2:]:
