@@ -134,7 +134,7 @@ class Filesystem:
     mnt: Path
     cache_dir: Path
 
-    def mount(self) -> Path: ...
+    def mount(self, writeback: bool = False) -> Path: ...
 
     def umount(self) -> None: ...
 
@@ -163,9 +163,10 @@ class Fusecache(Filesystem):
         _check([*self.cli, "format", meta_url, "bench", "--storage", "s3", "--bucket", bucket,
                 "--trash-days", "0"], self.env, REPO)
 
-    def mount(self) -> Path:
+    def mount(self, writeback: bool = False) -> Path:
         _check([*self.cli, "mount", self.meta_url, str(self.mnt), "-d", "--log", str(self.workdir / "fc.log"),
-                "--cache", f"ssd:{self.cache_dir}:{CACHE_SIZE_MIB}MiB", *self.extra], self.env, REPO)
+                "--cache", f"ssd:{self.cache_dir}:{CACHE_SIZE_MIB}MiB", *(["--writeback"] if writeback else []),
+                *self.extra], self.env, REPO)
         return self.mnt
 
     def umount(self) -> None:
@@ -190,8 +191,9 @@ class Juicefs(Filesystem):
         _check([self.exe, "format", "--storage", "s3", "--bucket", bucket, "--trash-days", "0", "--no-update",
                 meta_url, "benchjfs"], self.env)
 
-    def mount(self) -> Path:
+    def mount(self, writeback: bool = False) -> Path:
         _check([self.exe, "mount", "-d", "--no-usage-report", "--no-syslog", "--backup-meta", "0",
+                *(["--writeback"] if writeback else []),
                 "--cache-dir", str(self.cache_dir), "--cache-size", str(CACHE_SIZE_MIB),
                 "--log", str(self.workdir / "jfs.log"), self.meta_url, str(self.mnt)], self.env)
         return self.mnt
@@ -355,6 +357,23 @@ def run_all(fs: Filesystem, args: argparse.Namespace) -> dict[str, float]:
         res["small write files/s"] = len(files) / timed(lambda: write_small(mnt / "small", files))
         res.update(meta_rows(mnt / "meta", args.meta_ops))
 
+        # Small files with --writeback: the writes return once staged on disk, and the
+        # unmount waits for every upload (the durable figure).
+        fs.umount()
+        rss.new_client()
+        mnt = fs.mount(writeback=True)
+        t = timed(lambda: write_small(mnt / "small-wb", files))
+        t_umount = timed(fs.umount)
+        res["small write writeback files/s"] = len(files) / t
+        res["small write wb + unmount files/s"] = len(files) / (t + t_umount)
+        fs.clear_cache()  # what the unmount left in the cache must be in the store too
+        rss.new_client()
+        mnt = fs.mount()
+        drop_page_cache(mnt)
+        for i in range(0, len(files), 20):
+            if sha((mnt / "small-wb" / f"s{i:05d}").read_bytes()) != hashes[i]:
+                raise RuntimeError(f"{fs.name}: a file written with writeback read back wrong")
+
         mnt = remount(clear=True)
 
         def read_big() -> None:
@@ -499,6 +518,9 @@ def print_table(rows: dict[str, dict[str, float]], args: argparse.Namespace) -> 
         ratio = (b / a if lower_is_better else a / b) if a and b else None
         print(f"  {key:<34} {_fmt(a)} {_fmt(b)} {f'{ratio:7.2f}' if ratio else '      -'} {_fmt(f)}")
     print("\n  ratio: fusecache / juicefs (for peak RSS: juicefs / fusecache), higher is better")
+    staged, durable = fcr.get("small write writeback files/s"), jr.get("small write files/s")
+    if staged and durable:
+        print(f"  fusecache small writes with --writeback / juicefs durable small writes: {staged / durable:.2f}x")
 
 
 def _fmt(value: float | None) -> str:

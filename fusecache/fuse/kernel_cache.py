@@ -6,7 +6,8 @@ every reply that gave the kernel a long timeout, this module keeps what the kern
 the attributes sent and the names (parent, name) that point at the inode. After each batch
 of notices it reads the changed inodes' attributes again, in one round trip, and where they
 differ from what the kernel holds it tells the kernel to drop them (`invalidate_inode`) and
-every name it holds for the inode (`invalidate_entry`).
+every name it holds for the inode (`invalidate_entry`). A directory keeps the names that
+still lead to it: dropping a directory's name drops all the names cached below it.
 
 Why notices about inodes are enough for names: every change that removes or replaces a
 name also changes the inode the name pointed at (unlink and rename-over change its link
@@ -55,12 +56,14 @@ class KernelCache:
         self,
         token: Callable[[], int | None],
         current_attrs: Callable[[list[int]], Awaitable[list[Any]]],
+        entry_ino: Callable[[int, bytes], Awaitable[int | None]],
         to_kernel: Callable[[int], int],
         long: float = LONG_TIMEOUT,
         limit: int = LIMIT,
     ) -> None:
         self._token = token
         self._current = current_attrs
+        self._entry_ino = entry_ino
         self._to_kernel = to_kernel
         self.long = long
         self.limit = limit
@@ -70,6 +73,7 @@ class KernelCache:
         self._all_changed = False
         self._wake = trio.Event()
         self.long_replies = 0
+        self.forgotten = 0  # FORGETs: the kernel evicted an inode
         self.invalidated_inodes = 0
         self.invalidated_names = 0
 
@@ -97,6 +101,7 @@ class KernelCache:
         return True
 
     def forget(self, ino: int, nlookup: int) -> None:
+        self.forgotten += 1
         held = self._held.get(ino)
         if held is not None:
             held.lookups -= nlookup
@@ -187,9 +192,23 @@ class KernelCache:
             now = await self._current(part)
             for ino, attr in zip(part, now, strict=True):
                 held = self._held.get(ino)
-                if held is not None and (attr is None or attr != held.attr):
+                if held is None or (attr is not None and attr == held.attr):
+                    continue
+                if attr is not None and attr.is_dir:
+                    stale.append((ino, await self._moved_names(ino, held, attr)))
+                else:
                     stale.append((ino, self._take(ino)))
         await self._invalidate(stale)
+
+    async def _moved_names(self, ino: int, held: _Held, attr: Any) -> list[tuple[int, bytes]]:
+        """A directory that is still there changed: its entries, most likely. Dropping its
+        name in the kernel would drop every cached name below it too, so only the names
+        that no longer lead to it are dropped; the kernel asks for its attributes again."""
+        held.attr = attr
+        moved = [name for name in list(held.names) if await self._entry_ino(*name) != ino]
+        for name in moved:
+            self.name_gone(*name)
+        return moved
 
     async def _invalidate(self, stale: list[tuple[int, list[tuple[int, bytes]]]]) -> None:
         if not stale:
@@ -200,7 +219,7 @@ class KernelCache:
         await trio.to_thread.run_sync(_tell_kernel, work)
 
     def snapshot(self) -> dict[str, int]:
-        return {"held_inodes": len(self._held), "long_replies": self.long_replies,
+        return {"held_inodes": len(self._held), "long_replies": self.long_replies, "forgotten": self.forgotten,
                 "invalidated_inodes": self.invalidated_inodes, "invalidated_names": self.invalidated_names}
 
 

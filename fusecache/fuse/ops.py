@@ -67,7 +67,8 @@ class FuseOps(pyfuse3.Operations):
         self.on_init: Callable[[], None] | None = None
         # Never shorter than what the user asked for without the feed.
         long = max(coherent_timeout, attr_timeout, entry_timeout) if coherent_timeout > 0 else 0.0
-        self.kernel = KernelCache(vfs.fast.cache.notice_token, vfs.fast.current_attrs, self._kernel, long)
+        self.kernel = KernelCache(vfs.fast.cache.notice_token, vfs.fast.current_attrs, self._entry_ino,
+                                  self._kernel, long)
         vfs.fast.cache.listener = self.kernel.changed
         vfs.stat_sources["kernel_cache"] = self.kernel.snapshot
 
@@ -75,6 +76,13 @@ class FuseOps(pyfuse3.Operations):
         self.initialized = True
         if self.on_init is not None:
             self.on_init()
+
+    async def _entry_ino(self, parent: int, name: bytes) -> int | None:
+        """Where (parent, name) leads in the volume now; None if nowhere."""
+        try:
+            return (await self.vfs.fast.lookup(parent, name)).ino  # type: ignore[no-any-return]
+        except FsError:
+            return None
 
     # Kernel inode 1 is always the mount's root; with --subdir that is another volume inode.
     def _vol(self, ino: int) -> int:

@@ -60,14 +60,34 @@ def test_unchanged_entries_stay_in_the_kernel_past_the_short_timeouts(file_volum
     assert _requests(listed) - before <= 5
 
 
+def test_names_created_in_a_directory_stay_cached_while_it_changes(file_volume: Volume) -> None:
+    """Every create changes the directory's attributes; taking back the directory's own
+    name would make the kernel drop every name below it."""
+    m = file_volume.mount()
+    _live(m)
+    (m.path / "d").mkdir()
+    os.stat(m.path / "d")
+    paths = [m.path / "d" / f"e{i:04d}" for i in range(1500)]
+    for p in paths:
+        os.close(os.open(p, os.O_CREAT | os.O_WRONLY, 0o644))
+    time.sleep(SHORT)
+    before = _requests(m)
+    _stat_all(paths)
+    asked = _requests(m) - before
+    assert asked < 750, f"{asked} of 1500 new names were not cached any more"
+
+
 def test_another_mounts_changes_reach_the_kernel_at_once(file_volume: Volume) -> None:
     a, b = file_volume.mount(), file_volume.mount()
     for name in ("f", "g", "h", "k"):
         (b.path / name).write_bytes(b"12345")
     (b.path / "d").mkdir()
+    (b.path / "e").mkdir()
+    (b.path / "e" / "inside").write_bytes(b"in e")
     _live(a)
     _live(b)
     ino_d = os.stat(a.path / "d").st_ino
+    assert (a.path / "e" / "inside").read_bytes() == b"in e"
     _stat_all([a.path / n for n in ("f", "g", "h", "k")])
     assert client_stats(a.path)["kernel_cache"]["held_inodes"] >= 5
 
@@ -90,7 +110,10 @@ def test_another_mounts_changes_reach_the_kernel_at_once(file_volume: Volume) ->
     os.rmdir(b.path / "d")
     (b.path / "d").mkdir()
     wait_for(lambda: os.stat(a.path / "d").st_ino != ino_d, timeout=SOON, what="a new directory")
-    assert sorted(os.listdir(a.path)) == ["d", "f", "h2", "k", "k2"]
+    os.rename(b.path / "e", b.path / "e2")  # a directory renamed in place: only its ctime changes
+    wait_for(lambda: not os.path.exists(a.path / "e"), timeout=SOON, what="renamed directory gone")
+    assert (a.path / "e2" / "inside").read_bytes() == b"in e"
+    assert sorted(os.listdir(a.path)) == ["d", "e2", "f", "h2", "k", "k2"]
     assert client_stats(a.path)["kernel_cache"]["invalidated_names"] >= 4
 
 
