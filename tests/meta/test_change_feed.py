@@ -129,3 +129,23 @@ def test_a_server_that_refuses_tracking_leaves_caching_off(meta_url: str) -> Non
         raw.execute_command("ACL", "DELUSER", "plain")
         raw.close()
         meta.shutdown()
+
+
+def test_the_listener_hears_each_batch_and_own_resets_keep_the_notice_token() -> None:
+    cache = MetaCache()
+    heard: list[set[int] | None] = []
+    cache.listener = heard.append
+    cache.set_live(True)
+    assert heard == [None], "the feed coming up: anything may have changed"
+    token = cache.notice_token()
+    cache.reset()  # our own change
+    assert cache.notice_token() == token, "own changes do not outdate the kernel's replies"
+    cache.changed_inode(5)
+    cache.changed_inode(6)
+    cache.changed_dir(1)
+    cache.tell()
+    cache.tell()  # nothing new: not told again
+    assert heard == [None, {5, 6}]
+    assert cache.notice_token() != token
+    cache.set_live(False)
+    assert heard[-1] is None and cache.notice_token() is None

@@ -1,0 +1,79 @@
+"""The kernel cache's records without a mount: which replies may carry the long timeouts,
+and how names follow our own renames and the kernel's FORGETs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from fusecache.fuse.kernel_cache import KernelCache
+from fusecache.types import Attr
+
+
+def _cache(limit: int = 100) -> tuple[KernelCache, list[int]]:
+    epoch = [1]
+
+    async def current(inos: list[int]) -> list[Any]:
+        return [Attr(ino, 0o100644) for ino in inos]
+
+    async def entry(parent: int, name: bytes) -> int | None:
+        return None
+
+    return KernelCache(lambda: epoch[0], current, entry, lambda ino: ino, 60.0, limit), epoch
+
+
+def test_a_reply_read_across_a_notice_gets_the_short_timeouts() -> None:
+    cache, epoch = _cache()
+    token = cache.begin()
+    epoch[0] += 1  # a notice arrived while the request was on its way
+    assert not cache.keep(token, Attr(5, 0o100644), (1, b"f"))
+    assert cache.keep(cache.begin(), Attr(5, 0o100644), (1, b"f"))
+    assert cache.holder(1, b"f") == 5
+
+
+def test_records_are_bounded_and_forget_drops_them() -> None:
+    cache, _ = _cache(limit=2)
+    assert cache.keep(cache.begin(), Attr(5, 0o100644), (1, b"a"))
+    assert cache.keep(cache.begin(), Attr(5, 0o100644), (1, b"b"))  # a second lookup of 5
+    assert cache.keep(cache.begin(), Attr(6, 0o100644), (1, b"c"))
+    assert not cache.keep(cache.begin(), Attr(7, 0o100644), (1, b"d")), "past the limit: short"
+    cache.forget(5, 1)
+    assert cache.holder(1, b"a") == 5, "one lookup is left"
+    cache.forget(5, 1)
+    assert cache.holder(1, b"a") is None and cache.holder(1, b"b") is None
+    assert cache.snapshot()["held_inodes"] == 1
+
+
+def test_names_follow_own_renames_and_exchanges() -> None:
+    cache, _ = _cache()
+    cache.keep(cache.begin(), Attr(5, 0o100644), (1, b"x"))
+    cache.keep(cache.begin(), Attr(6, 0o100644), (1, b"y"))
+    cache.renamed((1, b"x"), (2, b"y2"), cache.holder(1, b"x"), cache.holder(2, b"y2"), exchange=False)
+    assert cache.holder(1, b"x") is None and cache.holder(2, b"y2") == 5
+    cache.renamed((1, b"y"), (2, b"y2"), 6, 5, exchange=True)
+    assert cache.holder(2, b"y2") == 6 and cache.holder(1, b"y") == 5
+    cache.name_gone(1, b"y")
+    assert cache.holder(1, b"y") is None
+
+
+def test_a_changed_file_is_taken_back_and_an_unchanged_one_is_kept() -> None:
+    cache, _ = _cache()
+    cache.keep(cache.begin(), Attr(5, 0o100644), (1, b"same"))  # equal to what `current` says
+    cache.keep(cache.begin(), Attr(6, 0o100600), (1, b"chmodded"))
+    told: list[Any] = []
+
+    async def main() -> None:
+        import fusecache.fuse.kernel_cache as kc
+
+        real = kc._tell_kernel
+        kc._tell_kernel = told.extend  # type: ignore[assignment]
+        try:
+            cache.changed({5, 6})
+            await cache._take_back()
+        finally:
+            kc._tell_kernel = real
+
+    trio.run(main)
+    assert told == [(6, [(1, b"chmodded")])]
+    assert cache.holder(1, b"same") == 5 and cache.holder(1, b"chmodded") is None
