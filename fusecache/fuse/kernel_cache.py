@@ -86,9 +86,11 @@ class KernelCache:
     def keep(self, token: int | None, attr: Any, name: tuple[int, bytes] | None = None) -> bool:
         """Record a reply of `attr` (with a new kernel name `name`, for entry replies).
         True: the reply may carry the long timeouts."""
-        if token is None or token != self._token():
-            return False
         held = self._held.get(attr.ino)
+        if token is None or token != self._token():
+            if held is not None and name is not None:
+                held.lookups += 1  # the kernel counts short replies too, and FORGET returns them
+            return False
         if held is None:
             if len(self._held) >= self.limit:
                 return False

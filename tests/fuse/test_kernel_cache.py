@@ -41,6 +41,8 @@ def test_unchanged_entries_stay_in_the_kernel_past_the_short_timeouts(file_volum
     for m in (held, plain):
         paths = [m.path / "d" / f"f{i}" for i in range(40)]
         _stat_all(paths)
+        time.sleep(0.5)  # the notices of the writes above have come back and been applied
+        _stat_all(paths)
         time.sleep(SHORT)
         before = _requests(m)
         _stat_all(paths)

@@ -38,7 +38,10 @@ def test_records_are_bounded_and_forget_drops_them() -> None:
     assert cache.keep(cache.begin(), Attr(5, 0o100644), (1, b"b"))  # a second lookup of 5
     assert cache.keep(cache.begin(), Attr(6, 0o100644), (1, b"c"))
     assert not cache.keep(cache.begin(), Attr(7, 0o100644), (1, b"d")), "past the limit: short"
-    cache.forget(5, 1)
+    token = cache.begin()
+    cache._token = lambda: 99  # type: ignore[method-assign]  # notices came: replies are short now
+    assert not cache.keep(token, Attr(5, 0o100644), (1, b"e")), "a short reply the kernel counts too"
+    cache.forget(5, 2)
     assert cache.holder(1, b"a") == 5, "one lookup is left"
     cache.forget(5, 1)
     assert cache.holder(1, b"a") is None and cache.holder(1, b"b") is None
