@@ -105,7 +105,8 @@ class BlockLoader:
         held in memory, else a ranged read of the cache (only the pages needed), else the
         whole block from the store (then remembered like `load`)."""
         data = self._recent.get(block)
-        if data is None and block in self._inflight:
+        if data is None and (block in self._inflight or not self.chunks.is_cached(*block.where)):
+            # A miss fetches the whole block once, however many readers want parts of it.
             data = await self._load_once(block, True, wait_missing)
         if data is not None:
             if block in self._recent:

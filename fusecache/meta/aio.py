@@ -27,6 +27,7 @@ from typing import Any
 import hiredis
 import trio
 
+from ..types import DirEntry
 from .connect import SOCKET_TIMEOUT
 from .tracking import MetaCache
 
@@ -408,6 +409,29 @@ class FastCalls:
         """The attributes of these inodes now (None where an inode is gone), in one round trip."""
         return await self._run(self._request(self.meta.attrs_request, inos),  # type: ignore[no-any-return]
                                self.meta.current_attrs, inos)
+
+    async def readdir(self, ino: int) -> list[DirEntry]:
+        """A directory's entries with their attributes. A kept listing costs no round trip
+        when its entries' attributes are kept too, else one MGET of those that are not."""
+        pairs = self.cache.listing(ino)
+        if pairs is None:
+            token = self.cache.begin()
+            entries: list[DirEntry] = await self.blocking(self.meta.readdir, ino)
+            self.cache.fill_listing(token, ino, [(e.name, e.attr.ino) for e in entries])
+            for e in entries:
+                self.cache.fill_attr(token, e.attr)
+            return entries
+        attrs = [self.cache.attr(child) for _, child in pairs]
+        missing = [child for (_, child), attr in zip(pairs, attrs, strict=True) if attr is None]
+        if missing:
+            token = self.cache.begin()
+            fetched = {child: attr for child, attr in zip(missing, await self.current_attrs(missing), strict=True)}
+            for attr in fetched.values():
+                if attr is not None:
+                    self.cache.fill_attr(token, attr)
+            attrs = [attr if attr is not None else fetched[child]
+                     for (_, child), attr in zip(pairs, attrs, strict=True)]
+        return [DirEntry(name, attr) for (name, _), attr in zip(pairs, attrs, strict=True) if attr is not None]
 
     async def read(self, ino: int, chunk_index: int) -> Any:
         return await self._run(self._request(self.meta.read_request, ino, chunk_index),

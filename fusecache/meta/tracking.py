@@ -12,6 +12,9 @@ Rules that keep it coherent:
   read (`begin()` takes the epoch before the request, `fill_*` checks it after).
 - This client's own changes drop everything at once (`reset()`), before their notices
   come back: a lookup right after our own unlink never sees the old entry.
+- A directory's listing (its names and inodes) is kept like a name: any change to the
+  directory's entries drops it. The entries' attributes are not part of it: they come
+  from the attribute cache, so a child's chmod elsewhere only refetches that child.
 - Entries are also dropped after `ttl` seconds, and all of them when `limit` is reached:
   a bound, not the coherence rule.
 """
@@ -42,6 +45,8 @@ class MetaCache:
         self._heard_all = False
         self._attrs: dict[int, tuple[Any, float]] = {}  # ino → (Attr, expiry)
         self._names: dict[int, dict[bytes, int]] = {}  # parent → name → ino
+        self._listings: dict[int, tuple[list[tuple[bytes, int]], float]] = {}  # dir → ((name, ino)s, expiry)
+        self._listed = 0  # names held in listings, bounded by `limit` with the attributes
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -82,6 +87,33 @@ class MetaCache:
         self.fill_attr(token, attr)
         self._names.setdefault(parent, {})[name] = attr.ino
 
+    def listing(self, ino: int) -> list[tuple[bytes, int]] | None:
+        """The (name, inode) pairs of a directory, as last read (do not modify)."""
+        kept = self._listings.get(ino)
+        if kept is None:
+            return None
+        if kept[1] < time.monotonic():
+            self._drop_listing(ino)
+            return None
+        self.hits += 1
+        return kept[0]
+
+    def fill_listing(self, token: int | None, ino: int, pairs: list[tuple[bytes, int]]) -> None:
+        if token is None or token != self.epoch or not self.live:
+            return
+        if self._listed + len(pairs) > self.limit:
+            self._drop_all()
+            if len(pairs) > self.limit:
+                return
+        self._drop_listing(ino)
+        self._listings[ino] = (pairs, time.monotonic() + self.ttl)
+        self._listed += len(pairs)
+
+    def _drop_listing(self, ino: int) -> None:
+        kept = self._listings.pop(ino, None)
+        if kept is not None:
+            self._listed -= len(kept[0])
+
     # -- changes -------------------------------------------------------------------------
 
     def changed_inode(self, ino: int) -> None:
@@ -94,6 +126,7 @@ class MetaCache:
     def changed_dir(self, ino: int) -> None:
         self.epoch += 1
         self._names.pop(ino, None)
+        self._drop_listing(ino)
 
     def reset(self) -> None:
         """Drop everything (our own change, or the feed's state changed)."""
@@ -122,6 +155,8 @@ class MetaCache:
     def _drop_all(self) -> None:
         self._attrs = {}
         self._names = {}
+        self._listings = {}
+        self._listed = 0
 
     @property
     def size(self) -> int:

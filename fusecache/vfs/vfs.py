@@ -269,7 +269,7 @@ class Vfs:
         attr = await self.fast.getattr(ino)
         if not attr.is_dir:
             raise FsError(errno.ENOTDIR)
-        entries = await self._meta(self.meta.readdir, ino)
+        entries = await self.fast.readdir(ino)
         parent = await self.fast.getattr(attr.parent or ino) if attr.parent != ino else attr
         listing = [DirEntry(b".", attr), DirEntry(b"..", parent), *entries]
         fh = next(self._fh)

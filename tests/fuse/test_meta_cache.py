@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import time
 
+import redis
+
 from tests.fuse.helpers import Volume, client_stats, wait_for
 
 KERNEL_TIMEOUT = 1.1  # past the kernel's entry and attribute caches (1 s)
@@ -53,3 +55,37 @@ def test_another_mounts_changes_are_seen_and_unchanged_entries_are_cached(file_v
     # a's own changes are seen by a at once, before any notice could come back
     os.unlink(a.path / "new")
     assert not os.path.exists(a.path / "new")
+
+
+def _hscans(meta_url: str) -> int:
+    raw = redis.Redis.from_url(meta_url)
+    try:
+        return int(raw.info("commandstats").get("cmdstat_hscan", {}).get("calls", 0))
+    finally:
+        raw.close()
+
+
+def test_listings_of_an_unchanged_directory_do_not_scan_it_again(file_volume: Volume) -> None:
+    a, b = file_volume.mount(), file_volume.mount()
+    (b.path / "d").mkdir()
+    for i in range(300):
+        (b.path / "d" / f"f{i:03d}").write_bytes(b"x")
+    expected = sorted(f"f{i:03d}" for i in range(300))
+    wait_for(lambda: client_stats(a.path)["meta_cache"]["live"], what="change feed live")
+    wait_for(lambda: sorted(os.listdir(a.path / "d")) == expected, what="a's listing")
+    scans = _hscans(file_volume.meta_url)
+    for _ in range(5):
+        assert sorted(os.listdir(a.path / "d")) == expected
+    assert _hscans(file_volume.meta_url) == scans, "an unchanged directory is listed from the cache"
+
+    # another mount's changes reach the listing (its notice comes within a round trip) ...
+    (b.path / "d" / "new").write_bytes(b"y")
+    os.unlink(b.path / "d" / "f000")
+    os.rename(b.path / "d" / "f001", b.path / "moved")
+    expected = sorted([*expected[2:], "new"])
+    wait_for(lambda: sorted(os.listdir(a.path / "d")) == expected, timeout=5, what="b's changes in a's listing")
+    # ... and a's own at once
+    (a.path / "d" / "mine").write_bytes(b"z")
+    assert "mine" in os.listdir(a.path / "d")
+    os.unlink(a.path / "d" / "mine")
+    assert "mine" not in os.listdir(a.path / "d")

@@ -149,3 +149,71 @@ def test_the_listener_hears_each_batch_and_own_resets_keep_the_notice_token() ->
     assert cache.notice_token() != token
     cache.set_live(False)
     assert heard[-1] is None and cache.notice_token() is None
+
+
+def _hscans(raw: redis.Redis) -> int:
+    return int(raw.info("commandstats").get("cmdstat_hscan", {}).get("calls", 0))
+
+
+def test_a_kept_listing_costs_no_scan_and_follows_another_clients_changes(meta_url: str) -> None:
+    meta, other = open_meta(meta_url), open_meta(meta_url)
+    raw = redis.Redis.from_url(meta_url)
+    try:
+        meta.format(settings())
+        other.load()
+        d = meta.mkdir(ROOT_INO, b"d", 0o40755, 0, 0)
+        f = meta.mknod(d.ino, b"f", 0o100644, 0, 0)
+        g = meta.mknod(d.ino, b"g", 0o100644, 0, 0)
+        fast = FastCalls.for_engine(meta, _blocking)
+
+        async def names() -> dict[bytes, int]:
+            return {e.name: e.attr.mode & 0o7777 for e in await fast.readdir(d.ino)}
+
+        async def main() -> None:
+            async with trio.open_nursery() as nursery:
+                fast.start(nursery)
+                await _until(lambda: fast.cache.live)
+                assert await names() == {b"f": 0o644, b"g": 0o644}
+                scans, sent = _hscans(raw), fast.direct
+                for _ in range(3):
+                    assert await names() == {b"f": 0o644, b"g": 0o644}
+                assert _hscans(raw) == scans and fast.direct == sent, "unchanged: no round trip"
+
+                other.setattr(g.ino, SetAttr(mode=0o100600))  # a child's attributes only
+                await _until(lambda: fast.cache.attr(g.ino) is None)
+                assert await names() == {b"f": 0o644, b"g": 0o600}
+                assert _hscans(raw) == scans and fast.direct == sent + 1, "one MGET of the changed child"
+
+                other.mknod(d.ino, b"h", 0o100644, 0, 0)  # the directory's names
+                await _until(lambda: fast.cache.listing(d.ino) is None)
+                assert set(await names()) == {b"f", b"g", b"h"}
+                other.unlink(d.ino, b"f")
+                other.rename(d.ino, b"g", ROOT_INO, b"g2")
+                await _until(lambda: fast.cache.listing(d.ino) is None)
+                assert set(await names()) == {b"h"}
+                assert fast.cache.attr(f.ino) is None
+                nursery.cancel_scope.cancel()
+
+        trio.run(main)
+    finally:
+        raw.close()
+        meta.shutdown()
+        other.shutdown()
+
+
+def test_listings_count_toward_the_bound() -> None:
+    cache = MetaCache(limit=4)
+    cache.set_live(True)
+    cache.fill_listing(cache.begin(), 1, [(b"a", 2), (b"b", 3), (b"c", 4)])
+    assert cache.listing(1) is not None
+    cache.fill_listing(cache.begin(), 5, [(b"x", 6), (b"y", 7)])
+    assert cache.listing(1) is None and cache.listing(5) is not None, "past the limit the rest goes"
+    cache.fill_listing(cache.begin(), 8, [(bytes([i]), i) for i in range(5)])
+    assert cache.listing(8) is None, "a listing larger than the limit is never kept"
+    token = cache.begin()
+    cache.changed_dir(99)
+    cache.fill_listing(token, 9, [])
+    assert cache.listing(9) is None, "read across a notice: not kept"
+    cache.fill_listing(cache.begin(), 9, [])
+    cache.changed_dir(9)
+    assert cache.listing(9) is None
