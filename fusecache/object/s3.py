@@ -10,6 +10,8 @@ exponential backoff; everything else is translated at once into `ObjectNotFound`
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import logging
 import os
 import random
@@ -23,6 +25,8 @@ from urllib.parse import urlsplit
 import boto3
 import botocore.exceptions as bexc
 import botocore.handlers
+import botocore.session
+import botocore.utils
 import trio
 from botocore.config import Config
 from botocore.credentials import Credentials
@@ -53,6 +57,22 @@ _AUTH_CODES = frozenset({
     "ExpiredToken", "AuthorizationHeaderMalformed", "403",
 })
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+
+
+def parse_s3_timestamp(value: str) -> datetime.datetime:
+    """What botocore's own timestamp parser returns (an aware datetime) for the two forms S3
+    sends, header dates (RFC 7231) and listing dates (ISO 8601), at a fraction of its cost:
+    botocore parses every GET's Last-Modified with dateutil, about a twentieth of the CPU
+    of a small block GET. Anything else goes to botocore's parser."""
+    try:
+        if value[-1:] == "Z":
+            return datetime.datetime.fromisoformat(value)
+        parsed = email.utils.parsedate_to_datetime(value)
+        if parsed.tzinfo is not None:
+            return parsed
+    except (TypeError, ValueError, IndexError):
+        pass
+    return botocore.utils.parse_timestamp(value)  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,12 +174,16 @@ class S3Store(ObjectStore):
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             retries={"total_max_attempts": 1},  # retries happen in _call, once, with one policy
+            # Our own calls pass well-formed parameters; botocore's check of them costs CPU per call.
+            parameter_validation=False,
             # Servers such as `rclone serve s3` reject the CRC trailers newer botocore sends by default.
             response_checksum_validation="when_required",
             request_checksum_calculation="when_required",
         )
         # A private Session: boto3's default session is not safe to share while creating clients.
-        session = boto3.session.Session()
+        core = botocore.session.get_session()
+        core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=parse_s3_timestamp)
+        session = boto3.session.Session(botocore_session=core)
         self._client = session.client(
             "s3",
             endpoint_url=self._loc.endpoint,
