@@ -179,7 +179,10 @@ class KernelCache:
             except Exception as exc:  # Redis unreachable: take everything back instead
                 log.info("kernel cache: cannot check changed inodes (%s); dropping all", exc)
                 self._all_changed = True
-                await self._take_back()
+                try:
+                    await self._take_back()  # needs no Redis
+                except Exception as again:  # never let this loop end the mount
+                    log.warning("kernel cache: cannot take back the kernel's entries (%s)", again)
 
     async def _take_back(self) -> None:
         if self._all_changed:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from fusecache.meta.connect import GIVE_UP_AFTER, SOCKET_TIMEOUT
-from tests.fuse.helpers import Volume, format_volume, run_cli
+from tests.fuse.helpers import Volume, client_stats, format_volume, run_cli, wait_for
 from tests.servers import RedisServer, start_redis
 
 # Each file is written in pieces, fsync'd after each; the writer prints a line once the
@@ -162,3 +162,34 @@ def test_a_stopped_redis_gives_eio_within_the_bound_and_recovery_needs_no_remoun
         os.listdir(m.path)
     finally:
         vol.cleanup()
+
+
+def test_a_redis_killed_and_restarted_takes_back_the_kernels_long_entries(own_redis: RedisServer,
+                                                                          tmp_path: Path) -> None:
+    """The kernel holds entries for 60 s on the change feed's word. A Redis killed with -9
+    takes the feed with it; the changes made once it is back must reach the other mount's
+    kernel as soon as after any other change, not after 60 s."""
+    url = own_redis.url(1)
+    vol = format_volume(url, tmp_path, "file", None, None)
+    server = own_redis
+    try:
+        a, b = vol.mount(), vol.mount()
+        (b.path / "f").write_bytes(b"12345")
+        (b.path / "g").write_bytes(b"old")
+        wait_for(lambda: client_stats(a.path)["meta_cache"]["live"], what="change feed live")
+        assert os.stat(a.path / "f").st_mode & 0o777 == 0o644 and (a.path / "g").read_bytes() == b"old"
+        server = _kill_and_restart(server)
+        for m in (a, b):
+            wait_for(lambda m=m: client_stats(m.path)["meta_cache"]["live"], timeout=30, what="feed back")
+        os.chmod(b.path / "f", 0o600)
+        os.rename(b.path / "f", b.path / "f2")
+        (b.path / "g").write_bytes(b"newer")
+        wait_for(lambda: not os.path.exists(a.path / "f"), timeout=5, what="rename seen by a")
+        assert os.stat(a.path / "f2").st_mode & 0o777 == 0o600
+        wait_for(lambda: (a.path / "g").read_bytes() == b"newer", timeout=5, what="new bytes seen by a")
+    finally:
+        vol.cleanup()
+        if server is not own_redis:
+            server.proc.kill()
+            server.proc.wait()
+            own_redis.proc = server.proc
