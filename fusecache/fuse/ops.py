@@ -16,7 +16,7 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 
 from ..errors import FsError
-from ..types import ROOT_INO, Attr, SetAttr
+from ..types import ROOT_INO, Attr, DirEntry, SetAttr
 from ..vfs.vfs import Ctx, Vfs
 from .kernel_cache import LONG_TIMEOUT, KernelCache
 
@@ -26,6 +26,7 @@ R = TypeVar("R")
 
 RENAME_EXCHANGE = 2  # linux/fs.h
 BLKSIZE = 1 << 20  # st_blksize: tools like cp size their I/O by it; large I/O is cheap here
+REPLIED_LISTINGS = 256  # directories whose built readdir replies are kept
 
 
 def fs_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
@@ -62,8 +63,11 @@ class FuseOps(pyfuse3.Operations):
         self.attr_timeout = attr_timeout
         self.entry_timeout = entry_timeout
         self.initialized = False  # the kernel's INIT request arrived
-        self._built: dict[int, dict[int, pyfuse3.EntryAttributes]] = {}  # dir handle → entry left over
         self._listing: dict[int, tuple[int | None, int]] = {}  # dir handle → (kernel-cache token, dir inode)
+        # dir inode → (its listing, the replies built of it: short, long). The vfs hands out
+        # the same listing while nothing in it changed, so a listing read again builds nothing.
+        self._replies: dict[int, tuple[list[DirEntry], list[Any], list[Any]]] = {}
+        self._left_over: dict[int, tuple[int, pyfuse3.EntryAttributes]] = {}  # dir handle → (index, reply)
         self.on_init: Callable[[], None] | None = None
         # Never shorter than what the user asked for without the feed.
         long = max(coherent_timeout, attr_timeout, entry_timeout) if coherent_timeout > 0 else 0.0
@@ -252,22 +256,33 @@ class FuseOps(pyfuse3.Operations):
         # read once at opendir, and the entry that did not fit is not built twice.
         # Each entry sent is a kernel name (readdirplus), except "." and "..".
         entries = self.vfs.dir_entries(fh)
-        built = self._built.setdefault(fh, {})
         kept, ino = self._listing.get(fh, (None, 0))
+        replies = self._replies.get(ino)
+        if replies is None or replies[0] is not entries:
+            if len(self._replies) >= REPLIED_LISTINGS:
+                self._replies.clear()
+            replies = self._replies[ino] = (entries, [None] * len(entries), [None] * len(entries))
+        _, short, long = replies
         reply, make, keep = pyfuse3.readdir_reply, self._entry, self.kernel.keep
+        left = self._left_over.pop(fh, None)  # the entry that did not fit last time: kept already
         for i in range(start_id, len(entries)):
             entry = entries[i]
-            attrs = built.pop(i, None)
-            if attrs is None:
-                name = entry.name
-                attrs = make(entry.attr, name not in (b".", b"..") and keep(kept, entry.attr, (ino, name)))
-            if not reply(token, entry.name, attrs, i + 1):
-                built[i] = attrs
+            name = entry.name
+            if left is not None and left[0] == i:
+                attrs = left[1]
+            else:
+                held = i >= 2 and keep(kept, entry.attr, (ino, name))  # 0, 1: "." and ".."
+                built = long if held else short
+                attrs = built[i]
+                if attrs is None:
+                    attrs = built[i] = make(entry.attr, held)
+            if not reply(token, name, attrs, i + 1):
+                self._left_over[fh] = (i, attrs)
                 break
 
     async def releasedir(self, fh: int) -> None:
-        self._built.pop(fh, None)
         self._listing.pop(fh, None)
+        self._left_over.pop(fh, None)
         self.vfs.releasedir(fh)
 
     async def fsyncdir(self, fh: int, datasync: bool) -> None:

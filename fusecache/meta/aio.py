@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import operator
 import os
 import socket
 from collections.abc import Callable
@@ -30,6 +31,8 @@ import trio
 from ..types import DirEntry
 from .connect import SOCKET_TIMEOUT
 from .tracking import MetaCache
+
+BUILT_LISTINGS = 256  # directories whose built entry lists are kept (FastCalls.readdir)
 
 log = logging.getLogger(__name__)
 
@@ -350,6 +353,10 @@ class FastCalls:
         self.client = client
         self.direct = 0  # calls answered without a thread (for stats and tests)
         self.cache = MetaCache()  # live only while `feed` runs (tracking.py)
+        # dir → (kept listing, its entries' kept attrs, the entries built of them): a listing
+        # asked for again with the same objects in the cache is answered with the same list,
+        # which lets the layers above keep what they built of it too.
+        self._built_listings: dict[int, tuple[list[tuple[bytes, int]], list[Any], list[DirEntry]]] = {}
         prefixes = meta.tracked_prefixes() if client is not None and hasattr(meta, "tracked_prefixes") else None
         self.feed = ChangeFeed(client, *prefixes, self.cache) if client is not None and prefixes else None
 
@@ -422,6 +429,9 @@ class FastCalls:
                 self.cache.fill_attr(token, e.attr)
             return entries
         attrs = [self.cache.attr(child) for _, child in pairs]
+        built = self._built_listings.get(ino)
+        if built is not None and built[0] is pairs and all(map(operator.is_, built[1], attrs)):
+            return built[2]  # nothing in it changed: the very list built last time
         missing = [child for (_, child), attr in zip(pairs, attrs, strict=True) if attr is None]
         if missing:
             token = self.cache.begin()
@@ -431,7 +441,12 @@ class FastCalls:
                     self.cache.fill_attr(token, attr)
             attrs = [attr if attr is not None else fetched[child]
                      for (_, child), attr in zip(pairs, attrs, strict=True)]
-        return [DirEntry(name, attr) for (name, _), attr in zip(pairs, attrs, strict=True) if attr is not None]
+        entries = [DirEntry(name, attr) for (name, _), attr in zip(pairs, attrs, strict=True) if attr is not None]
+        if not missing:
+            if len(self._built_listings) >= BUILT_LISTINGS:
+                self._built_listings.clear()
+            self._built_listings[ino] = (pairs, attrs, entries)
+        return entries
 
     async def read(self, ino: int, chunk_index: int) -> Any:
         return await self._run(self._request(self.meta.read_request, ino, chunk_index),

@@ -51,6 +51,7 @@ SEQUENTIAL_SLACK = 1 << 20
 PAGE_VERSIONS = 1 << 16  # files whose page-cache version is remembered
 SLICE_TTL = 10.0  # longest an open file's slice list is reused (less with a short garbage delay)
 RELEASE_LINGER = 1.0  # seconds a closed file stays noted open, so a quick reopen is free
+BUILT_LISTINGS = 256  # directories whose last opendir listing is kept for reuse
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,7 @@ class Vfs:
         self.files: dict[int, OpenInode] = {}
         self.handles: dict[int, FileHandle] = {}
         self.dirs: dict[int, DirHandle] = {}
+        self._built_listings: dict[int, list[DirEntry]] = {}  # dir → its last opendir listing
         self._fh = itertools.count(1)
         self._nursery: trio.Nursery | None = None
         # Sections that layers above add to `stats()` (the FUSE adapter's kernel cache).
@@ -271,7 +273,14 @@ class Vfs:
             raise FsError(errno.ENOTDIR)
         entries = await self.fast.readdir(ino)
         parent = await self.fast.getattr(attr.parent or ino) if attr.parent != ino else attr
-        listing = [DirEntry(b".", attr), DirEntry(b"..", parent), *entries]
+        built = self._built_listings.get(ino)
+        if built is not None and built[0] is entries and built[1].attr is attr and built[2].attr is parent:
+            listing = built  # unchanged: the same list, so the FUSE layer reuses its replies
+        else:
+            listing = [DirEntry(b".", attr), DirEntry(b"..", parent), *entries]
+            if len(self._built_listings) >= BUILT_LISTINGS:
+                self._built_listings.clear()
+            self._built_listings[ino] = listing
         fh = next(self._fh)
         self.dirs[fh] = DirHandle(fh, ino, listing)
         return fh

@@ -84,6 +84,18 @@ def test_listings_of_an_unchanged_directory_do_not_scan_it_again(file_volume: Vo
     os.rename(b.path / "d" / "f001", b.path / "moved")
     expected = sorted([*expected[2:], "new"])
     wait_for(lambda: sorted(os.listdir(a.path / "d")) == expected, timeout=5, what="b's changes in a's listing")
+    # A child's new size and mode reach what a listing tells the kernel (readdirplus), not
+    # the replies built for the unchanged listing before.
+    def sizes_and_modes() -> dict[str, tuple[int, int]]:
+        with os.scandir(a.path / "d") as it:
+            return {e.name: (e.stat(follow_symlinks=False).st_size, e.stat(follow_symlinks=False).st_mode & 0o777)
+                    for e in it}
+    before = sizes_and_modes()["f005"]
+    with open(b.path / "d" / "f005", "ab") as out:
+        out.write(b"longer")
+    os.chmod(b.path / "d" / "f005", 0o600)
+    assert before != (7, 0o600)
+    wait_for(lambda: sizes_and_modes()["f005"] == (7, 0o600), timeout=5, what="b's size and mode in a's listing")
     # ... and a's own at once
     (a.path / "d" / "mine").write_bytes(b"z")
     assert "mine" in os.listdir(a.path / "d")
