@@ -41,5 +41,9 @@ class ObjectStoreError(Exception):
     """The object store failed a request (after retries where they apply)."""
 
 
+class StoreUnreachable(ObjectStoreError):
+    """Nobody answers at the object store's endpoint (refused, unknown host, no answer)."""
+
+
 class MetaError(Exception):
     """The metadata engine is unreachable or misconfigured (not an errno condition)."""

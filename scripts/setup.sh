@@ -26,10 +26,14 @@ fi
 if command -v systemctl >/dev/null && systemctl is-active --quiet redis-server 2>/dev/null; then :; fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/pip install -q --upgrade pip >/dev/null
-if [ "${1:-}" = "--test" ]; then
-  .venv/bin/pip install -q -e ".[test]"
-else
-  .venv/bin/pip install -q -e .
+# pip's own notices stay in a log, shown only if the install fails: what the scripts
+# print afterwards (where the volume is, how to stop it) must not be buried.
+LOG=.venv/setup.log
+target="."
+[ "${1:-}" = "--test" ] && target=".[test]"
+if ! { .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e "$target"; } >"$LOG" 2>&1; then
+  cat "$LOG" >&2
+  echo "setup: pip install failed (log: $PWD/$LOG)" >&2
+  exit 1
 fi
-echo "setup: done (.venv ready)"
+echo "setup: done ($PWD/.venv ready)"

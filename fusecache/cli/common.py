@@ -35,6 +35,7 @@ def load_volume(meta: Meta) -> VolumeSettings:
         settings = meta.load()
     except MetaError as exc:
         raise CliError(str(exc)) from None
+    refuse_destroyed(settings)
     access = os.environ.get("ACCESS_KEY")
     secret = os.environ.get("SECRET_KEY")
     if access or secret:
@@ -42,6 +43,15 @@ def load_volume(meta: Meta) -> VolumeSettings:
             settings, access_key=access or settings.access_key, secret_key=secret or settings.secret_key
         )
     return settings
+
+
+def refuse_destroyed(settings: VolumeSettings) -> None:
+    """A volume `destroy` has begun on may have lost objects: nothing opens it any more."""
+    from ..meta.destroy import being_destroyed
+
+    if being_destroyed(settings):
+        raise CliError(f"volume {settings.name!r} is being destroyed; to finish, run "
+                       f"'fusecache destroy META_URL {settings.uuid}' again")
 
 
 def open_store(settings: VolumeSettings) -> ObjectStore:

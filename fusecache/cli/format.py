@@ -14,24 +14,29 @@ from ..errors import CliError, FsError, MetaError, ObjectStoreError
 from ..layout import CHUNK_SIZE
 from ..types import VolumeSettings
 from ..units import format_duration, format_size, parse_duration, parse_size
-from .common import connect_meta, eviction_problem
+from .common import connect_meta, eviction_problem, refuse_destroyed
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("format", help="create a volume", description=__doc__)
+    p = sub.add_parser("format", help="create a volume",
+                       description="Create a volume: its settings go to Redis, its data to a bucket (or a "
+                                   "local directory). The store is checked first by writing, reading back "
+                                   "and deleting a test object.")
     p.add_argument("meta_url", metavar="META_URL",
-                   help="redis://[:PASSWORD@]HOST:PORT/DB (password also from env META_PASSWORD)")
+                   help="redis://[:PASSWORD@]HOST:PORT/DB[?prefix=NAME] (password also from env META_PASSWORD; "
+                        "a prefix lets several volumes share one database)")
     p.add_argument("name", metavar="NAME", help="volume name: 3-63 of a-z, 0-9 and '-'")
     p.add_argument("--storage", choices=("s3", "file"), default="file", help="object store kind (default: file)")
-    p.add_argument("--bucket",
+    p.add_argument("--bucket", metavar="URL|DIR",
                    help="S3 endpoint URL with bucket (http://host:9000/bucket), or a local directory for 'file'")
-    p.add_argument("--access-key", help="S3 access key (better: env ACCESS_KEY)")
-    p.add_argument("--secret-key", help="S3 secret key (better: env SECRET_KEY, keeps it out of ps)")
-    p.add_argument("--block-size", default="4M", help="block (object) size, 64K..16M (default 4M)")
-    p.add_argument("--capacity", default="0", help="volume capacity limit, e.g. 100G (default: unlimited)")
-    p.add_argument("--inodes", type=int, default=0, help="inode limit (default: unlimited)")
+    p.add_argument("--access-key", metavar="KEY", help="S3 access key (better: env ACCESS_KEY)")
+    p.add_argument("--secret-key", metavar="KEY", help="S3 secret key (better: env SECRET_KEY, keeps it out of ps)")
+    p.add_argument("--block-size", default="4M", metavar="SIZE", help="block (object) size, 64K..16M (default 4M)")
+    p.add_argument("--capacity", default="0", metavar="SIZE",
+                   help="volume capacity limit, e.g. 100G (default: unlimited)")
+    p.add_argument("--inodes", type=int, default=0, metavar="N", help="inode limit (default: unlimited)")
     p.add_argument("--trash-days", type=int, default=1, metavar="N",
                    help="keep deleted and replaced files in /.trash for N days (default 1; 0: no trash)")
     p.add_argument("--garbage-delay", default="5m", metavar="DURATION",
@@ -80,7 +85,7 @@ def _settings(args: argparse.Namespace) -> VolumeSettings:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..object import create_store, probe_store
+    from ..object import check_store
 
     settings = _settings(args)
     meta = connect_meta(args.meta_url)
@@ -89,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
             existing = meta.load()
         except MetaError:
             existing = None
+        if existing is not None:
+            refuse_destroyed(existing)  # even with --force: its objects may be partly gone
         if existing is not None and not args.force:
             raise CliError(
                 f"a volume named {existing.name!r} already exists at this META_URL; "
@@ -108,8 +115,7 @@ def run(args: argparse.Namespace) -> int:
         if args.storage == "file":
             os.makedirs(settings.bucket, exist_ok=True)
         try:
-            store = create_store(settings.storage, settings.bucket, settings.access_key, settings.secret_key)
-            probe_store(store)
+            where = check_store(settings.storage, settings.bucket, settings.access_key, settings.secret_key)
         except (ObjectStoreError, ValueError) as exc:
             raise CliError(str(exc)) from None
         except OSError as exc:
@@ -127,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     limit = format_size(settings.capacity) if settings.capacity else "unlimited"
     days = settings.trash_days
     trash = (f"trash {days} day" + ("s" if days > 1 else "")) if days else "no trash"
-    print(f"volume {settings.name!r} formatted: storage {settings.storage} {store.describe()}, "
+    print(f"volume {settings.name!r} formatted: storage {settings.storage} {where}, "
           f"block size {format_size(settings.block_size)}, capacity {limit}, {trash}, "
           f"garbage delay {format_duration(settings.garbage_delay)}")
     return 0

@@ -18,9 +18,19 @@ from ..errors import CliError
 from .common import whole_volume
 from .progress import ScanProgress
 
+DESCRIPTION = """\
+Check a volume's metadata and objects, one check per rule the filesystem keeps.
+
+Exit status 0: clean (or every problem found was repaired); 1: problems remain, one line
+each on stdout (or one JSON document with --json). --repair fixes what is safe: counters,
+link counts, dangling entries, expired sessions and their leftovers, orphans (moved to
+/lost+found). Files that lost data are named by path. Repairs need a quiet volume: they are
+refused while clients are mounted, unless --force.
+"""
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("fsck", help="check (and repair) a volume", description=__doc__,
+    p = sub.add_parser("fsck", help="check (and repair) a volume", description=DESCRIPTION,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("meta_url", metavar="META_URL")
     p.add_argument("--repair", action="store_true", help="fix what is safe to fix")

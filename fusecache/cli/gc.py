@@ -19,7 +19,12 @@ from .progress import ScanProgress
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("gc", help="find and delete leaked objects", description=__doc__)
+    p = sub.add_parser("gc", help="find and delete leaked objects",
+                       description="Find objects of the volume that no file uses any more (left by clients "
+                                   "that died while writing) and report their count and size; --delete "
+                                   "removes them. Never touched: data any file, the trash or the delayed "
+                                   "deletion queue still refers to, blocks a mounted client may still be "
+                                   "writing, and anything younger than --min-age.")
     p.add_argument("meta_url", metavar="META_URL")
     p.add_argument("--min-age", default="1h", metavar="DURATION",
                    help="only objects older than this (default 1h; 0 is allowed)")

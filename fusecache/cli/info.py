@@ -11,8 +11,10 @@ INFO_XATTR = "fusecache.info"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="show how a file is stored", description=__doc__)
-    p.add_argument("paths", nargs="+", metavar="PATH")
+    p = sub.add_parser("info", help="show how a file is stored",
+                       description="Show how files in a fusecache mount are stored: inode, size, and "
+                                   "each chunk's slices with the objects that hold them.")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="files inside a fusecache mount")
     p.add_argument("--json", action="store_true", help="print raw JSON")
     p.set_defaults(run=run)
 

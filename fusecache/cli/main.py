@@ -13,7 +13,7 @@ from ..errors import CliError
 
 # Subcommand → its module. A command line that names one imports only that module: `warmup`
 # or `stats` need neither redis-py nor boto3, and a warmup run costs its start-up time.
-COMMANDS = ("format", "mount", "umount", "status", "info", "warmup", "stats", "fsck", "gc")
+COMMANDS = ("format", "mount", "umount", "status", "info", "warmup", "stats", "fsck", "gc", "destroy")
 
 
 def _module(command: str) -> ModuleType:
@@ -22,8 +22,11 @@ def _module(command: str) -> ModuleType:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
-        # argparse prints usage plus the error; keep the promised single line.
-        raise CliError(f"{self.prog}: {message} (see --help)", exit_code=2)
+        # argparse prints usage plus the error; keep the promised single line. main() puts
+        # "fusecache: " in front, so only a subcommand's own name is added here.
+        command = self.prog.partition(" ")[2]
+        where = f"{command}: " if command else ""
+        raise CliError(f"{where}{message} (see {self.prog} --help)", exit_code=2)
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -42,10 +45,25 @@ def _named_command(argv: list[str]) -> str | None:
     return first if first in COMMANDS else None
 
 
+def _check_command(argv: list[str]) -> None:
+    """An unknown subcommand in plain words (argparse says "argument command: invalid choice")."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    if first is None and not {"-h", "--help"} & set(argv):
+        raise CliError(f"no command given: choose one of {', '.join(COMMANDS)} (see fusecache --help)", 2)
+    if first is not None and first not in COMMANDS:
+        raise CliError(f"unknown command {first!r}: choose one of {', '.join(COMMANDS)} "
+                       "(see fusecache --help)", exit_code=2)
+
+
 def main(argv: list[str] | None = None) -> int:
     verbose = False
     try:
-        args = build_parser(_named_command(sys.argv[1:] if argv is None else argv)).parse_args(argv)
+        argv = sys.argv[1:] if argv is None else argv
+        _check_command(argv)
+        args, extra = build_parser(_named_command(argv)).parse_known_args(argv)
+        if extra:  # argparse would blame the top-level parser; name the subcommand
+            raise CliError(f"{args.command}: unrecognized arguments: {' '.join(extra)} "
+                           f"(see fusecache {args.command} --help)", exit_code=2)
         verbose = args.verbose
         logging.basicConfig(
             level=logging.DEBUG if args.verbose else logging.WARNING,

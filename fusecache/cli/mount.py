@@ -25,9 +25,9 @@ from .. import __version__
 from ..errors import CliError, FsError, ObjectStoreError
 from ..mountinfo import is_mounted, top_mount
 from ..types import ROOT_INO
-from ..units import parse_size
+from ..units import format_size, parse_size
 from ..vfs.memory import MEM_TIER_SHARE, BudgetTooSmall, MemoryPlan, plan_memory
-from .common import connect_meta, eviction_problem, load_volume
+from .common import connect_meta, eviction_problem, load_volume, refuse_destroyed
 
 if TYPE_CHECKING:
     from ..cache import TierConfig
@@ -48,23 +48,39 @@ FUSE_MIN_TASKS = 16
 TRASH_EVERY = 600.0  # seconds between looks for trash older than the volume's trash_days
 
 
+DESCRIPTION = """\
+Mount a volume at MOUNTPOINT. Everything else the volume needs (storage, credentials,
+block size) was recorded by 'fusecache format'; env ACCESS_KEY/SECRET_KEY override the
+stored credentials. With -d the command returns once the mount is ready, or prints why
+it failed.
+
+Each client keeps data blocks in cache tiers (--cache, repeatable, in lookup order):
+mem:SIZE, ssd:DIR:SIZE or ssd:DIR1,DIR2:SIZE. Without --cache a client keeps a
+{default} memory tier.
+"""
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("mount", help="mount a volume", description=__doc__)
+    p = sub.add_parser("mount", help="mount a volume", description=DESCRIPTION.format(default=DEFAULT_CACHE[4:]),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("meta_url", metavar="META_URL")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     p.add_argument("-d", "--background", action="store_true", help="run in the background; return once mounted")
-    p.add_argument("--subdir", default="", help="mount this directory of the volume as the root")
+    p.add_argument("--subdir", default="", metavar="PATH", help="mount this directory of the volume as the root")
     p.add_argument("--read-only", action="store_true", help="mount read-only (writes fail with EROFS)")
-    p.add_argument("-o", dest="fuse_options", action="append", default=[],
+    p.add_argument("-o", dest="fuse_options", action="append", default=[], metavar="OPTIONS",
                    help="FUSE mount options, comma separated (e.g. allow_other)")
-    p.add_argument("--attr-timeout", type=float, default=1.0, help="kernel attribute cache seconds (default 1)")
-    p.add_argument("--entry-timeout", type=float, default=1.0, help="kernel name cache seconds (default 1)")
+    p.add_argument("--attr-timeout", type=float, default=1.0, metavar="SECONDS",
+                   help="kernel attribute cache seconds (default 1)")
+    p.add_argument("--entry-timeout", type=float, default=1.0, metavar="SECONDS",
+                   help="kernel name cache seconds (default 1)")
     p.add_argument("--coherent-timeout", type=float, default=60.0, metavar="SECONDS",
                    help="kernel name and attribute cache seconds while Redis tells this client of "
                         "changes (standalone Redis; taken back at once on a change; 0: off; default 60)")
     p.add_argument("--readahead", type=int, default=4, metavar="N",
                    help="most blocks prefetched ahead of a sequential reader (default 4; 0: off)")
-    p.add_argument("--buffer-blocks", type=int, default=32, help="blocks buffered for upload at once")
+    p.add_argument("--buffer-blocks", type=int, default=32, metavar="N",
+                   help="blocks buffered for upload at once (default 32)")
     p.add_argument("--cache", action="append", default=[], metavar="SPEC",
                    help="a cache tier, repeatable, in lookup order: mem:SIZE or ssd:DIR[,DIR...]:SIZE "
                         f"(default {DEFAULT_CACHE})")
@@ -81,11 +97,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--memory-budget", default="1GiB", metavar="SIZE",
                    help="memory for block data: the mem cache tier, read and write buffers, readahead and "
                         "loads in flight together (default 1GiB; the client's fixed overhead comes on top)")
-    p.add_argument("--io-threads", type=int, default=32, help="object store worker threads")
+    p.add_argument("--io-threads", type=int, default=32, metavar="N", help="object store worker threads (default 32)")
     p.add_argument("--s3-data-client", choices=["boto3", "lean"], default="boto3",
                    help="how block GETs and PUTs reach S3: boto3 (default) or lean, a minimal signed "
-                        "HTTP path that costs about a third of boto3's CPU per request (docs/performance.md)")
-    p.add_argument("--log", help="log file (default with -d: /var/log/fusecache/<name>.log or ~/.fusecache/)")
+                        "HTTP path that costs about a third of boto3's CPU per request")
+    p.add_argument("--log", metavar="FILE",
+                   help="log file (default with -d: /var/log/fusecache/<mountpoint>.log as root, "
+                        "else ~/.fusecache/log/<mountpoint>.log)")
     p.set_defaults(run=run)
 
 
@@ -140,7 +158,7 @@ def _resolve_subdir(meta, subdir: str) -> int:  # type: ignore[no-untyped-def]
 
 
 def open_volume(args: argparse.Namespace) -> Volume:
-    from ..object import create_store, probe_store
+    from ..object import check_store, create_store
 
     meta = connect_meta(args.meta_url)
     try:
@@ -151,12 +169,10 @@ def open_volume(args: argparse.Namespace) -> Volume:
         root = _resolve_subdir(meta, args.subdir)
         try:
             options = {"data_client": args.s3_data_client} if settings.storage == "s3" else {}
+            check_store(settings.storage, settings.bucket, settings.access_key, settings.secret_key,
+                        write=not args.read_only, **options)
             store = create_store(settings.storage, settings.bucket, settings.access_key, settings.secret_key,
                                  **options)
-            if args.read_only:
-                store.list("", "", 1)
-            else:
-                probe_store(store)
         except (ObjectStoreError, ValueError) as exc:
             raise CliError(str(exc)) from None
     except BaseException:
@@ -169,6 +185,7 @@ def cache_tiers(args: argparse.Namespace) -> list[TierConfig]:
     """The cache tiers the flags ask for, validated (CliError with exit code 2 otherwise)."""
     from ..cache import parse_cache_spec
 
+    _check_watermarks(args)  # before the specs: an error must name the flag, not a tier spec
     specs = list(args.cache)
     if args.mem_cache:
         if any(spec.strip().lower().startswith("mem:") for spec in specs):
@@ -182,12 +199,52 @@ def cache_tiers(args: argparse.Namespace) -> list[TierConfig]:
         raise CliError(str(exc), 2) from None
     if sum(t.medium == "mem" for t in tiers) > 1:
         raise CliError("at most one mem cache tier can be given", 2)
+    _check_mem_tier(sum(t.quota for t in tiers if t.medium == "mem"))
     # The client runs with -d from the same directory, but logs and stats read better absolute.
     tiers = [replace(t, paths=tuple(os.path.abspath(p) for p in t.paths)) for t in tiers]
     if args.writeback and not args.read_only and not any(t.medium == "ssd" for t in tiers):
         raise CliError("--writeback stages blocks on disk: it needs an ssd cache tier "
                        "(--cache ssd:DIR:SIZE)", 2)
     return tiers
+
+
+def _check_watermarks(args: argparse.Namespace) -> None:
+    low, high, free = args.cache_low, args.cache_high, args.cache_free_ratio
+    # `not a < x < b` also refuses nan.
+    if not 0 < low < 1:
+        raise CliError(f"--cache-low {low:g}: must be a share of each tier's quota above 0 and below 1", 2)
+    if not 0 < high <= 1:
+        raise CliError(f"--cache-high {high:g}: must be a share of each tier's quota above 0 and at most 1", 2)
+    if low >= high:
+        raise CliError(f"--cache-low {low:g} must be below --cache-high {high:g}: eviction starts above "
+                       "the high watermark and stops at the low one", 2)
+    if not 0 <= free < 1:
+        raise CliError(f"--cache-free-ratio {free:g}: must be at least 0 and below 1", 2)
+
+
+def _check_mem_tier(quota: int) -> None:
+    """A mem tier larger than the memory the client can have is refused, not warned about:
+    the tier fills up with real allocations, so the client would be killed (or the machine
+    would swap) once it is warm, long after the mount looked fine."""
+    from ..sysmem import memory_limit
+
+    limit = memory_limit()
+    if quota and limit is not None and quota > limit.bytes:
+        raise CliError(f"a mem cache tier of {format_size(quota)} is more than {limit.source}, "
+                       f"{format_size(limit.bytes)}: give a smaller one, e.g. --cache mem:"
+                       f"{format_size(limit.bytes // 4).replace('.0', '')}", 2)
+
+
+def _warn_budget(budget: int) -> None:
+    """A budget above the memory at hand is only warned about: it is a cap, which a
+    client reaches only under heavy load."""
+    from ..sysmem import memory_limit
+
+    limit = memory_limit()
+    if limit is not None and budget > limit.bytes and READY_FD_ENV not in os.environ:
+        print(f"fusecache: warning: --memory-budget {format_size(budget)} is more than {limit.source}, "
+              f"{format_size(limit.bytes)}: under load the client may be killed for lack of memory",
+              file=sys.stderr)
 
 
 def metrics_address(text: str) -> tuple[str, int]:
@@ -223,6 +280,7 @@ def run(args: argparse.Namespace) -> int:
     mem_tier = sum(t.quota for t in args.cache_tiers if t.medium == "mem")
     if mem_tier > MEM_TIER_SHARE * memory_budget(args):  # the rest needs the block size
         plan_client_memory(args, 1)
+    _warn_budget(memory_budget(args))
     if args.metrics:
         metrics_address(args.metrics)
     if args.readahead < 0:
@@ -413,10 +471,16 @@ def _run_session(args: argparse.Namespace, volume: Volume, vfs: Vfs, ops: FuseOp
     sid = meta.new_session(socket.gethostname(), os.getpid(), args.mountpoint, __version__,  # type: ignore[attr-defined]
                            machine_origin())
     try:
+        # A destroy that began after open_volume read the settings either sees this session
+        # (and refuses) or marked the volume before it was registered: then we see the mark.
+        refuse_destroyed(meta.load())  # type: ignore[attr-defined]
         pyfuse3.init(ops, args.mountpoint, _fuse_options(args, settings.name))  # type: ignore[attr-defined]
     except RuntimeError as exc:
         meta.close_session(sid)  # type: ignore[attr-defined]
         raise CliError(f"cannot mount {args.mountpoint}: {exc}") from None
+    except BaseException:
+        meta.close_session(sid)  # type: ignore[attr-defined]
+        raise
     log.info("mounted volume %s at %s (session %d)", settings.name, args.mountpoint, sid)  # type: ignore[attr-defined]
     unmounted = False
     try:

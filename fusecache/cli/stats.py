@@ -24,7 +24,10 @@ Stats = dict[str, Any]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("stats", help="show a mount's cache usage and traffic", description=__doc__)
+    p = sub.add_parser("stats", help="show a mount's cache usage and traffic",
+                       description="Show the cache tiers (used, quota, watermarks, hit ratio) and the "
+                                   "object store traffic of the client serving a mount. 'mount --metrics' "
+                                   "serves the same figures to Prometheus.")
     p.add_argument("mountpoint", metavar="MOUNTPOINT", help="a fusecache mount (or any path inside one)")
     p.add_argument("--json", action="store_true", help="print the raw figures as JSON")
     p.set_defaults(run=run)

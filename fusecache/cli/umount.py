@@ -22,8 +22,19 @@ from ..mountinfo import FUSECACHE_FSTYPE, top_mount
 CLIENT_EXIT_TIMEOUT = 300.0  # seconds to wait for the client to finish its uploads and exit
 
 
+DESCRIPTION = """\
+Unmount a fusecache volume. If files are still open it refuses and says so (--lazy
+detaches at once and finishes once they are closed).
+
+--clean-cache also deletes the volume's blocks from the client's disk cache directories
+(only this volume's: each volume has its own folder there). The command waits for the
+client to finish uploading blocks written with --writeback; blocks that could still not
+be uploaded are kept for the next mount.
+"""
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("umount", help="unmount a volume", description=__doc__,
+    p = sub.add_parser("umount", help="unmount a volume", description=DESCRIPTION,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     p.add_argument("-l", "--lazy", action="store_true", help="detach now, finish when no longer busy")

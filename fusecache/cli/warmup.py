@@ -40,8 +40,18 @@ REDRAW = 0.2  # seconds between progress bar updates on a terminal
 LOG_EVERY = 5.0  # seconds between progress lines when stderr is not a terminal
 
 
+DESCRIPTION = """\
+Load files, or whole directory trees, into the block cache of the client serving the
+mount, so that later reads need not wait for the object store. The client fetches the
+blocks itself, many at once; no file data passes through this command.
+
+--check only reports how much is cached; --evict drops the files' blocks from the cache
+instead. Progress (files, bytes, rate, time left) goes to stderr, the summary to stdout.
+"""
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("warmup", help="load files into the block cache", description=__doc__,
+    p = sub.add_parser("warmup", help="load files into the block cache", description=DESCRIPTION,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="+", metavar="PATH", help="files or directories inside a fusecache mount")
     p.add_argument("-p", "--threads", type=int, default=8, metavar="N", help="concurrent requests (default 8)")

@@ -4,7 +4,8 @@ Key schema. Every key of a volume starts with the hash tag `{P}` (P = the URL's 
 default "fc"), so all of them live in one Redis Cluster slot and a Lua script may touch
 any of them. Numbers in key names are decimal.
 
-    {P}setting          string  VolumeSettings as JSON (written by `format`)
+    {P}setting          string  VolumeSettings as JSON (written by `format`); `destroy`
+                                marks it first (extra.destroying) and deletes it last
     {P}counters         hash    nextinode, nextslice, nextsession (allocation counters),
                                 usedspace (sum of file lengths, trashed files included),
                                 usedinodes (excluding the root, the trash and its hour
@@ -380,7 +381,7 @@ class RedisMeta(Meta):
 
     def heartbeat(self, sid: int, in_use: int = 0) -> None:
         res = self._run("HEARTBEAT", [self._sessions], [sid, in_use or ""])
-        if not res[1] and sid == self._sid:
+        if not res[1] and sid == self._sid and not self._volume_gone():
             # Cleaned as stale (Redis was away longer than the stale timeout, or this client
             # was frozen): take the session up again and note the files still open.
             log.warning("session %d was no longer registered; registering it again", sid)
@@ -392,6 +393,16 @@ class RedisMeta(Meta):
                 self._run("REGISTER", [f"{self._p}open{sid}"], [sid, *noted[start:start + RELEASE_BATCH]])
         elif not res[1]:
             log.warning("session %d is no longer registered (cleaned as stale?)", sid)
+
+    def _volume_gone(self) -> bool:
+        """Whether the volume was destroyed, or is being destroyed (`fusecache destroy`
+        deleted the sessions): then a session must not register itself again."""
+        raw = self._call(self._r.get, self._setting)
+        if raw is not None and "destroying" not in json.loads(raw).get("extra", {}):
+            return False
+        log.error("volume at %s is %s; session %s not registered again", self._name,
+                  "being destroyed" if raw is not None else "gone", self._sid)
+        return True
 
     def close_session(self, sid: int) -> None:
         res = self._run("CLOSE_SESSION", [self._sessions], [sid])

@@ -6,6 +6,13 @@ so that this module is the only place that retries, with one policy: temporary f
 (connection errors, timeouts, throttling, 5xx, a body cut short) are retried with jittered
 exponential backoff; everything else is translated at once into `ObjectNotFound` or an
 `ObjectStoreError` whose message names the cause without any credential.
+
+A store built with `fail_fast=True` is for one-shot checks (the probe of `format` and
+`mount`): an endpoint nobody answers at (refused, unknown host, no answer within the
+connect timeout) or a request that hangs is reported at once, because waiting cannot fix a
+wrong URL or a stopped server; only throttling, 5xx and a connection cut mid-request are
+tried again. The data path keeps the patient policy: there, a refused connection is
+usually a server restarting, and retrying hides it.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import logging
 import os
 import random
 import re
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +39,7 @@ import trio
 from botocore.config import Config
 from botocore.credentials import Credentials
 
-from fusecache.errors import ObjectNotFound, ObjectStoreError
+from fusecache.errors import ObjectNotFound, ObjectStoreError, StoreUnreachable
 from fusecache.object.base import ObjectInfo, ObjectStore
 from fusecache.object.s3_async import AsyncS3
 
@@ -134,6 +142,27 @@ def is_temporary(exc: BaseException) -> bool:
     return isinstance(exc, bexc.ConnectionError | bexc.HTTPClientError | bexc.IncompleteReadError | OSError)
 
 
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether nobody answered at the endpoint (connection refused, unknown host, no answer
+    within the connect timeout, the proxy refused): a wrong URL or a stopped server."""
+    return isinstance(exc, bexc.EndpointConnectionError | bexc.ConnectTimeoutError | bexc.ProxyConnectionError)
+
+
+def _unreachable_reason(exc: BaseException, connect_timeout: float) -> str:
+    if isinstance(exc, bexc.ConnectTimeoutError):
+        return f"no answer within {connect_timeout:g} s"
+    cause: BaseException | None = getattr(exc, "kwargs", {}).get("error")
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, socket.gaierror):
+        return f"cannot resolve the host name ({cause.strerror})"
+    if isinstance(cause, ConnectionRefusedError):
+        return "connection refused (is the server running, and is the port right?)"
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror
+    return _short(exc)
+
+
 class S3Store(ObjectStore):
     def __init__(
         self,
@@ -150,6 +179,7 @@ class S3Store(ObjectStore):
         backoff_max: float = 10.0,
         list_page_size: int = S3_MAX_PAGE,
         data_client: str = "boto3",
+        fail_fast: bool = False,
     ) -> None:
         """Empty access/secret keys fall back to boto3's own credential chain (env, instance role).
 
@@ -158,10 +188,14 @@ class S3Store(ObjectStore):
         outage shorter than that is invisible to callers.
 
         `data_client`: "boto3" (the default) or "lean" (s3_lean.py) for object GETs and PUTs.
+        `fail_fast`: retry only what retrying can fix (see the module docstring).
         """
         self._loc = parse_bucket_url(bucket_url)
         self._secret = secret_key
         self._max_attempts = max(1, max_attempts)
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        self._fail_fast = fail_fast
         self._backoff_base = backoff_base
         self._backoff_max = backoff_max
         self._page_size = max(1, min(S3_MAX_PAGE, list_page_size))
@@ -351,7 +385,8 @@ class S3Store(ObjectStore):
     def _retry_delay(self, op: str, key: str, exc: Exception, attempt: int) -> float:
         """Seconds to wait before trying a failed request again; raises what the caller
         should see once the failure is not temporary or the attempts are used up."""
-        if not is_temporary(exc) or attempt >= self._max_attempts:
+        final = self._fail_fast and (is_unreachable(exc) or isinstance(exc, bexc.ReadTimeoutError))
+        if final or not is_temporary(exc) or attempt >= self._max_attempts:
             raise self._translate(op, key, exc, attempt) from None
         delay = min(self._backoff_max, self._backoff_base * 2 ** (attempt - 1))
         delay *= random.uniform(0.5, 1.0)  # jitter keeps many threads from retrying in step
@@ -375,8 +410,13 @@ class S3Store(ObjectStore):
                     "check access key and secret key"
                 )
             msg = f"S3 {op} of {key!r} in {self.describe()} failed: {code} (HTTP {status})"
-        elif isinstance(exc, bexc.EndpointConnectionError | bexc.ConnectTimeoutError):
-            msg = f"cannot reach S3 endpoint {self._loc.endpoint} after {attempts} attempt(s): {_short(exc)}"
+        elif is_unreachable(exc):
+            tries = f" after {attempts} attempt(s)" if attempts > 1 else ""
+            reason = _unreachable_reason(exc, self._connect_timeout)
+            return StoreUnreachable(self._scrub(f"cannot reach S3 endpoint {self._loc.endpoint}{tries}: {reason}"))
+        elif isinstance(exc, bexc.ReadTimeoutError):
+            msg = (f"S3 {op} of {key!r} in {self.describe()} failed after {attempts} attempt(s): "
+                   f"no reply within {self._read_timeout:g} s")
         elif isinstance(exc, bexc.NoCredentialsError | bexc.PartialCredentialsError):
             msg = "no S3 credentials: give an access key and a secret key"
         else:

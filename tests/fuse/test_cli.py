@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
 import time
@@ -100,18 +102,33 @@ def test_status_masks_secrets_and_lists_sessions(meta_url: str, tmp_path: Path, 
     vol = format_volume(meta_url, tmp_path, "s3", s3_server, bucket_url)
     try:
         m = vol.mount()
-        out = run_cli("status", meta_url).stdout
+        out = run_cli("status", meta_url, "--json").stdout
         assert s3_server.secret_key not in out and s3_server.access_key not in out
         doc = json.loads(out)
         assert doc["setting"]["name"] == "testvol"
         assert doc["setting"]["secret_key"] == "****"
         assert [s["mountpoint"] for s in doc["sessions"]] == [str(m.path)]
         assert doc["sessions"][0]["pid"] == m.pid
+        assert 0 <= doc["sessions"][0]["heartbeat_age_s"] < 30
         (m.path / "f").write_bytes(b"x" * 5000)
-        usage = json.loads(run_cli("status", meta_url).stdout)["usage"]
+        usage = json.loads(run_cli("status", meta_url, "--json").stdout)["usage"]
         assert usage["used_bytes"] >= 5000 and usage["used_inodes"] == 1
+
+        # For people: a report with the settings, usage and a table of sessions.
+        text = run_cli("status", meta_url).stdout
+        assert s3_server.secret_key not in text and s3_server.access_key not in text
+        assert not text.lstrip().startswith("{")
+        lines = text.splitlines()
+        assert any(line.split() == ["uuid:", doc["setting"]["uuid"]] for line in lines), text
+        assert any(line.startswith("used:") and "of unlimited" in line for line in lines), text
+        header = next(line for line in lines if "MOUNT POINT" in line)
+        assert header.split() == ["SID", "HOST", "MOUNT", "POINT", "PID", "VERSION", "STARTED", "LAST", "HEARTBEAT"]
+        (row,) = [line for line in lines if str(m.path) in line]
+        assert f" {m.pid} " in row and socket.gethostname() in row and " 0.1.0 " in row
+        assert re.search(r"\d+ s ago$", row), row
         m.umount()
-        assert json.loads(run_cli("status", meta_url).stdout)["sessions"] == []
+        assert json.loads(run_cli("status", meta_url, "--json").stdout)["sessions"] == []
+        assert "sessions: none" in run_cli("status", meta_url).stdout
     finally:
         vol.cleanup()
 
@@ -170,11 +187,90 @@ def test_info_shows_slices_and_objects(mnt: Path) -> None:
     assert_clean_failure(run_cli("info", "/tmp", check=False), "not inside a fusecache mount")
 
 
-@pytest.mark.parametrize("cmd", [["format"], ["mount", "redis://x"], ["bogus"]])
-def test_usage_errors(cmd: list[str]) -> None:
+@pytest.mark.parametrize("cmd, words", [
+    (["format"], ["format:", "META_URL"]),
+    (["mount", "redis://x"], ["mount:", "MOUNTPOINT"]),
+    (["bogus"], ["unknown command 'bogus'", "destroy"]),
+    ([], ["no command", "mount"]),
+    (["destroy", "redis://x"], ["destroy:", "UUID"]),
+    (["mount", "redis://x", "/mnt", "--no-such-flag"], ["mount:", "--no-such-flag"]),
+])
+def test_usage_errors(cmd: list[str], words: list[str]) -> None:
     result = subprocess.run([*CLI, *cmd], capture_output=True, text=True)
-    assert_clean_failure(result)
+    assert_clean_failure(result, *words)
     assert result.returncode == 2
+    assert result.stderr.count("fusecache:") == 1, result.stderr  # the program is named once
+
+
+def test_help_texts_speak_to_users(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every command's --help: no constant, module, function or source file names."""
+    from fusecache.cli.main import COMMANDS, build_parser
+
+    monkeypatch.setenv("COLUMNS", "100")
+    user_words = {"META_URL", "ACCESS_KEY", "SECRET_KEY", "META_PASSWORD", "allow_other"}
+    for command in ("", *COMMANDS):
+        with pytest.raises(SystemExit):
+            build_parser(command or None).parse_args([command, "--help"] if command else ["--help"])
+        text = capsys.readouterr().out
+        assert "usage: fusecache" in text
+        words = set(re.findall(r"[A-Za-z0-9]+(?:_[A-Za-z0-9]+)+", text)) - user_words
+        assert not words, f"{command} --help shows internal names: {sorted(words)}"
+        for internal in (".py", "`", "vfs", "DEFAULT", "xattr", "Fluid"):
+            assert internal not in text, f"{command} --help shows {internal!r}"
+
+
+def test_cache_watermark_errors_name_the_flag(tmp_path: Path) -> None:
+    for flags, words in ((["--cache-low", "0.99"], ["--cache-low 0.99", "--cache-high 0.95"]),
+                         (["--cache-high", "1.5"], ["--cache-high 1.5"]),
+                         (["--cache-low", "0"], ["--cache-low 0"]),
+                         (["--cache-low", "nan"], ["--cache-low nan"]),
+                         (["--cache-free-ratio", "1"], ["--cache-free-ratio 1"])):
+        result = run_cli("mount", "redis://127.0.0.1:1/1", str(tmp_path), *flags, check=False)
+        assert_clean_failure(result, *words)
+        assert "mem:256" not in result.stderr and "spec" not in result.stderr  # the user gave no spec
+        assert result.returncode == 2
+
+
+def test_a_mem_tier_larger_than_ram_is_refused_with_the_numbers(tmp_path: Path) -> None:
+    from fusecache.sysmem import memory_limit
+    from fusecache.units import format_size
+
+    limit = memory_limit()
+    assert limit is not None
+    result = run_cli("mount", "redis://127.0.0.1:1/1", str(tmp_path), "--cache", "mem:100TiB",
+                     "--memory-budget", "400TiB", check=False)
+    assert_clean_failure(result, "100.0TiB", format_size(limit.bytes), "smaller")
+    assert result.returncode == 2
+
+
+def test_a_dead_s3_endpoint_fails_format_and_mount_fast(meta_url: str, tmp_path: Path, s3_server: S3Server,
+                                                        bucket_url: str) -> None:
+    """A closed port: one line naming the endpoint and why, well before the data path's
+    retries (about 25 s) would give up. The bound is generous; speed is for benchmarks."""
+    dead = f"http://127.0.0.1:{free_port()}/bucket"
+    env = {"ACCESS_KEY": s3_server.access_key, "SECRET_KEY": s3_server.secret_key}
+    started = time.monotonic()
+    result = run_cli("format", meta_url, "vol1", "--storage", "s3", "--bucket", dead, env=env, check=False)
+    assert time.monotonic() - started < 15
+    assert_clean_failure(result, "cannot reach S3 endpoint", dead.rsplit("/", 1)[0], "connection refused")
+    assert db_keys(meta_url) == []
+
+    vol = format_volume(meta_url, tmp_path, "s3", s3_server, bucket_url)
+    client = redis.Redis.from_url(meta_url)
+    try:
+        doc = json.loads(client.get("{fc}setting"))
+        client.set("{fc}setting", json.dumps({**doc, "bucket": dead}))
+    finally:
+        client.close()
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    for extra in ([], ["--read-only"]):
+        started = time.monotonic()
+        result = run_cli("mount", meta_url, str(mp), "-d", "--log", str(tmp_path / "m.log"), *extra,
+                         env=vol.env, check=False)
+        assert time.monotonic() - started < 15
+        assert_clean_failure(result, "cannot reach S3 endpoint", "connection refused")
+    assert not os.path.ismount(mp)
 
 
 def test_mount_needs_only_the_meta_url_and_env_overrides_credentials(
@@ -201,7 +297,7 @@ def test_format_force_replaces_settings_and_keeps_data(volume: Volume, tmp_path:
     bucket = volume.bucket
     run_cli("format", volume.meta_url, "testvol", "--storage", volume.storage, "--bucket", bucket,
             "--capacity", "1G", "--force", env=env)
-    doc = json.loads(run_cli("status", volume.meta_url).stdout)
+    doc = json.loads(run_cli("status", volume.meta_url, "--json").stdout)
     assert doc["setting"]["capacity"] == 1 << 30
     m2 = volume.mount()
     assert (m2.path / "kept").read_bytes() == b"data survives --force"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fusecache.errors import ObjectNotFound, ObjectStoreError
+from fusecache.errors import ObjectNotFound, ObjectStoreError, StoreUnreachable
 from fusecache.object.s3 import S3Store, parse_bucket_url
 from tests.servers import (
     S3_ACCESS_KEY,
@@ -91,6 +91,22 @@ def test_unreachable_endpoint_fails_fast_after_bounded_retries(
     retries = [r for r in caplog.records if "retry" in r.getMessage()]
     assert len(retries) == 2
     assert S3_SECRET_KEY not in caplog.text
+    store.close()
+
+
+def test_a_fail_fast_store_reports_a_closed_port_at_once(caplog: pytest.LogCaptureFixture) -> None:
+    """The probe's policy (format, mount): nobody answering is not retried, and the message
+    says why in words."""
+    caplog.set_level(logging.INFO, logger="fusecache.object.s3")
+    closed = free_port()
+    store = S3Store(f"http://127.0.0.1:{closed}/bucket", S3_ACCESS_KEY, S3_SECRET_KEY, fail_fast=True)
+    started = time.monotonic()
+    with pytest.raises(StoreUnreachable) as info:
+        store.put("k", b"x")
+    assert time.monotonic() - started < 2
+    assert str(info.value) == (f"cannot reach S3 endpoint http://127.0.0.1:{closed}: connection refused "
+                               "(is the server running, and is the port right?)")
+    assert not [r for r in caplog.records if "retry" in r.getMessage()]
     store.close()
 
 
