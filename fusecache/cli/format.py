@@ -17,6 +17,7 @@ from ..units import format_duration, format_size, parse_duration, parse_size
 from .common import connect_meta, eviction_problem, refuse_destroyed
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +29,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="redis://[:PASSWORD@]HOST:PORT/DB[?prefix=NAME] (password also from env META_PASSWORD; "
                         "a prefix lets several volumes share one database)")
     p.add_argument("name", metavar="NAME", help="volume name: 3-63 of a-z, 0-9 and '-'")
-    p.add_argument("--storage", choices=("s3", "file"), default="file", help="object store kind (default: file)")
+    p.add_argument("--storage", choices=("s3", "file"),
+                   help="object store kind (default: s3 when --bucket is an http(s) URL, else file)")
     p.add_argument("--bucket", metavar="URL|DIR",
                    help="S3 endpoint URL with bucket (http://host:9000/bucket), or a local directory for 'file'")
     p.add_argument("--access-key", metavar="KEY", help="S3 access key (better: env ACCESS_KEY)")
@@ -67,21 +69,34 @@ def _settings(args: argparse.Namespace) -> VolumeSettings:
     except ValueError as exc:
         raise CliError(f"--garbage-delay: {exc}", 2) from None
     bucket = args.bucket
+    storage = _storage_kind(args.storage, bucket)
     if not bucket:
-        if args.storage == "s3":
+        if storage == "s3":
             raise CliError("--storage s3 needs --bucket http(s)://HOST:PORT/BUCKET", 2)
         bucket = os.path.join(os.path.expanduser("~"), ".fusecache", "objects")
     access = args.access_key or os.environ.get("ACCESS_KEY", "")
     secret = args.secret_key or os.environ.get("SECRET_KEY", "")
-    if args.storage == "s3" and not (access and secret):
+    if storage == "s3" and not (access and secret):
         raise CliError("--storage s3 needs credentials: set env ACCESS_KEY and SECRET_KEY (or the flags)", 2)
-    if args.storage == "file":
+    if storage == "file":
         bucket = os.path.abspath(os.path.expanduser(bucket))
     return VolumeSettings(
-        name=args.name, uuid=str(uuid.uuid4()), storage=args.storage, bucket=bucket,
+        name=args.name, uuid=str(uuid.uuid4()), storage=storage, bucket=bucket,
         access_key=access, secret_key=secret, block_size=block_size, capacity=capacity,
         inodes=args.inodes, created=time.time(), trash_days=args.trash_days, garbage_delay=garbage_delay,
     )
+
+
+def _storage_kind(chosen: str | None, bucket: str | None) -> str:
+    """The store kind: as given, or s3 for an http(s) bucket URL. A URL is never taken as a
+    local directory: that would quietly put the data in `./http:/...`."""
+    is_url = bool(bucket and URL_RE.match(bucket))
+    if chosen == "file" and is_url:
+        raise CliError("--storage file needs a local directory as --bucket, not a URL; "
+                       "for an S3 bucket use --storage s3", 2)
+    if chosen is None:
+        return "s3" if is_url else "file"
+    return chosen
 
 
 def run(args: argparse.Namespace) -> int:
@@ -112,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
             # Data already stored keeps its layout: keep identity and block size.
             settings = VolumeSettings(**{**settings.__dict__, "uuid": existing.uuid,
                                          "block_size": existing.block_size, "created": existing.created})
-        if args.storage == "file":
+        if settings.storage == "file":
             os.makedirs(settings.bucket, exist_ok=True)
         try:
             where = check_store(settings.storage, settings.bucket, settings.access_key, settings.secret_key)

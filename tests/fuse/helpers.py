@@ -18,9 +18,10 @@ CLI = [sys.executable, "-m", "fusecache.cli.main"]
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = True,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+            timeout: float = 120, cwd: str | None = None) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, **(env or {})}
-    result = subprocess.run([*CLI, *args], capture_output=True, text=True, env=full_env, timeout=timeout)
+    result = subprocess.run([*CLI, *args], capture_output=True, text=True, env=full_env, timeout=timeout,
+                            cwd=cwd)
     if check and result.returncode != 0:
         raise AssertionError(f"fusecache {' '.join(args)} failed ({result.returncode}): {result.stderr}")
     return result

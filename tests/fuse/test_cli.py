@@ -398,3 +398,17 @@ def test_a_redis_that_may_evict_keys_is_refused_by_format_and_warned_about_by_mo
     finally:
         admin.config_set("maxmemory-policy", "noeviction")
         admin.close()
+
+
+def test_bucket_url_means_s3(meta_url: str, s3_server: S3Server, bucket_url: str, tmp_path: Path) -> None:
+    """A --bucket URL without --storage goes to S3, never to a local `./http:/...` directory;
+    --storage file with a URL is refused before anything is written."""
+    env = {"ACCESS_KEY": s3_server.access_key, "SECRET_KEY": s3_server.secret_key}
+    result = run_cli("format", meta_url, "vol1", "--storage", "file", "--bucket", bucket_url,
+                     env=env, check=False, cwd=str(tmp_path))
+    assert_clean_failure(result, "--storage file", "url")
+    assert db_keys(meta_url) == []
+    run_cli("format", meta_url, "vol1", "--bucket", bucket_url, env=env, cwd=str(tmp_path))
+    assert list(tmp_path.iterdir()) == []
+    status = json.loads(run_cli("status", meta_url, "--json").stdout)
+    assert status["setting"]["storage"] == "s3"
