@@ -40,6 +40,18 @@ def meta_url(redis_server: RedisServer) -> Iterator[str]:
 
 
 @pytest.fixture
+def second_meta_url(redis_server: RedisServer, meta_url: str) -> Iterator[str]:
+    """Another fresh database of the same server, for tests that move a volume."""
+    import redis
+
+    db = next(_db_counter) % 63 + 1
+    client = redis.Redis(port=redis_server.port, db=db)
+    client.flushdb()
+    client.close()
+    yield redis_server.url(db)
+
+
+@pytest.fixture
 def bucket_url(s3_server: S3Server) -> str:
     """A fresh, empty bucket for one test."""
     return s3_server.make_bucket(f"bucket{next(_bucket_counter)}")

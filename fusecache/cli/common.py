@@ -46,12 +46,17 @@ def load_volume(meta: Meta) -> VolumeSettings:
 
 
 def refuse_destroyed(settings: VolumeSettings) -> None:
-    """A volume `destroy` has begun on may have lost objects: nothing opens it any more."""
+    """A volume `destroy` has begun on may have lost objects, and one a `load` has not
+    finished lacks some: nothing opens either."""
     from ..meta.destroy import being_destroyed
+    from ..meta.dump import LOADING
 
     if being_destroyed(settings):
         raise CliError(f"volume {settings.name!r} is being destroyed; to finish, run "
                        f"'fusecache destroy META_URL {settings.uuid}' again")
+    if LOADING in settings.extra:
+        raise CliError(f"volume {settings.name!r} is not completely loaded; to finish, run "
+                       "'fusecache load META_URL FILE' again with the same dump")
 
 
 def open_store(settings: VolumeSettings) -> ObjectStore:

@@ -15,18 +15,14 @@ same command finishes.
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-from redis.cluster import RedisCluster
 
 from ..errors import MetaError
 from ..types import SessionInfo, VolumeSettings
 from .redis import RedisMeta
-from .scan import RedisScan
+from .scan import RedisScan, volume_keys
 
 DESTROYING = "destroying"  # key in VolumeSettings.extra: when destroy began (Unix time)
 BATCH = 500
@@ -93,19 +89,8 @@ def sessions(meta: RedisMeta) -> list[Session]:
     return sorted(found, key=lambda s: s.age)
 
 
-def _pattern(prefix_tag: str) -> str:
-    """A SCAN MATCH pattern for keys starting with `prefix_tag`, glob characters escaped."""
-    return re.sub(r"([\\*?\[\]])", r"\\\1", prefix_tag) + "*"
-
-
 def _scan(meta: RedisMeta) -> list[str]:
-    kwargs: dict[str, Any] = {"match": _pattern(meta._p), "count": 1000}
-    if isinstance(meta._r, RedisCluster):
-        kwargs["target_nodes"] = RedisCluster.PRIMARIES
-    keys = meta._call(lambda: list(meta._r.scan_iter(**kwargs)))
-    out = [k.decode() if isinstance(k, bytes) else k for k in keys]
-    # Belt and braces: only keys that truly start with this volume's tag.
-    return [k for k in out if k.startswith(meta._p)]
+    return meta._call(lambda: list(volume_keys(meta)))
 
 
 def delete_keys(meta: RedisMeta, progress: Progress | None = None) -> int:

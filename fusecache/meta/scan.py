@@ -22,6 +22,20 @@ from .redis import RedisMeta
 BATCH = 500
 
 
+def volume_keys(meta: RedisMeta) -> Iterator[str]:
+    """Every key of the volume (SCAN MATCH `{P}*`, on every primary of a cluster); a key may
+    come more than once, as SCAN may return it again."""
+    pattern = re.sub(r"([\\*?\[\]])", r"\\\1", meta._p) + "*"
+    kwargs: dict[str, Any] = {"match": pattern, "count": 1000}
+    if isinstance(meta._r, RedisCluster):
+        kwargs["target_nodes"] = RedisCluster.PRIMARIES
+    with meta._errors():
+        for raw in meta._r.scan_iter(**kwargs):
+            key = raw.decode() if isinstance(raw, bytes) else raw
+            if key.startswith(meta._p):  # only keys that truly start with this volume's tag
+                yield key
+
+
 class RedisScan:
     def __init__(self, meta: RedisMeta) -> None:
         self.meta = meta
