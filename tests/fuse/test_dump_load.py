@@ -198,8 +198,8 @@ def test_dump_of_a_volume_being_written_is_a_snapshot_or_refused(meta_url: str, 
         writer.wait()
         writer = None
         # Once the writer stops, the mounted volume dumps, and the dump loads and checks clean.
-        run_cli("dump", meta_url, str(out), "-q")
-        run_cli("load", second_meta_url, str(out), "-q")
+        assert "dumping keys: 1000" in run_cli("dump", meta_url, str(out)).stderr  # progress
+        assert "loading keys: 1000" in run_cli("load", second_meta_url, str(out)).stderr
         vol.cleanup()
         assert "clean" in run_cli("fsck", second_meta_url).stdout
     finally:
