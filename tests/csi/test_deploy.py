@@ -127,25 +127,41 @@ def test_driver_kustomization_has_the_driver_objects() -> None:
                             "PodDisruptionBudget"])
 
 
-def test_image_is_set_in_one_place() -> None:
+def _driver_images(docs: list[dict[str, Any]]) -> list[str]:
+    return [c["image"] for d in docs if d["kind"] in ("Deployment", "DaemonSet")
+            for c in d["spec"]["template"]["spec"]["containers"] if c["name"] == "fusecache-csi"]
+
+
+def test_image_is_set_in_one_place(tmp_path: Path) -> None:
     [image] = documents(DEPLOY / "base" / "kustomization.yaml")[0]["images"]
     assert image["name"] == "fusecache/fusecache-csi" and image["newName"] and image["newTag"]
     for where in KUSTOMIZATIONS:
-        driver_images = {c["image"] for d in render(DEPLOY / where) if d["kind"] in ("Deployment", "DaemonSet")
-                         for c in d["spec"]["template"]["spec"]["containers"] if c["name"] == "fusecache-csi"}
-        assert driver_images == {f"{image['newName']}:{image['newTag']}"}
-    # Changing newName/newTag moves both plugins.
-    base = documents(DEPLOY / "base" / "kustomization.yaml")[0]
+        assert _driver_images(render(DEPLOY / where)) == [f"{image['newName']}:{image['newTag']}"] * 2
+    # Editing newName/newTag there moves both plugins, in every overlay.
+    copy = tmp_path / "deploy"
+    shutil.copytree(DEPLOY, copy)
+    base = documents(copy / "base" / "kustomization.yaml")[0]
     base["images"] = [{"name": "fusecache/fusecache-csi", "newName": "reg.example/fc", "newTag": "t1"}]
-    docs = [d for p in base["resources"] for d in documents(DEPLOY / "base" / p)]
-    kustomization = {"images": base["images"]}
-    for image_spec in kustomization["images"]:
-        for doc in docs:
-            for c in doc.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
-                if c["image"].split(":")[0] == image_spec["name"]:
-                    c["image"] = f"{image_spec['newName']}:{image_spec['newTag']}"
-    assert sum(c["image"] == "reg.example/fc:t1" for d in docs if d["kind"] in ("Deployment", "DaemonSet")
-               for c in d["spec"]["template"]["spec"]["containers"]) == 2
+    (copy / "base" / "kustomization.yaml").write_text(yaml.safe_dump(base))
+    for where in KUSTOMIZATIONS:
+        assert _driver_images(render(copy / where)) == ["reg.example/fc:t1"] * 2
+
+
+def test_sidecars_are_current() -> None:
+    minimum = {"csi-provisioner": (5, 3), "csi-resizer": (1, 14), "csi-node-driver-registrar": (2, 18),
+               "livenessprobe": (2, 20)}
+    seen = set()
+    for doc in render(DEPLOY):
+        if doc["kind"] in ("Deployment", "DaemonSet"):
+            for c in doc["spec"]["template"]["spec"]["containers"]:
+                if c["name"] != "fusecache-csi":
+                    repo, tag = c["image"].rsplit(":", 1)
+                    assert repo.startswith("registry.k8s.io/sig-storage/"), repo
+                    name = repo.rsplit("/", 1)[1]
+                    version = tuple(int(x) for x in tag.lstrip("v").split(".")[:2])
+                    assert version >= minimum[name], c["image"]
+                    seen.add(name)
+    assert seen == set(minimum)
 
 
 def test_demo_overlay_wires_redis_minio_secret_and_storage_class() -> None:
