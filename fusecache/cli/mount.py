@@ -28,6 +28,7 @@ from ..types import ROOT_INO
 from ..units import format_size, parse_size
 from ..vfs.memory import MEM_TIER_SHARE, BudgetTooSmall, MemoryPlan, plan_memory
 from .common import connect_meta, eviction_problem, load_volume, refuse_destroyed
+from .secrets import mask_url
 
 if TYPE_CHECKING:
     from ..cache import TierConfig
@@ -437,6 +438,7 @@ def _serve_volume(args: argparse.Namespace, volume: Volume) -> int:
         vfs.about = {
             "volume": settings.name, "uuid": settings.uuid, "pid": os.getpid(),  # type: ignore[attr-defined]
             "mountpoint": args.mountpoint, "subdir": args.subdir, "version": __version__,
+            "meta_url": mask_url(args.meta_url),  # for `fusecache quota PATH`; never the password
         }
         ops = FuseOps(vfs, volume.root, args.attr_timeout, args.entry_timeout, args.coherent_timeout)
         metrics = start_metrics(*metrics_address(args.metrics), vfs.stats) if args.metrics else None

@@ -746,7 +746,8 @@ if not redis.call('ZSCORE', KEYS[1], ARGV[2]) then return {0, 0} end
 local t = redis.call('TIME')
 redis.call('ZADD', KEYS[1], t[1] .. '.' .. string.format('%06d', tonumber(t[2])), ARGV[2])
 if ARGV[3] ~= '' then redis.call('HSET', P .. 'inuse', ARGV[2], ARGV[3]) end
-return {0, 1}
+-- The settings ride along: `fusecache config` changes reach live clients within a beat.
+return {0, 1, redis.call('GET', P .. 'setting')}
 """
 
 # KEYS: sessions  ARGV: P, max age in seconds

@@ -381,6 +381,8 @@ class RedisMeta(Meta):
 
     def heartbeat(self, sid: int, in_use: int = 0) -> None:
         res = self._run("HEARTBEAT", [self._sessions], [sid, in_use or ""])
+        if len(res) > 2 and res[2]:
+            self._follow_settings(res[2])
         if not res[1] and sid == self._sid and not self._volume_gone():
             # Cleaned as stale (Redis was away longer than the stale timeout, or this client
             # was frozen): take the session up again and note the files still open.
@@ -393,6 +395,18 @@ class RedisMeta(Meta):
                 self._run("REGISTER", [f"{self._p}open{sid}"], [sid, *noted[start:start + RELEASE_BATCH]])
         elif not res[1]:
             log.warning("session %d is no longer registered (cleaned as stale?)", sid)
+
+    def _follow_settings(self, raw: bytes) -> None:
+        """Apply settings `fusecache config` changed (trash days, garbage delay) to this
+        live client; unreadable ones are left for the next beat."""
+        try:
+            settings = VolumeSettings.from_json(raw)
+        except (ValueError, TypeError):
+            return
+        if (settings.trash_days, settings.garbage_delay) != (self.trash_days, self.garbage_delay):
+            log.info("volume settings changed: trash %d days, garbage delay %.0f s",
+                     settings.trash_days, settings.garbage_delay)
+            self._apply_settings(settings)
 
     def _volume_gone(self) -> bool:
         """Whether the volume was destroyed, or is being destroyed (`fusecache destroy`
