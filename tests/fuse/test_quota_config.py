@@ -26,11 +26,10 @@ def test_quota_on_a_mounted_path_and_on_meta_url(file_volume: Volume, tmp_path: 
     assert got == {"path": "/proj", "max_bytes": 1 << 20, "used_bytes": 300_000,
                    "max_inodes": 10, "used_inodes": 2}  # sub and a
     # Enforced on the mount: past the byte limit the write fails with EDQUOT.
-    with pytest.raises(OSError) as info:
-        with open(m.path / "proj" / "big", "wb") as f:
-            f.write(os.urandom(2 << 20))
-            f.flush()
-            os.fsync(f.fileno())
+    with pytest.raises(OSError) as info, open(m.path / "proj" / "big", "wb") as f:
+        f.write(os.urandom(2 << 20))
+        f.flush()
+        os.fsync(f.fileno())
     assert info.value.errno == errno.EDQUOT
     # Raising only the inode limit keeps the byte limit.
     run_cli("quota", "set", url, "--path", "/proj/", "--inodes", "20")
@@ -84,11 +83,10 @@ def test_config_is_checked_masked_and_reaches_a_live_mount(meta_url: str, tmp_pa
         st = os.statvfs(m.path)
         assert st.f_blocks * st.f_frsize == 100 << 20
         run_cli("config", meta_url, "--capacity", "4M", "--force")
-        with pytest.raises(OSError) as info:
-            with open(m.path / "g", "wb") as f:
-                f.write(os.urandom(2 << 20))
-                f.flush()
-                os.fsync(f.fileno())
+        with pytest.raises(OSError) as info, open(m.path / "g", "wb") as f:
+            f.write(os.urandom(2 << 20))
+            f.flush()
+            os.fsync(f.fileno())
         assert info.value.errno == errno.ENOSPC
         os.unlink(m.path / "g")
 
