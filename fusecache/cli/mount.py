@@ -160,6 +160,7 @@ def _resolve_subdir(meta, subdir: str) -> int:  # type: ignore[no-untyped-def]
 
 def open_volume(args: argparse.Namespace) -> Volume:
     from ..object import check_store, create_store
+    from ..object.timed import TimedStore
 
     meta = connect_meta(args.meta_url)
     try:
@@ -172,8 +173,9 @@ def open_volume(args: argparse.Namespace) -> Volume:
             options = {"data_client": args.s3_data_client} if settings.storage == "s3" else {}
             check_store(settings.storage, settings.bucket, settings.access_key, settings.secret_key,
                         write=not args.read_only, **options)
-            store = create_store(settings.storage, settings.bucket, settings.access_key, settings.secret_key,
-                                 **options)
+            # Timed: every request's latency by method, for stats, metrics and bench.
+            store = TimedStore(create_store(settings.storage, settings.bucket, settings.access_key,
+                                            settings.secret_key, **options))
         except (ObjectStoreError, ValueError) as exc:
             raise CliError(str(exc)) from None
     except BaseException:

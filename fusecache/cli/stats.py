@@ -157,6 +157,29 @@ def metric_families(s: Stats) -> Iterator[Any]:
     warm = s.get("warmup", {"blocks": 0, "bytes": 0})
     yield counter("warmup_blocks", "blocks loaded by warmup", warm["blocks"])
     yield counter("warmup_bytes", "bytes loaded by warmup", warm["bytes"])
+    yield _histogram("fuse_op_duration_seconds", "time to answer a FUSE request, by op", "op",
+                     vol, s.get("fuse_ops", {}))
+    yield _histogram("object_request_duration_seconds", "object store request time, by method", "method",
+                     vol, s.get("store_requests", {}))
+    yield _histogram("meta_request_duration_seconds",
+                     "metadata call time, by path (direct: on the event loop; thread: a worker)", "path",
+                     vol, s.get("meta_requests", {}))
+
+
+def _histogram(name: str, doc: str, label: str, vol: str, snap: dict[str, Any]) -> Any:
+    """A latency.Histograms snapshot as one Prometheus histogram family (cumulative buckets)."""
+    from prometheus_client.core import HistogramMetricFamily
+
+    from ..latency import BUCKETS
+
+    h = HistogramMetricFamily(f"fusecache_{name}", doc, labels=["volume", label])
+    for key, data in sorted(snap.items()):
+        running, buckets = 0, []
+        for bound, n in zip((*(str(b) for b in BUCKETS), "+Inf"), data["counts"], strict=True):
+            running += n
+            buckets.append((bound, running))
+        h.add_metric([vol, key], buckets, data["sum"])
+    return h
 
 
 class _Collector:

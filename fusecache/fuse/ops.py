@@ -11,11 +11,13 @@ import errno
 import functools
 import logging
 from collections.abc import Awaitable, Callable
+from time import perf_counter
 from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 
 from ..errors import FsError
+from ..latency import Histograms
 from ..types import ROOT_INO, Attr, DirEntry, SetAttr
 from ..vfs.vfs import Ctx, Vfs
 from .kernel_cache import LONG_TIMEOUT, KernelCache
@@ -32,8 +34,12 @@ REPLIED_LISTINGS = 256  # directories whose built readdir replies are kept
 def fs_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     """Turn FsError into FUSEError; anything unexpected is logged and becomes EIO."""
 
+    op = fn.__name__
+
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        # One perf_counter pair per request: the op latency histograms (fusecache_fuse_op_*).
+        t0 = perf_counter()
         try:
             return await fn(*args, **kwargs)
         except FsError as exc:
@@ -43,6 +49,8 @@ def fs_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
         except Exception:
             log.exception("unexpected error in %s", fn.__name__)
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            args[0].op_latency.observe(op, perf_counter() - t0)  # type: ignore[attr-defined]
 
     return wrapper
 
@@ -75,6 +83,8 @@ class FuseOps(pyfuse3.Operations):
                                   self._kernel, long)
         vfs.fast.cache.listener = self.kernel.changed
         vfs.stat_sources["kernel_cache"] = self.kernel.snapshot
+        self.op_latency = Histograms()  # FUSE request → seconds, by op (see fs_errors)
+        vfs.stat_sources["fuse_ops"] = self.op_latency.snapshot
 
     def init(self) -> None:
         self.initialized = True

@@ -23,11 +23,13 @@ import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any
 
 import hiredis
 import trio
 
+from ..latency import Histograms
 from ..types import DirEntry
 from .connect import SOCKET_TIMEOUT
 from .tracking import MetaCache
@@ -352,6 +354,7 @@ class FastCalls:
         self.blocking = blocking
         self.client = client
         self.direct = 0  # calls answered without a thread (for stats and tests)
+        self.latency = Histograms()  # metadata call seconds: "direct" here, "thread" by the vfs
         self.cache = MetaCache()  # live only while `feed` runs (tracking.py)
         # dir → (kept listing, its entries' kept attrs, the entries built of them): a listing
         # asked for again with the same objects in the cache is answered with the same list,
@@ -375,6 +378,7 @@ class FastCalls:
 
     async def _run(self, request: MetaRequest | None, fn: Callable[..., Any], *args: Any) -> Any:
         if request is not None and self.client is not None:
+            t0 = perf_counter()
             try:
                 reply = await self.client.execute(*request.command)
             except FallBack as exc:
@@ -387,6 +391,7 @@ class FastCalls:
                 except FallBack as exc:  # the server refused it as it was: start afresh
                     log.debug("metadata call goes the blocking way: %s", exc)
                 else:
+                    self.latency.observe("direct", perf_counter() - t0)
                     self.direct += 1
                     return result
         return await self.blocking(fn, *args)

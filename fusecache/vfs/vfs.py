@@ -23,6 +23,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any, TypeVar
 
 import trio
@@ -160,6 +161,7 @@ class Vfs:
         return self._nursery
 
     async def _meta(self, fn: Callable[..., T], *args: object) -> T:
+        t0 = perf_counter()
         try:
             return await self.workers.meta(fn, *args)
         except FsError:
@@ -171,6 +173,7 @@ class Vfs:
             log.error("metadata call %s failed: %s: %s", getattr(fn, "__name__", fn), type(exc).__name__, exc)
             raise FsError(errno.EIO, "metadata engine error") from None
         finally:
+            self.fast.latency.observe("thread", perf_counter() - t0)
             if getattr(fn, "__name__", "") not in CACHE_SAFE_CALLS:
                 self.fast.cache.reset()  # our own change: drop what it may outdate at once
 
@@ -672,6 +675,10 @@ class Vfs:
             "readahead_max_blocks": self.options.readahead_blocks,
             "cache": self.chunks.cache_stats(),
             "store": self.chunks.counters.snapshot(),
+            # Latency histograms: object store requests by method, metadata calls by path
+            # (on the event loop or in a worker thread).
+            "store_requests": latency.snapshot() if (latency := getattr(self.chunks.store, "latency", None)) else {},
+            "meta_requests": self.fast.latency.snapshot(),
             "inflight_fetches": self.loader.inflight,
             "meta_cache": {
                 "live": self.fast.cache.live, "entries": self.fast.cache.size, "hits": self.fast.cache.hits,
