@@ -37,6 +37,7 @@ class Attr:
     mtime_ns: int = 0
     ctime_ns: int = 0
     parent: int = 0  # directories only: the parent inode, so ".." needs no lookup
+    frozen: bool = False  # part of a read-only snapshot: no change through any mount (EROFS)
 
     @property
     def is_dir(self) -> bool:
@@ -50,7 +51,7 @@ class Attr:
     def is_symlink(self) -> bool:
         return stat.S_ISLNK(self.mode)
 
-    def with_(self, **changes: int) -> Attr:
+    def with_(self, **changes: int | bool) -> Attr:
         return replace(self, **changes)
 
 

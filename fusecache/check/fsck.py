@@ -11,6 +11,9 @@ The invariants:
 - check_chunks: slice lists belong to existing files, or to deleted ones awaiting cleanup;
 - check_blocks: every block of every referenced slice exists in the object store;
 - check_usage: the volume's and the quotas' usage counters match the tree;
+- check_refs: a slice's reference count ({P}sliceref) is the number of chunks holding it,
+  less one (too low would free shared data early; too high never frees it);
+- check_clones: no unfinished clone whose builder is gone (it is removed);
 - check_sessions: no expired session, and nothing left of sessions that ended.
 
 Safe repairs: counters and nlinks are rewritten, dangling entries removed, expired sessions
@@ -30,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 
 from ..errors import FsError
 from ..layout import CHUNK_SIZE, slice_keys
+from ..meta.clone import Detached, detached, forget_detached
 from ..meta.redis import RedisMeta
 from ..meta.scan import RedisScan
 from ..object.base import ObjectStore
@@ -68,6 +72,8 @@ class Snapshot:
     beats: dict[int, float] = field(default_factory=dict)
     now: float = 0.0
     entry_of: dict[int, tuple[int, bytes]] = field(default_factory=dict)  # ino -> (dir, name), first seen
+    refs: dict[int, int] = field(default_factory=dict)  # slice id -> extra holders
+    detached: list[Detached] = field(default_factory=list)  # clones being built or abandoned
 
     def live(self, stale_after: float) -> set[int]:
         return {sid for sid, beat in self.beats.items() if self.now - beat <= stale_after}
@@ -113,6 +119,8 @@ def take_snapshot(meta: RedisMeta, progress: Progress | None = None) -> Snapshot
     snap.quotas = scan.quotas()
     snap.notes = scan.open_notes()
     snap.note_sets = scan.session_sets()
+    snap.refs = scan.slice_refs()
+    snap.detached = detached(meta)
     return snap
 
 
@@ -143,8 +151,11 @@ class Fsck:
         if any(p.repaired for p in self.problems):
             # Closing sessions freed what only they kept open: judge the rest afresh.
             self.snap = take_snapshot(self.meta, self.progress)
+        self.check_clones()
+        if any(p.repaired for p in self.problems):
+            self.snap = take_snapshot(self.meta, self.progress)  # the removed clones are gone
         for check in (self.check_entries, self.check_links, self.check_orphans, self.check_chunks,
-                      self.check_blocks, self.check_usage):
+                      self.check_blocks, self.check_usage, self.check_refs):
             check()
         return self.problems
 
@@ -221,8 +232,9 @@ class Fsck:
         snap = self.snap
         links, _ = self._links()
         live = snap.live(self.stale_after)
+        clones = {d.root for d in snap.detached}  # check_clones judges them
         for ino, attr in sorted(snap.attrs.items()):
-            if ino in (ROOT_INO, TRASH_INO) or links.get(ino):
+            if ino in (ROOT_INO, TRASH_INO) or links.get(ino) or ino in clones:
                 continue
             if attr.nlink == 0 and attr.parent == 0 and snap.notes.get(ino, set()) & live:
                 continue  # unlinked while open: kept for a live session
@@ -311,6 +323,43 @@ class Fsck:
                 self.report("usage", f"quota usage is {have_bytes} bytes / {have_inodes} inodes, the tree has "
                             f"{want_bytes} / {want_inodes}", snap.path(ino),
                             fix=lambda i=ino, b=want_bytes, n=want_inodes: self.scan.set_quota_usage(i, b, n))
+
+    def check_clones(self) -> None:
+        snap = self.snap
+        live = snap.live(self.stale_after)
+        for d in snap.detached:
+            if d.builder_alive(live):
+                continue
+            where = f"{snap.path(d.parent).rstrip('/')}/{d.name.decode(errors='replace')}"
+            kind = "snapshot" if d.read_only else "clone"
+            self.report("clones", f"unfinished {kind} of {snap.path(d.src)} (its builder, session {d.sid}, "
+                        "ended); removing it frees what it holds", where,
+                        fix=lambda root=d.root: forget_detached(self.meta, root))
+
+    def check_refs(self) -> None:
+        snap = self.snap
+        holders: dict[int, int] = {}
+        first: dict[int, int] = {}
+        for ino, chunks in snap.chunks.items():
+            for slices in chunks.values():
+                for slice_id in {s.id for s in slices if s.id}:
+                    holders[slice_id] = holders.get(slice_id, 0) + 1
+                    first.setdefault(slice_id, ino)
+        for slice_id in sorted(set(snap.refs) | {i for i, n in holders.items() if n > 1}):
+            held = holders.get(slice_id, 0)
+            counted = 1 + snap.refs.get(slice_id, 0)
+            if held == counted:
+                continue
+            fix = lambda i=slice_id, h=held: self.scan.set_slice_ref(i, h - 1)  # noqa: E731
+            if held == 0:
+                self.report("refs", f"slice {slice_id} is counted as shared, but no file holds it "
+                            "(`fusecache gc` then frees its objects)", fix=fix)
+            elif held > counted:
+                self.report("refs", f"slice {slice_id} is held by {held} files' chunks but counted for {counted}: "
+                            "its data would be freed while still in use", snap.path(first[slice_id]), fix=fix)
+            else:
+                self.report("refs", f"slice {slice_id} is held by {held} chunks but counted for {counted}: "
+                            "its objects would never be freed", snap.path(first[slice_id]), fix=fix)
 
     def _subtree(self, root: int) -> tuple[int, int]:
         """Usage charged below `root`: an inode counts under the directory its parent field

@@ -12,10 +12,9 @@ from contextlib import contextmanager
 
 from ..errors import CliError, FsError, MetaError
 from ..meta.redis import RedisMeta
-from ..mountinfo import FUSECACHE_FSTYPE, owning_mount
 from ..units import format_size, parse_size
-from .client_xattr import read_client_json
 from .common import connect_meta, redis_engine
+from .mounted import mount_target
 
 DESCRIPTION = """\
 Directory quotas limit the bytes and the number of files and directories under a
@@ -43,22 +42,6 @@ def _is_url(target: str) -> bool:
     return bool(re.match(r"^[a-z][a-z0-9+.-]*://", target))
 
 
-def _mount_target(target: str) -> tuple[str, str]:
-    """(META_URL, directory path in the volume) of a path on a fusecache mount."""
-    about = read_client_json(target, "fusecache.stats", "the client's figures")
-    url = about.get("meta_url")
-    if not url:
-        raise CliError(f"{target}: this mount's client is too old to name its volume; use META_URL --path")
-    # The client shows its URL without the password: connect_meta takes it from META_PASSWORD.
-    url = re.sub(r"//([^@/]*?):\*{4}@", r"//\1@", url).replace("//@", "//")
-    entry = owning_mount(target)
-    assert entry is not None and entry.fstype == FUSECACHE_FSTYPE  # read_client_json checked it
-    rel = os.path.relpath(os.path.realpath(target), entry.mountpoint)
-    path = os.path.normpath(os.path.join("/", about.get("subdir") or "", entry.root.lstrip("/"),
-                                         "" if rel == "." else rel))
-    return url, path
-
-
 @contextmanager
 def _volume(args: argparse.Namespace) -> Iterator[tuple[RedisMeta, str | None]]:
     if _is_url(args.target):
@@ -70,7 +53,7 @@ def _volume(args: argparse.Namespace) -> Iterator[tuple[RedisMeta, str | None]]:
             raise CliError("--path goes with META_URL; with a mounted directory, give the directory itself", 2)
         if not os.path.isdir(args.target) and os.path.lexists(args.target):
             raise CliError(f"{args.target} is not a directory")
-        url, path = _mount_target(args.target)
+        url, path = mount_target(args.target)
     meta = redis_engine(connect_meta(url), "quota")
     try:
         meta.load()

@@ -27,6 +27,10 @@ ATTR_OFFSETS = {
     "parent": 52,
 }
 ATTR_SIZE = ATTR.size  # 60
+# Bit 16 of the stored mode, above every S_IFMT and permission bit: the inode belongs to a
+# read-only snapshot (Attr.frozen). Lua masks it out of types and entries.
+FROZEN_BIT = 1 << 16
+_MODE_BITS = FROZEN_BIT - 1
 
 # pos, id, size, off, length — one element of a chunk's slice list, followed by the
 # slice's block checksums (8 bytes each; Lua only reads the fixed part).
@@ -42,12 +46,15 @@ MAX_EXACT_SIZE = 1 << 53
 
 
 def pack_attr(a: Attr) -> bytes:
-    return ATTR.pack(a.mode, a.uid, a.gid, a.nlink, a.size, a.rdev,
+    return ATTR.pack(a.mode | FROZEN_BIT if a.frozen else a.mode, a.uid, a.gid, a.nlink, a.size, a.rdev,
                      a.atime_ns, a.mtime_ns, a.ctime_ns, a.parent)
 
 
 def unpack_attr(ino: int, raw: bytes) -> Attr:
-    return Attr(ino, *ATTR.unpack(raw))
+    mode, *rest = ATTR.unpack(raw)
+    if mode & FROZEN_BIT:
+        return Attr(ino, mode & _MODE_BITS, *rest, frozen=True)
+    return Attr(ino, mode, *rest)
 
 
 def pack_time(ns: int) -> bytes:

@@ -32,18 +32,19 @@ import re
 
 from ..layout import CHUNK_SIZE
 from ..types import ROOT_INO, TRASH_INO
-from .codec import ATTR_OFFSETS, MAX_EXACT_SIZE
+from .codec import ATTR_OFFSETS, FROZEN_BIT, MAX_EXACT_SIZE
 
 TOKEN_TTL_MS = 120_000
 
 _ERRNOS = ("ENOENT", "EEXIST", "ENOTDIR", "EISDIR", "EINVAL", "ENOSPC", "ENOTEMPTY",
-           "EPERM", "EDQUOT", "ENODATA", "EFBIG")
+           "EPERM", "EDQUOT", "ENODATA", "EFBIG", "EROFS")
 
 PRELUDE = "\n".join(
     [f"local {name} = {getattr(errno, name)}" for name in _ERRNOS]
     + [f"local OFF_{field.upper()} = {off}" for field, off in ATTR_OFFSETS.items()]
     + [f"local CHUNK = {CHUNK_SIZE}", f"local MAXSIZE = {MAX_EXACT_SIZE}",
-       f"local TRASH = {TRASH_INO}", f"local ROOT = {ROOT_INO}", f"local TOKEN_TTL = {TOKEN_TTL_MS}"]
+       f"local TRASH = {TRASH_INO}", f"local ROOT = {ROOT_INO}", f"local TOKEN_TTL = {TOKEN_TTL_MS}",
+       f"local FROZEN = {FROZEN_BIT}"]
 ) + r"""
 local P = ARGV[1]
 local CK = P .. 'counters'
@@ -52,6 +53,7 @@ local QU = P .. 'qused'
 local GK = P .. 'delayed'
 local DELK = P .. 'delfiles'
 local SK = P .. 'sessions'
+local RK = P .. 'sliceref'
 local S_IFMT, S_IFDIR, S_IFREG, S_IFLNK = 61440, 16384, 32768, 40960
 
 local function num(v) return string.format('%d', v) end
@@ -73,7 +75,9 @@ local function isdir(a) return ftype(a) == S_IFDIR end
 local function fsize(a) if ftype(a) == S_IFREG then return u64(a, OFF_SIZE) end return 0 end
 local function touch(a, now) return put(put(a, OFF_MTIME, now), OFF_CTIME, now) end
 local function add_nlink(a, d) return put(a, OFF_NLINK, p32(u32(a, OFF_NLINK) + d)) end
-local function entry(a, ino) return string.char(bit.rshift(u32(a, OFF_MODE), 12)) .. num(ino) end
+local function entry(a, ino) return string.char(bit.band(bit.rshift(u32(a, OFF_MODE), 12), 15)) .. num(ino) end
+-- Part of a read-only snapshot: nothing may change it (EROFS), root included.
+local function frozen(a) return bit.band(u32(a, OFF_MODE), FROZEN) ~= 0 end
 
 local function counter(name) return tonumber(redis.call('HGET', CK, name) or '0') end
 
@@ -152,14 +156,39 @@ local function space_check(parent, db)
   return quota_check(chain, db, 0), chain
 end
 
--- Move every slice of chunk `idx` of `ino` to the delayed-garbage queue and drop the chunk.
--- Queued slices keep their objects for the volume's garbage delay: a client may still hold
--- the old slice list for a moment.
+-- One chunk lets go of the slices of `records` (packed slice records of that chunk; one
+-- slice id may appear in several). A slice that clones still share ({P}sliceref counts
+-- the chunks beyond the first that hold it) loses one reference; the last holder sends it
+-- to the delayed-garbage queue, where its objects wait out the volume's garbage delay: a
+-- client may still hold the old slice list for a moment.
+local function release_slices(records, now)
+  local shared = redis.call('HLEN', RK) > 0
+  local fate = {}
+  for _, s in ipairs(records) do
+    if u64(s, 4) ~= 0 then
+      local id = string.sub(s, 5, 12)
+      if fate[id] == nil then
+        fate[id] = true
+        if shared then
+          local refs = tonumber(redis.call('HGET', RK, id) or '0')
+          if refs > 1 then
+            redis.call('HINCRBY', RK, id, -1)
+            fate[id] = false
+          elseif refs == 1 then
+            redis.call('HDEL', RK, id)
+            fate[id] = false
+          end
+        end
+      end
+      if fate[id] then redis.call('ZADD', GK, now, string.sub(s, 5, 16)) end
+    end
+  end
+end
+
+-- Release every slice of chunk `idx` of `ino` and drop the chunk.
 local function drop_chunk(ino, idx, now)
   local key = ck(ino, idx)
-  for _, s in ipairs(redis.call('LRANGE', key, 0, -1)) do
-    if u64(s, 4) ~= 0 then redis.call('ZADD', GK, now, string.sub(s, 5, 16)) end
-  end
+  release_slices(redis.call('LRANGE', key, 0, -1), now)
   redis.call('DEL', key)
   redis.call('SREM', kk(ino), idx)
 end
@@ -316,6 +345,7 @@ if r then return r end
 local pa, err = get_dir(ARGV[2])
 if err ~= 0 then return {err} end
 if in_trash(ARGV[2], pa) then return {EPERM} end
+if frozen(pa) then return {EROFS} end
 if redis.call('HEXISTS', KEYS[1], ARGV[3]) == 1 then return {EEXIST} end
 -- The number must be free: no inode, and no data left of a deleted one awaiting cleanup.
 if redis.call('EXISTS', P .. 'i' .. ARGV[4], P .. 'k' .. ARGV[4]) > 0 then return {-2} end
@@ -348,6 +378,7 @@ if not v then return {ENOENT} end
 local ino = string.sub(v, 2)
 local a = redis.call('GET', P .. 'i' .. ino)
 if a and isdir(a) then return {EISDIR} end
+if frozen(pa) or (a and frozen(a)) then return {EROFS} end
 local hour = ARGV[5]
 if in_trash(ARGV[2], pa) then hour = '' end  -- deleting from the trash deletes for good
 redis.call('HDEL', KEYS[1], ARGV[3])
@@ -368,6 +399,7 @@ if not v then return {ENOENT} end
 local ino = string.sub(v, 2)
 local a = redis.call('GET', P .. 'i' .. ino)
 if a and not isdir(a) then return {ENOTDIR} end
+if frozen(pa) or (a and frozen(a)) then return {EROFS} end
 if redis.call('HLEN', P .. 'd' .. ino) > 0 then return {ENOTEMPTY} end
 redis.call('HDEL', KEYS[1], ARGV[3])
 redis.call('SET', ik(ARGV[2]), add_nlink(touch(pa, ARGV[4]), -1))
@@ -389,6 +421,7 @@ if u32(a, OFF_NLINK) == 0 then return {ENOENT} end
 local pa, err = get_dir(ARGV[3])
 if err ~= 0 then return {err} end
 if in_trash(ARGV[3], pa) then return {EPERM} end
+if frozen(a) or frozen(pa) then return {EROFS} end
 if redis.call('HEXISTS', KEYS[1], ARGV[4]) == 1 then return {EEXIST} end
 redis.call('HSET', KEYS[1], ARGV[4], entry(a, ARGV[2]))
 a = put(add_nlink(a, 1), OFF_CTIME, ARGV[5])
@@ -435,6 +468,7 @@ elseif flags == EXCHANGE then
 end
 local da = nil
 if dv then da = redis.call('GET', ik(dino)) end
+if frozen(dirs[sp]) or frozen(dirs[dp]) or frozen(sa) or (da and frozen(da)) then return {EROFS} end
 local sdir = isdir(sa)
 local ddir = da ~= nil and isdir(da)
 if dp ~= sp then
@@ -528,6 +562,7 @@ if r then return r end
 local ino, mask, now = ARGV[2], tonumber(ARGV[3]), ARGV[9]
 local a = redis.call('GET', KEYS[1])
 if not a then return {ENOENT} end
+if frozen(a) then return {EROFS} end
 local function has(b) return bit.band(mask, b) ~= 0 end
 local old, new, chain = 0, 0, {}
 if has(32) then
@@ -588,6 +623,7 @@ if not a then return {ENOENT} end
 local t = ftype(a)
 if t == S_IFDIR then return {EISDIR} end
 if t ~= S_IFREG then return {EINVAL} end
+if frozen(a) then return {EROFS} end
 for _, s in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
   if s == ARGV[4] then return {0, a, 1} end
 end
@@ -621,13 +657,11 @@ redis.call('LTRIM', KEYS[1], n, -1)
 redis.call('LPUSH', KEYS[1], ARGV[3])
 local keep = {}
 for _, s in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do keep[string.sub(s, 5, 12)] = true end
-local now = clock()
+local gone = {}
 for i = 1, n do
-  local s = cur[i]
-  if u64(s, 4) ~= 0 and not keep[string.sub(s, 5, 12)] then
-    redis.call('ZADD', GK, now, string.sub(s, 5, 16))
-  end
+  if not keep[string.sub(cur[i], 5, 12)] then gone[#gone + 1] = cur[i] end
 end
+release_slices(gone, clock())
 return {0, 1}
 """
 
@@ -672,6 +706,7 @@ local r = replay()
 if r then return r end
 local a = redis.call('GET', ik(ARGV[2]))
 if not a then return {ENOENT} end
+if frozen(a) then return {EROFS} end
 local flags = tonumber(ARGV[5])
 local exists = redis.call('HEXISTS', KEYS[1], ARGV[3]) == 1
 if flags == 1 and exists then return {EEXIST} end
@@ -687,6 +722,7 @@ local r = replay()
 if r then return r end
 local a = redis.call('GET', ik(ARGV[2]))
 if not a then return {ENOENT} end
+if frozen(a) then return {EROFS} end
 if redis.call('HDEL', KEYS[1], ARGV[3]) == 0 then return {ENODATA} end
 redis.call('SET', ik(ARGV[2]), put(a, OFF_CTIME, ARGV[4]))
 return done({0})

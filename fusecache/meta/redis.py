@@ -30,6 +30,10 @@ any of them. Numbers in key names are decimal.
     {P}op<token>        string  result of a namespace change, kept 2 min (lua.TOKEN_TTL_MS)
     {P}quota            hash    directory inode -> packed (max_bytes, max_inodes)
     {P}qused            hash    "<ino>b" / "<ino>i" -> bytes / inodes used under a quota
+    {P}sliceref         hash    slice id (8 bytes, as in a slice record) -> how many chunks
+                                beyond the first hold it (clones share slices, see clone.py)
+    {P}detached, {P}detuse, {P}detmap<root>
+                                clones being built, not yet linked (see lua_tree.py)
 
 The trash is the directory inode TRASH_INO, reached as `/.trash` by lookup but not listed
 in the root; it holds one directory per hour (`YYYY-MM-DD-HH`, UTC) whose entries are
@@ -45,6 +49,10 @@ Invariants kept by the Lua scripts (lua.py), each of which runs atomically:
   or kept for the sessions in {P}o<ino> (parent 0), and freed when the last live one
   closes it or ends;
 - a chunk exists only below the file length's chunk count (truncate drops the rest);
+- a slice id is held by 1 + {P}sliceref[id] chunks, and the last of them to let go
+  queues it (clones, lua.release_slices);
+- an inode whose mode has codec.FROZEN_BIT (a read-only snapshot) is changed by no script
+  but lua_tree.TREE_REMOVE: the others answer EROFS;
 - a slice id leaves the metadata only by entering {P}delayed (directly, or through
   {P}delfiles and a later take_garbage), so no object leaks and none is freed early.
 
@@ -91,7 +99,7 @@ from ..types import (
     StatFs,
     VolumeSettings,
 )
-from . import lua
+from . import lua, lua_tree
 from .aio import DirectAddress, FallBack, MetaRequest
 from .base import MAX_NAME, MAX_XATTR_NAME, RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE, Meta
 from .codec import (
@@ -181,6 +189,8 @@ class RedisMeta(Meta):
                           "OPEN", "RELEASE", "REGISTER", "NEW_SESSION", "HEARTBEAT", "STALE_SESSIONS",
                           "CLOSE_SESSION", "STATFS", "SET_QUOTA", "FORMAT"):
             self._scripts[attr_name] = client.register_script(lua.script(getattr(lua, attr_name)))
+        for attr_name in lua_tree.SCRIPTS:
+            self._scripts[attr_name] = client.register_script(lua.script(getattr(lua_tree, attr_name)))
         self._token_prefix = secrets.token_hex(6)
         self._token_seq = itertools.count(1)
         self._ino_lock = threading.Lock()

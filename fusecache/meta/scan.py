@@ -10,6 +10,7 @@ what they need to compare).
 from __future__ import annotations
 
 import re
+import struct
 from collections.abc import Iterator
 from typing import Any
 
@@ -145,6 +146,11 @@ class RedisScan:
         return {int(s): float(b) for s, b in self.meta._call(self._r.zrange, self.meta._sessions, 0, -1,
                                                              withscores=True)}
 
+    def slice_refs(self) -> dict[int, int]:
+        """slice id -> chunks beyond the first that hold it ({P}sliceref, kept by clones)."""
+        raw = self.meta._call(self._r.hgetall, self._p + "sliceref")
+        return {struct.unpack("<Q", k)[0]: int(v) for k, v in raw.items() if len(k) == 8}
+
     def server_time(self) -> float:
         seconds, micros = self.meta._call(self._r.time)
         return float(seconds) + micros / 1e6
@@ -155,6 +161,13 @@ class RedisScan:
 
     def set_quota_usage(self, ino: int, used_bytes: int, used_inodes: int) -> None:
         self.meta._call(self._r.hset, self.meta._qused, mapping={f"{ino}b": used_bytes, f"{ino}i": used_inodes})
+
+    def set_slice_ref(self, slice_id: int, extra_holders: int) -> None:
+        field = struct.pack("<Q", slice_id)
+        if extra_holders > 0:
+            self.meta._call(self._r.hset, self._p + "sliceref", field, extra_holders)
+        else:
+            self.meta._call(self._r.hdel, self._p + "sliceref", field)
 
     def set_attr(self, attr: Attr) -> None:
         self.meta._call(self._r.set, self.meta._ik(attr.ino), pack_attr(attr))

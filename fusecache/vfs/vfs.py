@@ -329,6 +329,9 @@ class Vfs:
             self._writable()
         changes = self._slice_changes
         attr, first_chunk = await self.fast.open(ino, known)
+        if attr.frozen and flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
+            await self._release_meta(ino)  # a snapshot's file: refused before any write is taken
+            raise FsError(errno.EROFS)
         if changes != self._slice_changes:
             first_chunk = None  # this client changed some file meanwhile: the list may predate it
         if flags & os.O_TRUNC and attr.is_file:

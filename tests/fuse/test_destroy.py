@@ -15,6 +15,7 @@ import redis
 
 from fusecache.meta import destroy as plan
 from fusecache.meta import open_meta
+from fusecache.meta.dump import is_runtime
 from fusecache.meta.redis import RedisMeta
 from tests.fuse.helpers import Volume, format_volume, run_cli, sha256_file, wait_pid
 from tests.fuse.test_cli import assert_clean_failure
@@ -31,6 +32,12 @@ def keys(url: str, prefix: str = "fc") -> set[bytes]:
         return set(client.scan_iter(match="{" + prefix + "}*"))
     finally:
         client.close()
+
+
+def durable(names: set[bytes], prefix: str = "fc") -> set[bytes]:
+    """Keys that are not clients' runtime state (sessions, open notes, tokens, leases)."""
+    tag = ("{" + prefix + "}").encode()
+    return {k for k in names if not is_runtime(k[len(tag):].decode())}
 
 
 def with_prefix(url: str, prefix: str) -> str:
@@ -88,7 +95,9 @@ def test_wrong_uuid_and_live_clients_delete_nothing_and_force_does(meta_url: str
         assert_clean_failure(refused, "mounted by 1 client", str(m.path), f"pid {m.pid}", "--force",
                              "nothing was deleted")
         assert vol.object_keys() == before_objects
-        assert keys(meta_url) == before_keys  # the mark was taken back
+        # The mark was taken back. (Open-file notes are runtime state: the client drops the
+        # note of a closed file a moment later, whenever that happens to be.)
+        assert durable(keys(meta_url)) == durable(before_keys)
         assert (m.path / "f").stat().st_size == 1 << 20  # still served
 
         forced = run_cli("destroy", meta_url, uuid, "--force", "-q")
