@@ -26,9 +26,9 @@ DESCRIPTION = """\
 Copy SRC (a file, a symlink or a directory tree on a fusecache mount) to DST on the same
 volume without copying any data: the copy shares the source's objects, and a later write
 to either side changes that side only. The copy appears under DST only when it is
-complete; if the command is killed, running it again resumes it, and `fusecache fsck
---repair` removes an abandoned one. With --read-only the copy is a snapshot: nobody can
-change it through a mount, root included (EROFS); `fusecache snapshot --delete` removes it.
+complete; if the command is killed, running it again resumes it, and fusecache fsck
+--repair removes an abandoned one. With --read-only the copy is a snapshot: nobody can
+change it through a mount, root included (EROFS); fusecache snapshot --delete removes it.
 """
 
 _ERRORS = {

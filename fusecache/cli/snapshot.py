@@ -15,7 +15,7 @@ from .progress import ScanProgress
 DESCRIPTION = """\
 Make a read-only snapshot of SRC (a file or a directory tree on a fusecache mount) at DST:
 an instant copy that shares all data with SRC and that nobody can change through a mount,
-root included (EROFS). `fusecache snapshot --delete PATH` removes a snapshot (or any
+root included (EROFS). fusecache snapshot --delete PATH removes a snapshot (or any
 tree, without the trash) and frees the data only it still holds.
 """
 

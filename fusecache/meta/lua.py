@@ -679,19 +679,21 @@ if redis.call('EXISTS', legacy) == 1 then
   for _, m in ipairs(redis.call('SMEMBERS', legacy)) do redis.call('ZADD', GK, now, m) end
   redis.call('DEL', legacy)
 end
+local expanded = 0
 if redis.call('ZCARD', GK) < limit then
-  for _, ino in ipairs(redis.call('SRANDMEMBER', DELK, 16)) do
-    for _, idx in ipairs(redis.call('SRANDMEMBER', kk(ino), budget)) do
+  for _, ino in ipairs(redis.call('SRANDMEMBER', DELK, 64)) do
+    for _, idx in ipairs(redis.call('SRANDMEMBER', kk(ino), budget - expanded)) do
       drop_chunk(ino, idx, now)
-      budget = budget - 1
+      expanded = expanded + 1
     end
     if redis.call('EXISTS', kk(ino)) == 0 then redis.call('SREM', DELK, ino) end
-    if budget <= 0 then break end
+    if expanded >= budget then break end
   end
 end
 local items = redis.call('ZRANGEBYSCORE', GK, '-inf', now - delay, 'LIMIT', 0, limit)
 for _, m in ipairs(items) do redis.call('ZADD', GK, now - delay + lease, m) end
-return {0, items}
+-- How many chunks were expanded: progress even when they queued nothing (shared slices).
+return {0, items, expanded}
 """
 
 # KEYS: delayed garbage  ARGV: P, items...

@@ -201,6 +201,9 @@ class RedisMeta(Meta):
         self.trash_days = 0
         self.garbage_delay = VolumeSettings.garbage_delay
         self.garbage_lease = GARBAGE_LEASE
+        # Chunks of deleted files the last take_garbage released. Not zero: more may wait,
+        # even if that call found nothing to delete (clones still held those slices).
+        self.garbage_expanded = 0
         # Open files of this session. Each inode this session holds open is noted in Redis
         # ({P}o<ino>) so that an unlink by any client keeps it; the note is dropped a little
         # after the last local close (RELEASE, batched by flush_releases), so a file opened
@@ -974,6 +977,7 @@ class RedisMeta(Meta):
             return []
         res = self._run("TAKE_GARBAGE", [self._delayed],
                         [limit, GARBAGE_CHUNK_BUDGET, repr(self.garbage_delay), repr(self.garbage_lease)])
+        self.garbage_expanded = int(res[2]) if len(res) > 2 else 0
         return [unpack_garbage(raw) for raw in res[1]]
 
     def ack_garbage(self, items: list[tuple[int, int]]) -> None:
