@@ -41,6 +41,10 @@ class ObjectStoreError(Exception):
     """The object store failed a request (after retries where they apply)."""
 
 
+class ObjectChanged(ObjectStoreError):
+    """The object is no longer the version a caller expected (another ETag or size)."""
+
+
 class StoreUnreachable(ObjectStoreError):
     """Nobody answers at the object store's endpoint (refused, unknown host, no answer)."""
 

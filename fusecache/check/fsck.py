@@ -103,6 +103,9 @@ def take_snapshot(meta: RedisMeta, progress: Progress | None = None) -> Snapshot
     snap = Snapshot(now=scan.server_time())
     snap.beats = scan.session_beats()
     snap.marks = scan.in_use_marks()
+    # Counts before the chunks: every change to a slice's holders since then also changed
+    # its count, which the compare-and-set repair of check_refs then sees.
+    snap.refs = scan.slice_refs()
     for n, attr in enumerate(scan.inodes(), 1):
         snap.attrs[attr.ino] = attr
         note("reading inodes", n, None)
@@ -119,7 +122,6 @@ def take_snapshot(meta: RedisMeta, progress: Progress | None = None) -> Snapshot
     snap.quotas = scan.quotas()
     snap.notes = scan.open_notes()
     snap.note_sets = scan.session_sets()
-    snap.refs = scan.slice_refs()
     snap.detached = detached(meta)
     return snap
 
@@ -350,7 +352,8 @@ class Fsck:
             counted = 1 + snap.refs.get(slice_id, 0)
             if held == counted:
                 continue
-            fix = lambda i=slice_id, h=held: self.scan.set_slice_ref(i, h - 1)  # noqa: E731
+            fix = lambda i=slice_id, h=held, seen=snap.refs.get(slice_id, 0): (  # noqa: E731
+                self.scan.set_slice_ref(i, h - 1, seen))
             if held == 0:
                 self.report("refs", f"slice {slice_id} is counted as shared, but no file holds it "
                             "(`fusecache gc` then frees its objects)", fix=fix)

@@ -162,12 +162,19 @@ class RedisScan:
     def set_quota_usage(self, ino: int, used_bytes: int, used_inodes: int) -> None:
         self.meta._call(self._r.hset, self.meta._qused, mapping={f"{ino}b": used_bytes, f"{ino}i": used_inodes})
 
-    def set_slice_ref(self, slice_id: int, extra_holders: int) -> None:
+    def set_slice_ref(self, slice_id: int, extra_holders: int, seen: int | None = None) -> bool:
+        """Set a slice's count of extra holders; with `seen`, only if it is still that
+        value (a compare-and-set: a clone or a release since the scan changed it, and the
+        scan's view of that slice is stale). Returns whether it was set."""
         field = struct.pack("<Q", slice_id)
-        if extra_holders > 0:
-            self.meta._call(self._r.hset, self._p + "sliceref", field, extra_holders)
-        else:
-            self.meta._call(self._r.hdel, self._p + "sliceref", field)
+        script = """
+local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+if ARGV[3] ~= '' and cur ~= tonumber(ARGV[3]) then return 0 end
+if tonumber(ARGV[2]) > 0 then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+else redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 1"""
+        args = [field, max(0, extra_holders), "" if seen is None else seen]
+        return bool(self.meta._call(self._r.eval, script, 1, self._p + "sliceref", *args))
 
     def set_attr(self, attr: Attr) -> None:
         self.meta._call(self._r.set, self.meta._ik(attr.ino), pack_attr(attr))

@@ -14,12 +14,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from ..errors import ObjectChanged
+
 
 @dataclass(frozen=True, slots=True)
 class ObjectInfo:
     key: str
     size: int
     mtime: float
+    etag: str = ""  # names one version of the object's content ("" if the store has none)
 
 
 class ObjectStore(ABC):
@@ -35,6 +38,19 @@ class ObjectStore(ABC):
     async def aget(self, key: str) -> bytes:
         """The whole object, read on the trio event loop (only when `async_get`)."""
         raise NotImplementedError
+
+    def get_version(self, key: str, off: int, limit: int, etag: str) -> bytes:
+        """Like `get`, but only from version `etag` of the object (see ObjectInfo.etag):
+        ObjectChanged if the object now is another version, so that bytes of two
+        versions are never mixed. Stores that can check the version in the read itself
+        override this; the fallback checks before and after."""
+        before = self.head(key)
+        if before.etag != etag:
+            raise ObjectChanged(f"{key!r} in {self.describe()} changed (version {before.etag}, expected {etag})")
+        data = self.get(key, off, limit)
+        if self.head(key).etag != etag:
+            raise ObjectChanged(f"{key!r} in {self.describe()} changed while being read")
+        return data
 
     @abstractmethod
     def put(self, key: str, data: bytes | bytearray | memoryview) -> None: ...

@@ -19,7 +19,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from fusecache.errors import ObjectNotFound, ObjectStoreError
+from fusecache.errors import ObjectChanged, ObjectNotFound, ObjectStoreError
 from fusecache.object.base import ObjectInfo, ObjectStore
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,26 @@ class LocalStore(ObjectStore):
         finally:
             os.close(fd)
 
+    def get_version(self, key: str, off: int, limit: int, etag: str) -> bytes:
+        path = self._path(key)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            raise ObjectNotFound(key) from None
+        except OSError as e:
+            raise self._error("get", key, e) from e
+        try:
+            if _etag(os.fstat(fd)) != etag:
+                raise ObjectChanged(f"{key!r} in {self.describe()} changed (expected version {etag})")
+            data = os.pread(fd, limit, off)
+            if _etag(os.fstat(fd)) != etag:  # written in place while we read
+                raise ObjectChanged(f"{key!r} in {self.describe()} changed while being read")
+            return data
+        except OSError as e:
+            raise self._error("get", key, e) from e
+        finally:
+            os.close(fd)
+
     def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
         path = self._path(key)
         directory, name = os.path.split(path)
@@ -119,7 +139,7 @@ class LocalStore(ObjectStore):
             raise self._error("head", key, e) from e
         if not stat.S_ISREG(st.st_mode):
             raise ObjectNotFound(key)
-        return ObjectInfo(key, st.st_size, st.st_mtime)
+        return ObjectInfo(key, st.st_size, st.st_mtime, _etag(st))
 
     def list(self, prefix: str = "", start_after: str = "", limit: int = 1000) -> list[ObjectInfo]:
         out: list[ObjectInfo] = []
@@ -168,7 +188,7 @@ class LocalStore(ObjectStore):
                 except FileNotFoundError:
                     continue  # deleted since the scan
                 if stat.S_ISREG(st.st_mode):
-                    yield ObjectInfo(key, st.st_size, st.st_mtime)
+                    yield ObjectInfo(key, st.st_size, st.st_mtime, _etag(st))
 
     def _path(self, key: str) -> str:
         parts = key.split("/")
@@ -201,6 +221,12 @@ class LocalStore(ObjectStore):
     def _error(self, op: str, key: str, exc: OSError) -> ObjectStoreError:
         # Raised `from exc`, so callers can still map the OSError's errno (ENOSPC, EIO).
         return ObjectStoreError(f"{op} {key!r} in {self.describe()} failed: {exc.strerror or exc}")
+
+
+def _etag(st: os.stat_result) -> str:
+    """A version name of a local file: a rewrite in place changes mtime or size, a
+    replacement (rename over it) the inode."""
+    return f"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"
 
 
 def _fsync_dir(directory: str) -> None:

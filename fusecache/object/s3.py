@@ -39,7 +39,7 @@ import trio
 from botocore.config import Config
 from botocore.credentials import Credentials
 
-from fusecache.errors import ObjectNotFound, ObjectStoreError, StoreUnreachable
+from fusecache.errors import ObjectChanged, ObjectNotFound, ObjectStoreError, StoreUnreachable
 from fusecache.object.base import ObjectInfo, ObjectStore
 from fusecache.object.s3_async import AsyncS3
 
@@ -289,6 +289,35 @@ class S3Store(ObjectStore):
 
         return self._call("get", key, lean_attempt if self._lean is not None else attempt)
 
+    def get_version(self, key: str, off: int, limit: int, etag: str) -> bytes:
+        # If-Match makes the server refuse another version (412); the reply's own ETag is
+        # checked too, for servers that ignore the condition.
+        params: dict[str, Any] = {"Bucket": self._loc.bucket, "Key": self._key(key), "IfMatch": f'"{etag}"',
+                                  "Range": f"bytes={off}-{off + limit - 1}"}
+
+        def attempt() -> bytes:
+            try:
+                resp = self._client.get_object(**params)
+            except bexc.ClientError as e:
+                if _code(e) == "InvalidRange":
+                    return b""
+                raise
+            body = resp["Body"]
+            try:
+                data: bytes = body.read()
+            finally:
+                body.close()
+            if _etag(resp.get("ETag", "")) != etag:
+                raise ObjectChanged(f"{key!r} in {self.describe()} changed (version {_etag(resp.get('ETag', ''))}, "
+                                    f"expected {etag})")
+            if "ContentRange" not in resp:
+                data = data[off:off + limit]
+            return data
+
+        if limit <= 0:
+            return b""
+        return self._call("get", key, attempt)
+
     @property
     def async_get(self) -> bool:
         return self._async is not None
@@ -327,7 +356,8 @@ class S3Store(ObjectStore):
         params = {"Bucket": self._loc.bucket, "Key": self._key(key)}
         # HEAD responses have no body, so a missing bucket also reads as a missing key here.
         resp = self._call("head", key, lambda: self._client.head_object(**params))
-        return ObjectInfo(key, int(resp["ContentLength"]), resp["LastModified"].timestamp())
+        return ObjectInfo(key, int(resp["ContentLength"]), resp["LastModified"].timestamp(),
+                          _etag(resp.get("ETag", "")))
 
     def list(self, prefix: str = "", start_after: str = "", limit: int = 1000) -> list[ObjectInfo]:
         base: dict[str, Any] = {"Bucket": self._loc.bucket, "Prefix": self._key(prefix)}
@@ -343,7 +373,7 @@ class S3Store(ObjectStore):
             resp = self._call("list", prefix, lambda p=params: self._client.list_objects_v2(**p))
             for item in resp.get("Contents", ()):
                 mtime = item["LastModified"].timestamp()
-                out.append(ObjectInfo(item["Key"][strip:], int(item["Size"]), mtime))
+                out.append(ObjectInfo(item["Key"][strip:], int(item["Size"]), mtime, _etag(item.get("ETag", ""))))
             token = resp.get("NextContinuationToken", "")
             if not resp.get("IsTruncated") or not token:
                 break
@@ -400,6 +430,8 @@ class S3Store(ObjectStore):
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
             if code in _NOT_FOUND_CODES:
                 return ObjectNotFound(key)
+            if code == "PreconditionFailed" or status == 412:
+                return ObjectChanged(f"{key!r} in {self.describe()} changed (its ETag is not the one expected)")
             if code == "NoSuchBucket":
                 return ObjectStoreError(f"bucket {self._loc.bucket!r} does not exist {where}")
             if code == "RequestTimeTooSkewed":  # a 403 too, but no credential is at fault
@@ -426,6 +458,10 @@ class S3Store(ObjectStore):
     def _scrub(self, text: str) -> str:
         # Belt and braces: no message built from server or library text may carry the secret.
         return text.replace(self._secret, "***") if self._secret else text
+
+
+def _etag(raw: str) -> str:
+    return raw.strip('"')
 
 
 def _code(exc: bexc.ClientError) -> str:
