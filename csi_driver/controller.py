@@ -339,7 +339,7 @@ class ControllerService(pb_grpc.ControllerServicer):
     def ControllerGetCapabilities(self, request: pb.ControllerGetCapabilitiesRequest,
                                   context: grpc.ServicerContext) -> pb.ControllerGetCapabilitiesResponse:
         kinds = [RPC.CREATE_DELETE_VOLUME, RPC.EXPAND_VOLUME, RPC.CREATE_DELETE_SNAPSHOT, RPC.LIST_SNAPSHOTS,
-                 RPC.CLONE_VOLUME]
+                 RPC.GET_SNAPSHOT, RPC.CLONE_VOLUME]
         if self.config.default_meta_url:  # these RPCs carry no secrets: only the default filesystem
             kinds += [RPC.LIST_VOLUMES, RPC.GET_CAPACITY, RPC.GET_VOLUME, RPC.VOLUME_CONDITION]
         return pb.ControllerGetCapabilitiesResponse(capabilities=[
@@ -391,6 +391,14 @@ class ControllerService(pb_grpc.ControllerServicer):
             status=pb.ControllerGetVolumeResponse.VolumeStatus(volume_condition=OK_CONDITION))
 
     # -- snapshots -------------------------------------------------------------------------
+    @staticmethod
+    def _find_snapshot(meta: Meta, tag: str, snapshot_id: str) -> snapshots.SnapshotDir | None:
+        """The snapshot an id names, or None: an id of another driver or filesystem names
+        nothing here."""
+        parsed = parse_snapshot_id(snapshot_id)
+        found = snapshots.find(meta, parsed.dir) if parsed is not None and parsed.fs == tag else None
+        return found if found is not None and found.is_snapshot else None
+
     @rpc(lock=_lock_snapshot_by_name)
     def CreateSnapshot(self, request: pb.CreateSnapshotRequest,
                        context: grpc.ServicerContext) -> pb.CreateSnapshotResponse:
@@ -459,11 +467,8 @@ class ControllerService(pb_grpc.ControllerServicer):
         tag = fs_tag(fs_settings.uuid)
         response = pb.ListSnapshotsResponse()
         if request.snapshot_id:
-            # One snapshot, or none: an id of another driver or filesystem names nothing here.
-            parsed = parse_snapshot_id(request.snapshot_id)
-            found = snapshots.find(meta, parsed.dir) if parsed is not None and parsed.fs == tag else None
-            if found is not None and found.is_snapshot and (
-                    not request.source_volume_id or found.source == request.source_volume_id):
+            found = self._find_snapshot(meta, tag, request.snapshot_id)
+            if found is not None and (not request.source_volume_id or found.source == request.source_volume_id):
                 response.entries.add().snapshot.CopyFrom(snapshot_pb(tag, found))
             return response
         last_dir = ""
@@ -476,3 +481,13 @@ class ControllerService(pb_grpc.ControllerServicer):
             response.entries.add().snapshot.CopyFrom(snapshot_pb(tag, snapshot))
             last_dir = snapshot.dir
         return response
+
+    @rpc()
+    def GetSnapshot(self, request: pb.GetSnapshotRequest, context: grpc.ServicerContext) -> pb.GetSnapshotResponse:
+        require(request.snapshot_id, "snapshot_id")
+        meta, fs_settings = self.metas.open(self._filesystem(request.secrets))
+        tag = fs_tag(fs_settings.uuid)
+        found = self._find_snapshot(meta, tag, request.snapshot_id)
+        if found is None:
+            raise not_found(f"snapshot {request.snapshot_id!r} does not exist")
+        return pb.GetSnapshotResponse(snapshot=snapshot_pb(tag, found))

@@ -51,15 +51,14 @@ def test_capabilities_with_a_default_filesystem(driver: Driver) -> None:
     caps = {c.rpc.type for c in driver.s.controller.ControllerGetCapabilities(
         pb.ControllerGetCapabilitiesRequest()).capabilities}
     assert caps == {RPC.CREATE_DELETE_VOLUME, RPC.EXPAND_VOLUME, RPC.LIST_VOLUMES, RPC.GET_CAPACITY,
-                    RPC.CREATE_DELETE_SNAPSHOT, RPC.LIST_SNAPSHOTS, RPC.CLONE_VOLUME, RPC.GET_VOLUME,
-                    RPC.VOLUME_CONDITION}
+                    RPC.CREATE_DELETE_SNAPSHOT, RPC.LIST_SNAPSHOTS, RPC.GET_SNAPSHOT, RPC.CLONE_VOLUME,
+                    RPC.GET_VOLUME, RPC.VOLUME_CONDITION}
 
 
 def test_unsupported_rpcs_are_unimplemented(driver: Driver) -> None:
     c = driver.s.controller
     assert code_of(c.ControllerPublishVolume, pb.ControllerPublishVolumeRequest(volume_id="v", node_id=NODE_ID)) \
         == grpc.StatusCode.UNIMPLEMENTED
-    assert code_of(c.GetSnapshot, pb.GetSnapshotRequest(snapshot_id="s")) == grpc.StatusCode.UNIMPLEMENTED
     assert code_of(c.ControllerModifyVolume, pb.ControllerModifyVolumeRequest(volume_id="v")) \
         == grpc.StatusCode.UNIMPLEMENTED
 
@@ -318,7 +317,7 @@ def test_secrets_name_the_filesystem_and_can_format_it(meta_url: str, workdir: P
         caps = {cap.rpc.type for cap in c.ControllerGetCapabilities(pb.ControllerGetCapabilitiesRequest()).capabilities}
         # ListVolumes, GetCapacity and ControllerGetVolume carry no secrets: they need a default fs.
         assert caps == {RPC.CREATE_DELETE_VOLUME, RPC.EXPAND_VOLUME, RPC.CREATE_DELETE_SNAPSHOT,
-                        RPC.LIST_SNAPSHOTS, RPC.CLONE_VOLUME}
+                        RPC.LIST_SNAPSHOTS, RPC.GET_SNAPSHOT, RPC.CLONE_VOLUME}
         assert code_of(c.CreateVolume, pb.CreateVolumeRequest(name="pvc-s", volume_capabilities=[MOUNT_CAP])) \
             == grpc.StatusCode.INVALID_ARGUMENT
         assert code_of(c.CreateVolume, pb.CreateVolumeRequest(

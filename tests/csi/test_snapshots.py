@@ -120,7 +120,7 @@ def test_capabilities_include_snapshots_clones_and_get_volume(driver: Driver, me
         return {c.rpc.type for c in d.s.controller.ControllerGetCapabilities(
             pb.ControllerGetCapabilitiesRequest()).capabilities}
 
-    snapshots_and_clones = {RPC.CREATE_DELETE_SNAPSHOT, RPC.LIST_SNAPSHOTS, RPC.CLONE_VOLUME}
+    snapshots_and_clones = {RPC.CREATE_DELETE_SNAPSHOT, RPC.LIST_SNAPSHOTS, RPC.GET_SNAPSHOT, RPC.CLONE_VOLUME}
     assert caps(driver) >= snapshots_and_clones | {RPC.GET_VOLUME, RPC.VOLUME_CONDITION}
     # ControllerGetVolume carries no secrets: only with a default filesystem.
     with running_driver(workdir / "no-default", "--mode", "controller") as bare:
@@ -265,6 +265,22 @@ def test_list_snapshots_by_id_by_source_and_in_pages(driver: Driver, meta: Meta)
     for bad in ("invalid-token", volume_token):
         assert code_of(c.ListSnapshots, pb.ListSnapshotsRequest(starting_token=bad)) == grpc.StatusCode.ABORTED
     assert code_of(c.ListSnapshots, pb.ListSnapshotsRequest(max_entries=-1)) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+# -- GetSnapshot -----------------------------------------------------------------------------
+def test_get_snapshot(driver: Driver) -> None:
+    c = driver.s.controller
+    volume = create(driver, "pvc-get-snap")
+    snapshot = snap(driver, "snap-get", volume.volume_id)
+    snap(driver, "snap-unrelated", volume.volume_id)
+    assert c.GetSnapshot(pb.GetSnapshotRequest(snapshot_id=snapshot.snapshot_id)).snapshot == snapshot
+    assert code_of(c.GetSnapshot, pb.GetSnapshotRequest()) == grpc.StatusCode.INVALID_ARGUMENT
+    for missing in ("none-exist-id", snapshot.snapshot_id.replace("snap-get", "snap-none"),
+                    snapshot.snapshot_id.replace(snapshot.snapshot_id.split(":")[1], "f" * 32)):
+        assert code_of(c.GetSnapshot, pb.GetSnapshotRequest(snapshot_id=missing)) == grpc.StatusCode.NOT_FOUND
+    c.DeleteSnapshot(pb.DeleteSnapshotRequest(snapshot_id=snapshot.snapshot_id))
+    assert code_of(c.GetSnapshot, pb.GetSnapshotRequest(snapshot_id=snapshot.snapshot_id)) \
+        == grpc.StatusCode.NOT_FOUND
 
 
 # -- DeleteSnapshot --------------------------------------------------------------------------
