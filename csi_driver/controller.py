@@ -1,4 +1,5 @@
-"""The CSI Controller service: volume directories with directory quotas (see volumes.py)."""
+"""The CSI Controller service: volume directories with directory quotas (see volumes.py),
+snapshots as read-only clones of them (snapshots.py), volumes cloned from either."""
 
 from __future__ import annotations
 
@@ -6,15 +7,17 @@ import base64
 import binascii
 import errno
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from fusecache.errors import FsError
 from fusecache.meta.base import Meta
 from fusecache.types import ROOT_INO
 
-from . import garbage, volumes
+from . import garbage, snapshots, volumes
 from . import settings as mount_settings
 from ._proto import csi_pb2 as pb
 from ._proto import csi_pb2_grpc as pb_grpc
@@ -23,23 +26,42 @@ from .config import DriverConfig
 from .errors import CsiError, aborted, already_exists, failed_precondition, invalid, not_found, out_of_range
 from .fsref import Filesystem, resolve
 from .metapool import MetaPool
-from .rpc import VolumeLocks, rpc
-from .volume_id import DynamicId, dir_name, fs_tag, make_id, parse_id
+from .rpc import VolumeLocks, lock_wait, rpc
+from .volume_id import DynamicId, SnapshotId, dir_name, fs_tag, make_id, make_snapshot_id, parse_id, parse_snapshot_id
 
 log = logging.getLogger(__name__)
 
 RPC = pb.ControllerServiceCapability.RPC
 _TOKEN_PREFIX = "v1:"
+SNAPSHOT_TOKEN_PREFIX = "s1:"
+OK_CONDITION = pb.VolumeCondition(abnormal=False, message="ok")
+
+
+def _volume_lock(dir_: str) -> str:
+    return f"dir:{dir_}"
+
+
+def _snapshot_lock(dir_: str) -> str:
+    return f"snap:{dir_}"
 
 
 def _lock_by_name(request: pb.CreateVolumeRequest) -> str:
-    return f"dir:{dir_name(request.name)}" if request.name else ""
+    return _volume_lock(dir_name(request.name)) if request.name else ""
 
 
 def _lock_by_id(request: object) -> str:
     volume_id: str = request.volume_id  # type: ignore[attr-defined]
     parsed = parse_id(volume_id)
-    return f"dir:{parsed.dir}" if parsed else volume_id
+    return _volume_lock(parsed.dir) if parsed else volume_id
+
+
+def _lock_snapshot_by_name(request: pb.CreateSnapshotRequest) -> str:
+    return _snapshot_lock(dir_name(request.name)) if request.name else ""
+
+
+def _lock_snapshot_by_id(request: pb.DeleteSnapshotRequest) -> str:
+    parsed = parse_snapshot_id(request.snapshot_id)
+    return _snapshot_lock(parsed.dir) if parsed else request.snapshot_id
 
 
 def requested_capacity(cap_range: pb.CapacityRange) -> int:
@@ -60,19 +82,51 @@ def capacity_fits(capacity: int, cap_range: pb.CapacityRange) -> bool:
     return (required == 0 or capacity >= required) and (limit == 0 or capacity <= limit)
 
 
-def encode_token(dir_after: str) -> str:
-    return base64.urlsafe_b64encode((_TOKEN_PREFIX + dir_after).encode()).decode()
+def encode_token(dir_after: str, prefix: str = _TOKEN_PREFIX) -> str:
+    return base64.urlsafe_b64encode((prefix + dir_after).encode()).decode()
 
 
-def decode_token(token: str) -> str:
-    """The directory name a ListVolumes page ended at; ABORTED for a token we never issued."""
+def decode_token(token: str, prefix: str = _TOKEN_PREFIX) -> str:
+    """The directory name a ListVolumes (or, with SNAPSHOT_TOKEN_PREFIX, ListSnapshots)
+    page ended at; ABORTED for a token we never issued."""
     try:
         text = base64.urlsafe_b64decode(token.encode()).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         text = ""
-    if not text.startswith(_TOKEN_PREFIX) or len(text) == len(_TOKEN_PREFIX):
+    if not text.startswith(prefix) or len(text) == len(prefix):
         raise aborted(f"invalid starting_token {token!r}")
-    return text[len(_TOKEN_PREFIX):]
+    return text[len(prefix):]
+
+
+def requested_source(request: pb.CreateVolumeRequest) -> volumes.ContentSource | None:
+    """The content source a CreateVolume asks for; INVALID_ARGUMENT for an empty one."""
+    if not request.HasField("volume_content_source"):
+        return None
+    source = request.volume_content_source
+    kind = source.WhichOneof("type")
+    if kind == "snapshot":
+        require(source.snapshot.snapshot_id, "volume_content_source.snapshot.snapshot_id")
+        return volumes.ContentSource("snapshot", source.snapshot.snapshot_id)
+    if kind == "volume":
+        require(source.volume.volume_id, "volume_content_source.volume.volume_id")
+        return volumes.ContentSource("volume", source.volume.volume_id)
+    raise invalid("volume_content_source names neither a snapshot nor a volume")
+
+
+def content_source_pb(source: volumes.ContentSource | None) -> pb.VolumeContentSource | None:
+    if source is None:
+        return None
+    if source.kind == "snapshot":
+        return pb.VolumeContentSource(snapshot=pb.VolumeContentSource.SnapshotSource(snapshot_id=source.id))
+    return pb.VolumeContentSource(volume=pb.VolumeContentSource.VolumeSource(volume_id=source.id))
+
+
+def snapshot_pb(tag: str, snapshot: snapshots.SnapshotDir) -> pb.Snapshot:
+    created = Timestamp()
+    created.FromNanoseconds(snapshot.created_ns)
+    # Cut synchronously: nothing to upload or process afterwards, so always ready.
+    return pb.Snapshot(size_bytes=snapshot.size, snapshot_id=str(SnapshotId(tag, snapshot.dir)),
+                       source_volume_id=snapshot.source, creation_time=created, ready_to_use=True)
 
 
 class ControllerService(pb_grpc.ControllerServicer):
@@ -108,13 +162,67 @@ class ControllerService(pb_grpc.ControllerServicer):
             raise CsiError(missing, f"volume {volume_id} does not exist")
         return meta, parsed, found
 
+    @contextmanager
+    def _also_hold(self, key: str, context: grpc.ServicerContext) -> Iterator[None]:
+        """A second lock besides the RPC's own (the source of a clone, so that it is not
+        deleted while copied); ABORTED when it stays busy up to the call's deadline."""
+        with self.volume_locks.hold(key, lock_wait(context)):
+            yield
+
+    def _source_tree(self, meta: Meta, tag: str, source: volumes.ContentSource) -> tuple[int, int]:
+        """(inode of the tree to clone, its size in bytes) for a CreateVolume content
+        source; NOT_FOUND when it does not exist, INVALID_ARGUMENT for another filesystem's."""
+        if source.kind == "snapshot":
+            snap_id = parse_snapshot_id(source.id)
+            if snap_id is None:
+                raise not_found(f"snapshot {source.id!r} does not exist")
+            if snap_id.fs != tag:
+                raise invalid(f"snapshot {source.id} belongs to filesystem {snap_id.fs}, not {tag}")
+            snapshot = snapshots.find(meta, snap_id.dir)
+            if snapshot is None or not snapshot.is_snapshot:
+                raise not_found(f"snapshot {source.id} does not exist")
+            return snapshots.data_ino(meta, snapshot), snapshot.size
+        volume_id = parse_id(source.id)
+        if volume_id is None:
+            raise not_found(f"volume {source.id!r} does not exist")
+        if volume_id.fs != tag:
+            raise invalid(f"volume {source.id} belongs to filesystem {volume_id.fs}, not {tag}")
+        volume = volumes.find(meta, volume_id.dir)
+        if volume is None or not volume.is_volume:
+            raise not_found(f"volume {source.id} does not exist")
+        return volume.ino, volumes.used_bytes(meta, volume.ino)
+
+    def _source_lock(self, source: volumes.ContentSource) -> str:
+        if source.kind == "snapshot":
+            snap_id = parse_snapshot_id(source.id)
+            return _snapshot_lock(snap_id.dir) if snap_id else ""
+        volume_id = parse_id(source.id)
+        return _volume_lock(volume_id.dir) if volume_id else ""
+
+    def _clone_volume(self, meta: Meta, tag: str, volume_id: DynamicId, request: pb.CreateVolumeRequest,
+                      capacity: int, context_attrs: dict[str, str], source: volumes.ContentSource,
+                      context: grpc.ServicerContext) -> volumes.VolumeDir:
+        """A new volume as a writable clone of `source`, holding the source's lock so that
+        it is not deleted halfway through the copy."""
+        key = self._source_lock(source)
+        held: AbstractContextManager[None] = self._also_hold(key, context) if key else nullcontext()
+        with held:
+            source_ino, source_size = self._source_tree(meta, tag, source)
+            if capacity and capacity < source_size:
+                raise out_of_range(f"capacity {capacity} is smaller than the {source_size} bytes of {source.kind} "
+                                   f"{source.id}")
+            created = volumes.create_from(meta, volume_id.dir, request.name, capacity, context_attrs, source,
+                                          source_ino)
+        log.info("created volume %s (%s bytes) for %r from %s %s", volume_id, capacity or "unlimited",
+                 request.name, source.kind, source.id)
+        return created
+
     # -- RPCs ------------------------------------------------------------------------------
     @rpc(lock=_lock_by_name)
     def CreateVolume(self, request: pb.CreateVolumeRequest, context: grpc.ServicerContext) -> pb.CreateVolumeResponse:
         require(request.name, "name")
         check_capabilities(request.volume_capabilities)
-        if request.HasField("volume_content_source"):
-            raise invalid("volume_content_source is not supported: no snapshots or clones")
+        source = requested_source(request)
         if request.mutable_parameters:
             raise invalid("mutable_parameters are not supported")
         mount_settings.check_parameters(request.parameters)
@@ -126,8 +234,13 @@ class ControllerService(pb_grpc.ControllerServicer):
         existing = volumes.find(meta, volume_id.dir)
         if existing is None:
             try:
-                existing = volumes.create(meta, volume_id.dir, request.name, capacity, context_attrs)
-                log.info("created volume %s (%s bytes) for %r", volume_id, capacity or "unlimited", request.name)
+                if source is not None:
+                    existing = self._clone_volume(meta, fs_tag(fs_settings.uuid), volume_id, request, capacity,
+                                                  context_attrs, source, context)
+                else:
+                    existing = volumes.create(meta, volume_id.dir, request.name, capacity, context_attrs)
+                    log.info("created volume %s (%s bytes) for %r", volume_id, capacity or "unlimited",
+                             request.name)
             except FsError as exc:
                 if exc.errno != errno.EEXIST:
                     raise
@@ -142,8 +255,11 @@ class ControllerService(pb_grpc.ControllerServicer):
         if existing.context is not None and existing.context != context_attrs:
             # Its PV carries the settings it was created with; other ones would be a new volume.
             raise already_exists(f"volume {request.name!r} exists with other mount parameters")
+        if existing.source != source:
+            raise already_exists(f"volume {request.name!r} exists with another content source")
         return pb.CreateVolumeResponse(volume=pb.Volume(
-            volume_id=str(volume_id), capacity_bytes=existing.capacity, volume_context=context_attrs))
+            volume_id=str(volume_id), capacity_bytes=existing.capacity, volume_context=context_attrs,
+            content_source=content_source_pb(source)))
 
     @rpc(lock=_lock_by_id)
     def DeleteVolume(self, request: pb.DeleteVolumeRequest, context: grpc.ServicerContext) -> pb.DeleteVolumeResponse:
@@ -205,8 +321,10 @@ class ControllerService(pb_grpc.ControllerServicer):
                 # Resuming *after a name* (not an index) stays correct when volumes come and go.
                 response.next_token = encode_token(last_dir)
                 break
-            response.entries.add().volume.CopyFrom(pb.Volume(
-                volume_id=str(DynamicId(tag, volume.dir)), capacity_bytes=volume.capacity))
+            entry = response.entries.add()
+            entry.volume.CopyFrom(pb.Volume(volume_id=str(DynamicId(tag, volume.dir)), capacity_bytes=volume.capacity,
+                                            content_source=content_source_pb(volume.source)))
+            entry.status.volume_condition.CopyFrom(OK_CONDITION)  # VOLUME_CONDITION asks for it here too
             last_dir = volume.dir
         return response
 
@@ -220,9 +338,10 @@ class ControllerService(pb_grpc.ControllerServicer):
     @rpc(quiet=True)
     def ControllerGetCapabilities(self, request: pb.ControllerGetCapabilitiesRequest,
                                   context: grpc.ServicerContext) -> pb.ControllerGetCapabilitiesResponse:
-        kinds = [RPC.CREATE_DELETE_VOLUME, RPC.EXPAND_VOLUME]
-        if self.config.default_meta_url:  # both RPCs carry no secrets: only the default filesystem
-            kinds += [RPC.LIST_VOLUMES, RPC.GET_CAPACITY]
+        kinds = [RPC.CREATE_DELETE_VOLUME, RPC.EXPAND_VOLUME, RPC.CREATE_DELETE_SNAPSHOT, RPC.LIST_SNAPSHOTS,
+                 RPC.GET_SNAPSHOT, RPC.CLONE_VOLUME]
+        if self.config.default_meta_url:  # these RPCs carry no secrets: only the default filesystem
+            kinds += [RPC.LIST_VOLUMES, RPC.GET_CAPACITY, RPC.GET_VOLUME, RPC.VOLUME_CONDITION]
         return pb.ControllerGetCapabilitiesResponse(capabilities=[
             pb.ControllerServiceCapability(rpc=RPC(type=kind)) for kind in kinds])
 
@@ -252,3 +371,123 @@ class ControllerService(pb_grpc.ControllerServicer):
         # The FUSE clients read quotas from the engine: nothing to do on the nodes.
         return pb.ControllerExpandVolumeResponse(capacity_bytes=max(capacity, volume.capacity),
                                                  node_expansion_required=False)
+
+    @rpc()
+    def ControllerGetVolume(self, request: pb.ControllerGetVolumeRequest,
+                            context: grpc.ServicerContext) -> pb.ControllerGetVolumeResponse:
+        require(request.volume_id, "volume_id")
+        parsed = parse_id(request.volume_id)
+        meta = self._default_meta()
+        if parsed is None or parsed.fs != fs_tag(meta.load().uuid):
+            raise not_found(f"volume {request.volume_id!r} does not exist in this driver's filesystem")
+        volume = volumes.find(meta, parsed.dir)
+        if volume is None or not volume.is_volume:
+            raise not_found(f"volume {request.volume_id} does not exist")
+        # Seen from the controller a volume is its directory and quota, which just answered:
+        # healthy. What a mount sees, the node's NodeGetVolumeStats reports.
+        return pb.ControllerGetVolumeResponse(
+            volume=pb.Volume(volume_id=request.volume_id, capacity_bytes=volume.capacity,
+                             volume_context=volume.context or {}, content_source=content_source_pb(volume.source)),
+            status=pb.ControllerGetVolumeResponse.VolumeStatus(volume_condition=OK_CONDITION))
+
+    # -- snapshots -------------------------------------------------------------------------
+    @staticmethod
+    def _find_snapshot(meta: Meta, tag: str, snapshot_id: str) -> snapshots.SnapshotDir | None:
+        """The snapshot an id names, or None: an id of another driver or filesystem names
+        nothing here."""
+        parsed = parse_snapshot_id(snapshot_id)
+        found = snapshots.find(meta, parsed.dir) if parsed is not None and parsed.fs == tag else None
+        return found if found is not None and found.is_snapshot else None
+
+    @rpc(lock=_lock_snapshot_by_name)
+    def CreateSnapshot(self, request: pb.CreateSnapshotRequest,
+                       context: grpc.ServicerContext) -> pb.CreateSnapshotResponse:
+        require(request.name, "name")
+        require(request.source_volume_id, "source_volume_id")
+        snapshots.check_parameters(request.parameters)
+        meta, fs_settings = self.metas.open(self._filesystem(request.secrets))
+        tag = fs_tag(fs_settings.uuid)
+        snap_id = make_snapshot_id(fs_settings.uuid, request.name)
+        existing = snapshots.find(meta, snap_id.dir)
+        if existing is None:
+            parsed = parse_id(request.source_volume_id)
+            if parsed is None:
+                raise not_found(f"volume {request.source_volume_id!r} was not provisioned by this driver")
+            with self._also_hold(_volume_lock(parsed.dir), context):  # no DeleteVolume mid-copy
+                _, _, source = self._volume(request.source_volume_id, request.secrets, grpc.StatusCode.NOT_FOUND)
+                try:
+                    existing = snapshots.create(meta, snap_id.dir, request.name, request.source_volume_id,
+                                                source.ino)
+                    log.info("cut snapshot %s of volume %s (%d bytes) for %r", snap_id, request.source_volume_id,
+                             existing.size, request.name)
+                except FsError as exc:
+                    if exc.errno != errno.EEXIST:
+                        raise
+                    existing = snapshots.find(meta, snap_id.dir)  # cut concurrently elsewhere
+                    assert existing is not None
+        if existing.name != request.name:
+            raise already_exists(f"snapshot directory {snap_id.dir} exists and is not the snapshot {request.name!r}")
+        if existing.source != request.source_volume_id:
+            raise already_exists(f"snapshot {request.name!r} exists with source volume {existing.source}")
+        return pb.CreateSnapshotResponse(snapshot=snapshot_pb(tag, existing))
+
+    @rpc(lock=_lock_snapshot_by_id)
+    def DeleteSnapshot(self, request: pb.DeleteSnapshotRequest,
+                       context: grpc.ServicerContext) -> pb.DeleteSnapshotResponse:
+        require(request.snapshot_id, "snapshot_id")
+        parsed = parse_snapshot_id(request.snapshot_id)
+        if parsed is None:
+            log.info("DeleteSnapshot: %r is no snapshot of this driver; nothing to do", request.snapshot_id)
+            return pb.DeleteSnapshotResponse()
+        fs = self._filesystem(request.secrets)
+        meta, fs_settings = self.metas.open(fs)
+        if fs_tag(fs_settings.uuid) != parsed.fs:
+            raise failed_precondition(
+                f"snapshot belongs to filesystem {parsed.fs}, the secrets name {fs_tag(fs_settings.uuid)}: "
+                "refusing to delete")
+        found = snapshots.find(meta, parsed.dir)
+        if found is not None and not found.is_snapshot:
+            raise failed_precondition(f"{parsed.dir} is not a CSI snapshot: refusing to delete it")
+        if found is not None:
+            snapshots.delete(meta, parsed.dir)
+            log.info("deleted snapshot %s", request.snapshot_id)
+        try:  # only what no volume still shares became garbage
+            garbage.collect(meta, fs_settings, fs.access_key, fs.secret_key)
+        except Exception as exc:  # the snapshot is gone; its objects wait for the next collector
+            log.warning("deleting the objects of snapshot %s failed: %s", request.snapshot_id, exc)
+        return pb.DeleteSnapshotResponse()
+
+    @rpc()
+    def ListSnapshots(self, request: pb.ListSnapshotsRequest,
+                      context: grpc.ServicerContext) -> pb.ListSnapshotsResponse:
+        if request.max_entries < 0:
+            raise invalid("max_entries must not be negative")
+        after = decode_token(request.starting_token, SNAPSHOT_TOKEN_PREFIX) if request.starting_token else ""
+        meta, fs_settings = self.metas.open(self._filesystem(request.secrets))
+        tag = fs_tag(fs_settings.uuid)
+        response = pb.ListSnapshotsResponse()
+        if request.snapshot_id:
+            found = self._find_snapshot(meta, tag, request.snapshot_id)
+            if found is not None and (not request.source_volume_id or found.source == request.source_volume_id):
+                response.entries.add().snapshot.CopyFrom(snapshot_pb(tag, found))
+            return response
+        last_dir = ""
+        for snapshot in snapshots.list_snapshots(meta, after):
+            if request.source_volume_id and snapshot.source != request.source_volume_id:
+                continue
+            if request.max_entries and len(response.entries) == request.max_entries:
+                response.next_token = encode_token(last_dir, SNAPSHOT_TOKEN_PREFIX)
+                break
+            response.entries.add().snapshot.CopyFrom(snapshot_pb(tag, snapshot))
+            last_dir = snapshot.dir
+        return response
+
+    @rpc()
+    def GetSnapshot(self, request: pb.GetSnapshotRequest, context: grpc.ServicerContext) -> pb.GetSnapshotResponse:
+        require(request.snapshot_id, "snapshot_id")
+        meta, fs_settings = self.metas.open(self._filesystem(request.secrets))
+        tag = fs_tag(fs_settings.uuid)
+        found = self._find_snapshot(meta, tag, request.snapshot_id)
+        if found is None:
+            raise not_found(f"snapshot {request.snapshot_id!r} does not exist")
+        return pb.GetSnapshotResponse(snapshot=snapshot_pb(tag, found))

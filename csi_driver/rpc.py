@@ -129,6 +129,12 @@ DEFAULT_MAX_WAIT = 60.0
 _DEADLINE_MARGIN = 1.0
 
 
+def lock_wait(context: grpc.ServicerContext, max_wait: float = DEFAULT_MAX_WAIT) -> float:
+    """How long a call may wait for a lock: never beyond its own deadline."""
+    remaining = context.time_remaining()
+    return max_wait if remaining is None else min(max_wait, remaining - _DEADLINE_MARGIN)
+
+
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, CsiError):
         return exc.code, exc.message
@@ -158,9 +164,7 @@ def rpc(
                 log.log(ok_level, "%s called", name, extra={"fields": {"rpc": name, "request": redacted(request)}})
                 key = lock(request) if lock is not None else ""
                 if key:
-                    remaining = context.time_remaining()
-                    wait = max_wait if remaining is None else min(max_wait, remaining - _DEADLINE_MARGIN)
-                    with self.volume_locks.hold(key, wait):
+                    with self.volume_locks.hold(key, lock_wait(context, max_wait)):
                         response = method(self, request, context)
                 else:
                     response = method(self, request, context)

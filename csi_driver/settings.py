@@ -35,7 +35,7 @@ from .fsref import FORMAT_KEYS
 log = logging.getLogger(__name__)
 
 SUBDIR = "subdir"
-_KUBERNETES_PREFIXES = ("csi.storage.k8s.io/", "storage.kubernetes.io/")
+KUBERNETES_PREFIXES = ("csi.storage.k8s.io/", "storage.kubernetes.io/")
 _BOOL = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
 _FUSE_OPTION = re.compile(r"[A-Za-z0-9_]+(=[A-Za-z0-9_.:/-]+)?")
 # Options this driver controls itself; a volume may not override them.
@@ -196,7 +196,7 @@ def check_parameters(parameters: Mapping[str, str]) -> None:
     """CreateVolume parameters: mount settings, format keys and Kubernetes' own keys only."""
     unknown = [key for key in parameters
                if key not in MOUNT_KEYS and key not in FORMAT_KEYS
-               and not key.startswith(_KUBERNETES_PREFIXES)]
+               and not key.startswith(KUBERNETES_PREFIXES)]
     if unknown:
         raise invalid(f"unknown parameters {sorted(unknown)}; known: {sorted(MOUNT_KEYS | set(FORMAT_KEYS))}")
     parse(parameters)
@@ -214,7 +214,7 @@ def subdir_of(attributes: Mapping[str, str]) -> str:
 def warn_unknown(attributes: Mapping[str, str]) -> None:
     """Node side: Kubernetes adds its own keys, so unknown ones are only worth a warning."""
     unknown = [key for key in attributes
-               if key not in MOUNT_KEYS and key != SUBDIR and not key.startswith(_KUBERNETES_PREFIXES)]
+               if key not in MOUNT_KEYS and key != SUBDIR and not key.startswith(KUBERNETES_PREFIXES)]
     if unknown:
         log.warning("ignoring unknown volume attributes %s", sorted(unknown))
 

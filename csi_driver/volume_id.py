@@ -1,14 +1,15 @@
 """Volume ids of dynamically provisioned volumes, and the directory a CSI name maps to.
 
-A dynamic volume id is `fc1:<fs tag>:<dir>`:
+A dynamic volume id is `fc1:<fs tag>:<dir>`, a snapshot id `fc1s:<fs tag>:<dir>`:
 - `fs tag` is the filesystem's uuid (32 hex digits), so a DeleteVolume or NodeStage whose
   secrets name a *different* filesystem is refused instead of touching another volume that
   happens to have a directory of the same name;
-- `dir` is the volume's top-level directory in that filesystem, derived from the CSI name
-  alone (so CreateVolume is idempotent without any lookup table).
+- `dir` is the volume's top-level directory in that filesystem (for a snapshot: its
+  directory in the snapshot area, see snapshots.py), derived from the CSI name alone (so
+  CreateVolume and CreateSnapshot are idempotent without any lookup table).
 
 No secret and no server address is encoded: ids are visible in PV objects and events. At
-most 4 + 32 + 1 + 63 = 100 bytes, inside the spec's 128-byte limit. Any other id (a static
+most 5 + 32 + 1 + 63 = 101 bytes, inside the spec's 128-byte limit. Any other id (a static
 PV's volumeHandle) is not parsed: its directory comes from the `subdir` volume attribute.
 """
 
@@ -19,10 +20,13 @@ import re
 from dataclasses import dataclass
 
 PREFIX = "fc1"
+SNAPSHOT_PREFIX = "fc1s"  # never a volume id: `fc1:` must be followed by the fs tag
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 _HEX32 = re.compile(r"[0-9a-f]{32}")
-_ID = re.compile(rf"{PREFIX}:(?P<fs>[0-9a-f]{{32}}):(?P<dir>[A-Za-z0-9][A-Za-z0-9._-]{{0,62}})")
+_DIR = r"(?P<dir>[A-Za-z0-9][A-Za-z0-9._-]{0,62})"
+_ID = re.compile(rf"{PREFIX}:(?P<fs>[0-9a-f]{{32}}):{_DIR}")
+_SNAPSHOT_ID = re.compile(rf"{SNAPSHOT_PREFIX}:(?P<fs>[0-9a-f]{{32}}):{_DIR}")
 
 
 def dir_name(csi_name: str) -> str:
@@ -66,3 +70,24 @@ def parse_id(volume_id: str) -> DynamicId | None:
     if match is None:
         return None
     return DynamicId(match["fs"], match["dir"])
+
+
+@dataclass(frozen=True)
+class SnapshotId:
+    fs: str  # fs_tag of the filesystem
+    dir: str  # directory of the snapshot in the filesystem's snapshot area
+
+    def __str__(self) -> str:
+        return f"{SNAPSHOT_PREFIX}:{self.fs}:{self.dir}"
+
+
+def make_snapshot_id(fs_uuid: str, csi_name: str) -> SnapshotId:
+    return SnapshotId(fs_tag(fs_uuid), dir_name(csi_name))
+
+
+def parse_snapshot_id(snapshot_id: str) -> SnapshotId | None:
+    """The parts of a snapshot id of this driver, or None for anything else."""
+    match = _SNAPSHOT_ID.fullmatch(snapshot_id)
+    if match is None:
+        return None
+    return SnapshotId(match["fs"], match["dir"])

@@ -2,14 +2,21 @@
 
 Layout and invariants:
 - A dynamic volume is a top-level directory `/<dir>` (see `volume_id.dir_name`) carrying the
-  xattr MARKER = JSON {"name": <CSI name>, "context": <mount settings it was created with>}.
+  xattr MARKER = JSON {"name": <CSI name>, "context": <mount settings it was created with>,
+  "source": {"snapshot"|"volume": <id>} for a volume made from a content source}.
   Only directories with the marker are volumes: ListVolumes skips everything else and
   DeleteVolume refuses to remove an unmarked one. ("context" is absent in markers written
   before it was kept; such volumes accept any settings on a repeated CreateVolume.)
 - Its capacity is the directory quota's `max_bytes` (0 = no quota, unlimited).
 - Creation is atomic: the directory is built as `/.csi-creating-<dir>` (marker, quota) and
   renamed into place with RENAME_NOREPLACE, so a crash leaves either nothing visible or a
-  complete volume; a retry adopts a leftover `.csi-creating-` directory.
+  complete volume; a retry adopts a leftover `.csi-creating-` directory when it is what the
+  retry would build (an empty one for a plain volume, one whose marker names the same
+  source for a clone), and removes it otherwise.
+- A volume from a content source is a writable clone (fusecache.meta.clone: shared data,
+  no object copied) of the source's tree made as the `.csi-creating-` directory itself;
+  the clone is linked only once complete, and its marker is written after it, so a marked
+  leftover is a finished clone.
 - Deletion removes the tree bottom-up; a retry after a crash continues where it stopped
   (the engine frees data objects of unlinked files itself).
 """
@@ -23,12 +30,32 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from fusecache.errors import FsError
+from fusecache.meta import clone as tree
 from fusecache.meta.base import RENAME_NOREPLACE, Meta
+from fusecache.meta.redis import RedisMeta
 from fusecache.types import ROOT_INO, Attr
 
 MARKER = b"trusted.csi.fusecache.io"
 CREATING_PREFIX = ".csi-creating-"
 DIR_MODE = 0o040777  # a pod may run as any uid; the volume root is world-writable like a fresh PV
+
+
+@dataclass(frozen=True)
+class ContentSource:
+    """What a volume was made from: kind "snapshot" or "volume", and that one's CSI id."""
+
+    kind: str
+    id: str
+
+    def to_json(self) -> dict[str, str]:
+        return {self.kind: self.id}
+
+    @classmethod
+    def from_json(cls, data: object) -> ContentSource | None:
+        if not isinstance(data, dict) or len(data) != 1:
+            return None
+        [(kind, source_id)] = data.items()
+        return cls(str(kind), str(source_id)) if kind in ("snapshot", "volume") else None
 
 
 @dataclass(frozen=True)
@@ -39,6 +66,7 @@ class VolumeDir:
     capacity: int  # quota bytes, 0 = unlimited
     max_inodes: int = 0
     context: dict[str, str] | None = None  # volume context recorded at creation, if any
+    source: ContentSource | None = None  # content source it was cloned from, if any
 
     @property
     def is_volume(self) -> bool:
@@ -54,29 +82,38 @@ def _lookup(meta: Meta, parent: int, name: str) -> Attr | None:
         raise
 
 
-def _marker(meta: Meta, ino: int) -> tuple[str, dict[str, str] | None]:
-    """(CSI name, recorded volume context) from the marker; ("", None) when unmarked."""
+@dataclass(frozen=True)
+class _Marker:
+    name: str = ""  # "" when unmarked (or unreadable)
+    context: dict[str, str] | None = None
+    source: ContentSource | None = None
+
+
+def _marker(meta: Meta, ino: int) -> _Marker:
+    """What the marker records; an empty _Marker when there is none."""
     try:
         raw = meta.getxattr(ino, MARKER)
     except FsError as exc:
         if exc.errno in (errno.ENODATA, errno.ENOENT):
-            return "", None
+            return _Marker()
         raise
     try:
         data = json.loads(raw)
         context = data.get("context")
-        return str(data["name"]), {str(k): str(v) for k, v in context.items()} if context is not None else None
+        return _Marker(str(data["name"]),
+                       {str(k): str(v) for k, v in context.items()} if context is not None else None,
+                       ContentSource.from_json(data.get("source")))
     except (ValueError, KeyError, TypeError, AttributeError):
-        return "", None
+        return _Marker()
 
 
 def _describe(meta: Meta, dir_name: str, attr: Attr) -> VolumeDir:
     if not attr.is_dir:
         return VolumeDir(dir_name, attr.ino, "", 0)
     quota = meta.get_quota(attr.ino)
-    name, context = _marker(meta, attr.ino)
-    return VolumeDir(dir_name, attr.ino, name, quota.max_bytes if quota else 0,
-                     quota.max_inodes if quota else 0, context)
+    marker = _marker(meta, attr.ino)
+    return VolumeDir(dir_name, attr.ino, marker.name, quota.max_bytes if quota else 0,
+                     quota.max_inodes if quota else 0, marker.context, marker.source)
 
 
 def find(meta: Meta, dir_name: str) -> VolumeDir | None:
@@ -85,11 +122,68 @@ def find(meta: Meta, dir_name: str) -> VolumeDir | None:
     return None if attr is None else _describe(meta, dir_name, attr)
 
 
+def tree_engine(meta: Meta) -> RedisMeta:
+    """The engine as the one clones and whole-tree removals run on (the only engine)."""
+    if not isinstance(meta, RedisMeta):
+        raise TypeError(f"clones need the Redis metadata engine, not {type(meta).__name__}")
+    return meta
+
+
+def used_bytes(meta: Meta, ino: int) -> int:
+    """Bytes stored below directory `ino`: its quota's usage, else a walk (a volume
+    without a quota has no usage counter)."""
+    quota = meta.get_quota(ino)
+    if quota is not None:
+        return quota.used_bytes
+    return tree_engine(meta)._subtree_usage(ino)[0]
+
+
+def _marker_json(csi_name: str, context: dict[str, str] | None, source: ContentSource | None) -> bytes:
+    data: dict[str, object] = {"name": csi_name, "created": round(time.time()), "context": context or {}}
+    if source is not None:
+        data["source"] = source.to_json()
+    return json.dumps(data).encode()
+
+
+def _discard(meta: Meta, name: str) -> None:
+    """Remove a leftover staging entry (a clone's tree may be large: batched removal)."""
+    try:
+        attr = meta.lookup(ROOT_INO, name.encode())
+        if attr.is_dir:
+            _drop_quota(meta, attr.ino)  # the tree removal leaves quota records alone
+        tree.remove_tree(tree_engine(meta), ROOT_INO, name.encode())
+    except FsError as exc:
+        if exc.errno != errno.ENOENT:
+            raise
+
+
+def _finish(meta: Meta, staging: str, dir_name: str, attr: Attr, csi_name: str, capacity: int,
+            context: dict[str, str] | None, source: ContentSource | None) -> VolumeDir:
+    if capacity:
+        meta.set_quota(attr.ino, capacity, 0)  # counts what a clone already holds
+    else:
+        _drop_quota(meta, attr.ino)  # a leftover from an earlier attempt with a size
+    meta.rename(ROOT_INO, staging.encode(), ROOT_INO, dir_name.encode(), RENAME_NOREPLACE)
+    return VolumeDir(dir_name, attr.ino, csi_name, capacity, context=dict(context or {}), source=source)
+
+
+def _adoptable(meta: Meta, attr: Attr, csi_name: str) -> bool:
+    """Is a leftover staging entry one a plain create may finish: an empty directory,
+    unmarked or marked as this very volume without a source?"""
+    if not attr.is_dir or meta.readdir(attr.ino):
+        return False
+    marker = _marker(meta, attr.ino)
+    return marker.source is None and marker.name in ("", csi_name)
+
+
 def create(meta: Meta, dir_name: str, csi_name: str, capacity: int,
            context: dict[str, str] | None = None) -> VolumeDir:
     """Create volume `/<dir_name>`; raises FsError(EEXIST) if it appeared meanwhile."""
     staging = CREATING_PREFIX + dir_name
     attr = _lookup(meta, ROOT_INO, staging)
+    if attr is not None and not _adoptable(meta, attr, csi_name):
+        _discard(meta, staging)  # e.g. a clone left by a CreateVolume with a content source
+        attr = None
     if attr is None:
         try:
             attr = meta.mkdir(ROOT_INO, staging.encode(), DIR_MODE, 0, 0)
@@ -97,14 +191,27 @@ def create(meta: Meta, dir_name: str, csi_name: str, capacity: int,
             if exc.errno != errno.EEXIST:
                 raise
             attr = meta.lookup(ROOT_INO, staging.encode())
-    marker = json.dumps({"name": csi_name, "created": round(time.time()), "context": context or {}}).encode()
-    meta.setxattr(attr.ino, MARKER, marker)
-    if capacity:
-        meta.set_quota(attr.ino, capacity, 0)
-    else:
-        _drop_quota(meta, attr.ino)  # a leftover from an earlier attempt with a size
-    meta.rename(ROOT_INO, staging.encode(), ROOT_INO, dir_name.encode(), RENAME_NOREPLACE)
-    return VolumeDir(dir_name, attr.ino, csi_name, capacity, context=dict(context or {}))
+    meta.setxattr(attr.ino, MARKER, _marker_json(csi_name, context, None))
+    return _finish(meta, staging, dir_name, attr, csi_name, capacity, context, None)
+
+
+def create_from(meta: Meta, dir_name: str, csi_name: str, capacity: int, context: dict[str, str] | None,
+                source: ContentSource, source_ino: int) -> VolumeDir:
+    """Create volume `/<dir_name>` as a writable clone of directory `source_ino` (a
+    volume's, or a snapshot's frozen tree); FsError(EEXIST) if it appeared meanwhile."""
+    staging = CREATING_PREFIX + dir_name
+    attr = _lookup(meta, ROOT_INO, staging)
+    if attr is not None:
+        marker = _marker(meta, attr.ino)
+        if not (attr.is_dir and marker.name == csi_name and marker.source == source):
+            _discard(meta, staging)  # not the clone this call makes: start over
+            attr = None
+    if attr is None:
+        # A clone of the same source cut short by a crash is resumed by clone() itself.
+        attr = tree.clone(tree_engine(meta), source_ino, ROOT_INO, staging.encode(), read_only=False)
+        # The copy carries the source's xattrs, its volume marker included: replace it.
+        meta.setxattr(attr.ino, MARKER, _marker_json(csi_name, context, source))
+    return _finish(meta, staging, dir_name, attr, csi_name, capacity, context, source)
 
 
 def _drop_quota(meta: Meta, ino: int) -> None:

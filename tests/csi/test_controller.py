@@ -50,14 +50,16 @@ def listed(driver: Driver, **kwargs: object) -> list[str]:
 def test_capabilities_with_a_default_filesystem(driver: Driver) -> None:
     caps = {c.rpc.type for c in driver.s.controller.ControllerGetCapabilities(
         pb.ControllerGetCapabilitiesRequest()).capabilities}
-    assert caps == {RPC.CREATE_DELETE_VOLUME, RPC.EXPAND_VOLUME, RPC.LIST_VOLUMES, RPC.GET_CAPACITY}
+    assert caps == {RPC.CREATE_DELETE_VOLUME, RPC.EXPAND_VOLUME, RPC.LIST_VOLUMES, RPC.GET_CAPACITY,
+                    RPC.CREATE_DELETE_SNAPSHOT, RPC.LIST_SNAPSHOTS, RPC.GET_SNAPSHOT, RPC.CLONE_VOLUME,
+                    RPC.GET_VOLUME, RPC.VOLUME_CONDITION}
 
 
 def test_unsupported_rpcs_are_unimplemented(driver: Driver) -> None:
     c = driver.s.controller
     assert code_of(c.ControllerPublishVolume, pb.ControllerPublishVolumeRequest(volume_id="v", node_id=NODE_ID)) \
         == grpc.StatusCode.UNIMPLEMENTED
-    assert code_of(c.CreateSnapshot, pb.CreateSnapshotRequest(name="s", source_volume_id="v")) \
+    assert code_of(c.ControllerModifyVolume, pb.ControllerModifyVolumeRequest(volume_id="v")) \
         == grpc.StatusCode.UNIMPLEMENTED
 
 
@@ -69,11 +71,10 @@ def test_unsupported_rpcs_are_unimplemented(driver: Driver) -> None:
     pb.CreateVolumeRequest(name="v", volume_capabilities=[capability(pb.VolumeCapability.AccessMode.UNKNOWN)]),
     pb.CreateVolumeRequest(name="v", volume_capabilities=[MOUNT_CAP], parameters={"bogus": "1"}),
     pb.CreateVolumeRequest(name="v", volume_capabilities=[MOUNT_CAP], parameters={"cacheLow": "7"}),
-    pb.CreateVolumeRequest(name="v", volume_capabilities=[MOUNT_CAP], volume_content_source=pb.VolumeContentSource(
-        snapshot=pb.VolumeContentSource.SnapshotSource(snapshot_id="s"))),
+    pb.CreateVolumeRequest(name="v", volume_capabilities=[MOUNT_CAP], volume_content_source=pb.VolumeContentSource()),
     pb.CreateVolumeRequest(name="v", volume_capabilities=[MOUNT_CAP],
                            capacity_range=pb.CapacityRange(required_bytes=-1)),
-], ids=["no-name", "no-caps", "block", "unknown-mode", "unknown-param", "bad-param", "snapshot-source",
+], ids=["no-name", "no-caps", "block", "unknown-mode", "unknown-param", "bad-param", "empty-content-source",
         "negative-size"])
 def test_create_rejects_invalid_requests(driver: Driver, meta: Meta, request_: pb.CreateVolumeRequest) -> None:
     assert code_of(driver.s.controller.CreateVolume, request_) == grpc.StatusCode.INVALID_ARGUMENT
@@ -314,7 +315,9 @@ def test_secrets_name_the_filesystem_and_can_format_it(meta_url: str, workdir: P
     with running_driver(workdir / "drv", "--mode", "controller") as driver:
         c = driver.s.controller
         caps = {cap.rpc.type for cap in c.ControllerGetCapabilities(pb.ControllerGetCapabilitiesRequest()).capabilities}
-        assert caps == {RPC.CREATE_DELETE_VOLUME, RPC.EXPAND_VOLUME}  # List/GetCapacity need a default fs
+        # ListVolumes, GetCapacity and ControllerGetVolume carry no secrets: they need a default fs.
+        assert caps == {RPC.CREATE_DELETE_VOLUME, RPC.EXPAND_VOLUME, RPC.CREATE_DELETE_SNAPSHOT,
+                        RPC.LIST_SNAPSHOTS, RPC.GET_SNAPSHOT, RPC.CLONE_VOLUME}
         assert code_of(c.CreateVolume, pb.CreateVolumeRequest(name="pvc-s", volume_capabilities=[MOUNT_CAP])) \
             == grpc.StatusCode.INVALID_ARGUMENT
         assert code_of(c.CreateVolume, pb.CreateVolumeRequest(

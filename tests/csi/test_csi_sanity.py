@@ -56,7 +56,8 @@ def test_csi_sanity_with_secrets(fs_meta_url: str, workdir: Path) -> None:
     secrets = workdir / "secrets.yaml"
     lines = [f"{kind}:\n  metaurl: \"{fs_meta_url}\"\n" for kind in (
         "CreateVolumeSecret", "DeleteVolumeSecret", "ControllerValidateVolumeCapabilitiesSecret",
-        "NodeStageVolumeSecret", "ControllerExpandVolumeSecret")]
+        "NodeStageVolumeSecret", "ControllerExpandVolumeSecret", "CreateSnapshotSecret", "DeleteSnapshotSecret",
+        "ListSnapshotsSecret", "GetSnapshotSecret")]
     secrets.write_text("".join(lines))
     with running_driver(workdir / "driver", "--nodeid", NODE_ID, "--mode", "all") as driver:
         run_sanity(driver, workdir, f"--csi.secrets={secrets}")

@@ -14,11 +14,11 @@ import pytest
 from csi_driver import fsref, logs, settings
 from csi_driver._proto import csi_pb2 as pb
 from csi_driver.capabilities import capability_problem, check_capability
-from csi_driver.controller import capacity_fits, decode_token, encode_token, requested_capacity
+from csi_driver.controller import SNAPSHOT_TOKEN_PREFIX, capacity_fits, decode_token, encode_token, requested_capacity
 from csi_driver.errors import CsiError
 from csi_driver.mounts import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, mount_flags
 from csi_driver.state import NodeState, PublishRecord, VolumeRecord
-from csi_driver.volume_id import dir_name, fs_tag, make_id, parse_id
+from csi_driver.volume_id import dir_name, fs_tag, make_id, make_snapshot_id, parse_id, parse_snapshot_id
 from fusecache.cli.main import build_parser
 from fusecache.mountinfo import parse_line
 from tests.csi.harness import capability, mount_has_cache_flags
@@ -82,6 +82,30 @@ def test_list_tokens() -> None:
         with pytest.raises(CsiError) as info:
             decode_token(bad)
         assert info.value.code == grpc.StatusCode.ABORTED
+
+
+def test_snapshot_list_tokens_are_their_own() -> None:
+    token = encode_token("snap-3", SNAPSHOT_TOKEN_PREFIX)
+    assert decode_token(token, SNAPSHOT_TOKEN_PREFIX) == "snap-3"
+    for foreign in (encode_token("snap-3"), "invalid-token"):  # a ListVolumes token is not one
+        with pytest.raises(CsiError) as info:
+            decode_token(foreign, SNAPSHOT_TOKEN_PREFIX)
+        assert info.value.code == grpc.StatusCode.ABORTED
+
+
+def test_snapshot_ids() -> None:
+    uuid = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+    snapshot_id = make_snapshot_id(uuid, "snapshot-1")
+    assert str(snapshot_id) == "fc1s:0f1e2d3c4b5a69788796a5b4c3d2e1f0:snapshot-1"
+    assert parse_snapshot_id(str(snapshot_id)) == snapshot_id
+    long_name = "s" * 128
+    assert len(str(make_snapshot_id(uuid, long_name))) <= 128
+    assert parse_snapshot_id(str(make_snapshot_id(uuid, long_name))) == make_snapshot_id(uuid, long_name)
+    # Volume and snapshot ids never pass for one another; nothing can name the snapshot area.
+    volume_id = str(make_id(uuid, "snapshot-1"))
+    assert parse_snapshot_id(volume_id) is None and parse_id(str(snapshot_id)) is None
+    for bad in ("reallyfakesnapshotid", "fc1s:short:x", f"fc1s:{'0' * 32}:.csi-snapshots", f"fc1s:{'0' * 32}:"):
+        assert parse_snapshot_id(bad) is None
 
 
 # -- capabilities --------------------------------------------------------------------------
