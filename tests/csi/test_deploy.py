@@ -1,5 +1,7 @@
 """deploy/ manifests: valid against the Kubernetes schemas, and consistent with the driver
-(the arguments they pass are the ones it accepts, the example parameters the ones it knows)."""
+(the arguments they pass are the ones it accepts, the example parameters the ones it knows).
+The snapshot CRDs' kinds (snapshot.storage.k8s.io), which kubernetes-validate has no schemas
+for, are checked structurally against the v1 API instead."""
 
 from __future__ import annotations
 
@@ -47,12 +49,100 @@ def container(workload: dict[str, Any], name: str) -> dict[str, Any]:
     return found
 
 
+# -- the snapshot CRDs' kinds: not built into Kubernetes, so not in kubernetes-validate ------
+SNAPSHOT_API = "snapshot.storage.k8s.io/v1"
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+
+
+def _check_fields(obj: dict[str, Any], allowed: set[str], required: set[str], where: str) -> None:
+    assert isinstance(obj, dict), where
+    assert set(obj) <= allowed, f"{where}: unknown fields {set(obj) - allowed}"
+    assert required <= set(obj), f"{where}: missing {required - set(obj)}"
+
+
+def _check_strings(mapping: dict[str, Any], where: str) -> None:
+    assert isinstance(mapping, dict), where
+    assert all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()), where
+
+
+def check_snapshot_object(doc: dict[str, Any]) -> None:
+    """A VolumeSnapshotClass or VolumeSnapshot of snapshot.storage.k8s.io/v1, as its CRD
+    defines it: its fields only, the required ones present, of the right types (metadata:
+    ObjectMeta's schema, and only the name, namespace, labels and annotations a manifest sets)."""
+    with pytest.raises(kubernetes_validate.SchemaNotFoundError):  # else validate() would do
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    assert doc["apiVersion"] == SNAPSHOT_API, doc["apiVersion"]
+    kind = doc["kind"]
+    meta = doc["metadata"]
+    # ObjectMeta's own schema (through a kind that has nothing but metadata), then the name.
+    kubernetes_validate.validate({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta}, K8S_VERSION,
+                                 strict=True)
+    assert len(meta["name"]) <= 253 and _DNS_SUBDOMAIN.fullmatch(meta["name"]), meta["name"]
+    if kind == "VolumeSnapshotClass":  # cluster-scoped
+        _check_fields(meta, {"name", "labels", "annotations"}, {"name"}, f"{kind} metadata")
+        _check_fields(doc, {"apiVersion", "kind", "metadata", "driver", "deletionPolicy", "parameters"},
+                      {"apiVersion", "kind", "metadata", "driver", "deletionPolicy"}, kind)
+        assert isinstance(doc["driver"], str) and len(doc["driver"]) <= 63, doc["driver"]
+        assert doc["deletionPolicy"] in ("Delete", "Retain"), doc["deletionPolicy"]
+        _check_strings(doc.get("parameters", {}), f"{kind} parameters")
+    elif kind == "VolumeSnapshot":  # namespaced
+        _check_fields(meta, {"name", "namespace", "labels", "annotations"}, {"name", "namespace"},
+                      f"{kind} metadata")
+        assert _DNS_LABEL.fullmatch(meta["namespace"]), meta["namespace"]
+        _check_fields(doc, {"apiVersion", "kind", "metadata", "spec"}, {"apiVersion", "kind", "metadata", "spec"},
+                      kind)
+        spec = doc["spec"]
+        _check_fields(spec, {"source", "volumeSnapshotClassName"}, {"source"}, f"{kind} spec")
+        source = spec["source"]
+        # exactly one: a PVC to snapshot, or an existing (pre-provisioned) VolumeSnapshotContent
+        assert len(source) == 1, source
+        _check_fields(source, {"persistentVolumeClaimName", "volumeSnapshotContentName"}, set(), f"{kind} source")
+        _check_strings({**source, **{k: v for k, v in spec.items() if k != "source"}}, f"{kind} spec")
+    else:
+        raise AssertionError(f"no structural check for {SNAPSHOT_API} {kind}")
+
+
+def validate(doc: dict[str, Any]) -> None:
+    if doc["apiVersion"].split("/")[0] == SNAPSHOT_API.split("/")[0]:
+        check_snapshot_object(doc)
+    else:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
 @pytest.mark.parametrize("path", all_manifests(), ids=lambda p: str(p.relative_to(DEPLOY)))
 def test_manifest_is_valid_kubernetes(path: Path) -> None:
     docs = documents(path)
     assert docs
     for doc in docs:
-        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        validate(doc)
+
+
+def test_structural_snapshot_check_rejects_what_the_crds_reject() -> None:
+    good_class = {"apiVersion": SNAPSHOT_API, "kind": "VolumeSnapshotClass", "metadata": {"name": "c"},
+                  "driver": DEFAULT_DRIVER_NAME, "deletionPolicy": "Delete"}
+    good_snapshot = {"apiVersion": SNAPSHOT_API, "kind": "VolumeSnapshot",
+                     "metadata": {"name": "s", "namespace": "default"},
+                     "spec": {"volumeSnapshotClassName": "c", "source": {"persistentVolumeClaimName": "p"}}}
+    check_snapshot_object(good_class)
+    check_snapshot_object(good_snapshot)
+    bad = [
+        {**good_class, "deletionPolicy": "delete"},
+        {**good_class, "spec": {"driver": "x"}},
+        {**good_class, "metadata": {"name": "c", "namespace": "default"}},
+        {k: v for k, v in good_class.items() if k != "driver"},
+        {**good_class, "parameters": {"a": 1}},
+        {**good_class, "metadata": {"name": "Not_A_Name"}},
+        {**good_snapshot, "metadata": {"name": "s"}},
+        {**good_snapshot, "spec": {"source": {}}},
+        {**good_snapshot, "spec": {"source": {"persistentVolumeClaimName": "p", "volumeSnapshotContentName": "c"}}},
+        {**good_snapshot, "spec": {"source": {"pvc": "p"}}},
+        {**good_snapshot, "spec": {"source": {"persistentVolumeClaimName": "p"}, "class": "c"}},
+        {**good_snapshot, "apiVersion": "snapshot.storage.k8s.io/v1beta1"},
+    ]
+    for doc in bad:
+        with pytest.raises((AssertionError, kubernetes_validate.ValidationError)):
+            check_snapshot_object(doc)
 
 
 # -- kustomize: a pure-Python subset (resources, images, JSON 6902 patches), checked against
@@ -102,7 +192,7 @@ def _key(doc: dict[str, Any]) -> tuple[str, str, str]:
     return doc["kind"], doc["metadata"].get("namespace", ""), doc["metadata"]["name"]
 
 
-KUSTOMIZATIONS = ["", "overlays/demo", "overlays/kubelet-dir"]
+KUSTOMIZATIONS = ["", "overlays/demo", "overlays/demo-snapshots", "overlays/kubelet-dir"]
 
 
 @pytest.mark.parametrize("where", KUSTOMIZATIONS, ids=lambda w: w or "deploy")
@@ -111,7 +201,7 @@ def test_kustomization_renders_valid_kubernetes(where: str) -> None:
     docs = render(directory)
     assert len({_key(d) for d in docs}) == len(docs), "duplicate objects"
     for doc in docs:
-        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        validate(doc)
     kubectl = shutil.which("kubectl")
     if kubectl is not None:  # the subset above renders what kustomize renders
         rendered = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True,
@@ -148,8 +238,8 @@ def test_image_is_set_in_one_place(tmp_path: Path) -> None:
 
 
 def test_sidecars_are_current() -> None:
-    minimum = {"csi-provisioner": (5, 3), "csi-resizer": (1, 14), "csi-node-driver-registrar": (2, 18),
-               "livenessprobe": (2, 20)}
+    minimum = {"csi-provisioner": (5, 3), "csi-resizer": (1, 14), "csi-snapshotter": (8, 6),
+               "csi-node-driver-registrar": (2, 18), "livenessprobe": (2, 20)}
     seen = set()
     for doc in render(DEPLOY):
         if doc["kind"] in ("Deployment", "DaemonSet"):
@@ -161,6 +251,9 @@ def test_sidecars_are_current() -> None:
                     version = tuple(int(x) for x in tag.lstrip("v").split(".")[:2])
                     assert version >= minimum[name], c["image"]
                     seen.add(name)
+                    # The README names each sidecar's version.
+                    readme_name = name.removeprefix("csi-") if name == "csi-node-driver-registrar" else name
+                    assert f"{readme_name} {tag}" in readme_section(), c["image"]
     assert seen == set(minimum)
 
 
@@ -210,15 +303,59 @@ def _rules(kind: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
 def test_rbac_reads_secrets_only_in_the_driver_namespace() -> None:
     for _, rule in _rules("ClusterRole"):
         assert "secrets" not in rule["resources"] and "*" not in rule["resources"], rule
-        assert "*" not in rule["verbs"], rule
+        assert "*" not in rule["verbs"] and "*" not in rule["apiGroups"], rule
+        assert "nonResourceURLs" not in rule, rule
     secret_rules = [(d, r) for d, r in _rules("Role") if "secrets" in r["resources"]]
     assert [(d["metadata"]["namespace"], r["verbs"]) for d, r in secret_rules] == [("kube-system", ["get"])]
-    # Every Secret a StorageClass of ours names is in that namespace.
-    for doc in (*render(DEPLOY / "overlays" / "demo"), *[d for p in manifests() for d in documents(p)]):
-        if doc["kind"] == "StorageClass":
+    # Nothing grants Secrets cluster-wide: the Role that has them is bound by a RoleBinding in its
+    # own namespace only, and no ClusterRoleBinding points at a Role or at a role with Secrets.
+    docs = render(DEPLOY)
+    roles = {(d["kind"], d["metadata"]["name"]): d for d in docs if d["kind"] in ("Role", "ClusterRole")}
+    for binding in (d for d in docs if d["kind"] in ("RoleBinding", "ClusterRoleBinding")):
+        ref = binding["roleRef"]
+        role = roles[(ref["kind"], ref["name"])]
+        grants_secrets = any("secrets" in r["resources"] for r in role["rules"])
+        if binding["kind"] == "ClusterRoleBinding":
+            assert ref["kind"] == "ClusterRole" and not grants_secrets, binding["metadata"]["name"]
+        elif grants_secrets:
+            assert ref["kind"] == "Role"
+            assert binding["metadata"]["namespace"] == role["metadata"]["namespace"] == "kube-system"
+    # Every Secret a StorageClass or VolumeSnapshotClass of ours names is in that namespace.
+    seen = set()
+    for doc in (*render(DEPLOY / "overlays" / "demo-snapshots"), *[d for p in manifests() for d in documents(p)]):
+        if doc["kind"] in ("StorageClass", "VolumeSnapshotClass"):
+            seen.add(doc["kind"])
             for key, value in doc["parameters"].items():
                 if key.endswith("-secret-namespace"):
                     assert value == "kube-system", key
+    assert seen == {"StorageClass", "VolumeSnapshotClass"}
+
+
+def test_rbac_for_snapshots_is_least_privilege() -> None:
+    """csi-provisioner reads VolumeSnapshots and their contents (restoring a PVC); csi-snapshotter
+    reads classes and updates contents and their status. snapshot-controller, not ours, creates
+    and deletes them; group snapshots are off (no --feature-gates)."""
+    granted: dict[str, set[str]] = {}
+    for _, rule in (*_rules("ClusterRole"), *_rules("Role")):
+        assert not any("snapshot" in group and group != "snapshot.storage.k8s.io" for group in rule["apiGroups"])
+        if "snapshot.storage.k8s.io" in rule["apiGroups"]:
+            assert rule["apiGroups"] == ["snapshot.storage.k8s.io"], rule
+            for resource in rule["resources"]:
+                granted.setdefault(resource, set()).update(rule["verbs"])
+    assert granted == {
+        "volumesnapshots": {"get", "list"},
+        "volumesnapshotclasses": {"get", "list", "watch"},
+        "volumesnapshotcontents": {"get", "list", "watch", "update", "patch"},
+        "volumesnapshotcontents/status": {"update", "patch"},
+    }
+    snapshotter = container(by_kind("Deployment", "fusecache-csi-controller"), "csi-snapshotter")
+    assert not any(a.startswith("--feature-gates") for a in snapshotter["args"])
+    # Its events and its leader-election lease come from the rules the other sidecars use.
+    [(_, events)] = [(d, r) for d, r in _rules("ClusterRole") if "events" in r["resources"]]
+    assert {"create", "patch"} <= set(events["verbs"])
+    [(lease_role, leases)] = [(d, r) for d, r in _rules("Role") if "leases" in r["resources"]]
+    assert {"get", "create", "update"} <= set(leases["verbs"])
+    assert f"--leader-election-namespace={lease_role['metadata']['namespace']}" in snapshotter["args"]
 
 
 def test_workloads_run_on_linux_and_controller_has_a_pdb() -> None:
@@ -299,14 +436,42 @@ def _driver_args(workload: dict[str, Any]) -> list[str]:
     return [a.replace("$(NODE_NAME)", "node-1") for a in args]
 
 
-def test_controller_runs_the_driver_with_provisioner_and_resizer() -> None:
+CONTROLLER_SIDECARS = ("csi-provisioner", "csi-resizer", "csi-snapshotter")
+
+
+def test_controller_runs_the_driver_with_provisioner_resizer_and_snapshotter() -> None:
     deployment = by_kind("Deployment", "fusecache-csi-controller")
     config, _ = parse_args(_driver_args(deployment))
     assert config.mode == "controller"
     names = {c["name"] for c in deployment["spec"]["template"]["spec"]["containers"]}
-    assert {"csi-provisioner", "csi-resizer", "liveness-probe"} <= names
-    for sidecar in ("csi-provisioner", "csi-resizer"):
-        assert "--leader-election" in container(deployment, sidecar)["args"]
+    assert {*CONTROLLER_SIDECARS, "liveness-probe"} <= names
+    namespace = deployment["metadata"]["namespace"]
+    for sidecar in CONTROLLER_SIDECARS:
+        args = container(deployment, sidecar)["args"]
+        assert "--leader-election" in args
+        assert f"--leader-election-namespace={namespace}" in args
+    assert container(deployment, "csi-snapshotter")["image"].startswith(
+        "registry.k8s.io/sig-storage/csi-snapshotter:v8.")
+
+
+def test_controller_sidecars_share_the_driver_socket() -> None:
+    deployment = by_kind("Deployment", "fusecache-csi-controller")
+    pod = deployment["spec"]["template"]["spec"]
+    _, args = parse_args(_driver_args(deployment))
+    assert args.endpoint.startswith("unix://")
+    socket = Path(args.endpoint.removeprefix("unix://"))
+    volumes = {v["name"]: v for v in pod["volumes"]}
+
+    def socket_volume(c: dict[str, Any]) -> str:
+        [mount] = [m for m in c["volumeMounts"] if m["mountPath"] == str(socket.parent)]
+        return mount["name"]
+
+    driver_volume = socket_volume(container(deployment, "fusecache-csi"))
+    assert "emptyDir" in volumes[driver_volume]  # shared inside the pod only
+    for sidecar in (*CONTROLLER_SIDECARS, "liveness-probe"):
+        c = container(deployment, sidecar)
+        assert f"--csi-address={socket}" in c["args"], sidecar
+        assert socket_volume(c) == driver_volume, sidecar
 
 
 def test_node_plugin_can_mount_for_kubelet() -> None:
@@ -356,6 +521,78 @@ def test_examples_use_settings_the_driver_accepts() -> None:
     pod = by_kind("Pod")
     [mount] = pod["spec"]["containers"][0]["volumeMounts"]
     assert mount["mountPropagation"] == "HostToContainer"
+
+
+def _size(pvc: dict[str, Any]) -> int:
+    from fusecache.units import parse_size
+
+    return parse_size(pvc["spec"]["resources"]["requests"]["storage"])
+
+
+def check_snapshot_class(snapshot_class: dict[str, Any], storage_class: dict[str, Any]) -> None:
+    """Snapshots of the StorageClass's volumes: this driver, and the StorageClass's Secret."""
+    assert snapshot_class["driver"] == DEFAULT_DRIVER_NAME == storage_class["provisioner"]
+    assert snapshot_class["driver"] == by_kind("CSIDriver")["metadata"]["name"]
+    assert snapshot_class["deletionPolicy"] == "Delete"
+    params, sc_params = snapshot_class["parameters"], storage_class["parameters"]
+    for kind in ("snapshotter", "snapshotter-list"):
+        for part in ("name", "namespace"):
+            assert params[f"csi.storage.k8s.io/{kind}-secret-{part}"] == \
+                sc_params[f"csi.storage.k8s.io/provisioner-secret-{part}"], (kind, part)
+    # Only Kubernetes' own keys, which the sidecar strips: the driver gets no parameters.
+    assert all(key.startswith("csi.storage.k8s.io/") for key in params), params
+
+
+def test_volume_snapshot_classes_match_the_driver_and_the_storage_classes() -> None:
+    check_snapshot_class(by_kind("VolumeSnapshotClass"), by_kind("StorageClass"))
+    demo = {(d["kind"], d["metadata"]["name"]): d for d in render(DEPLOY / "overlays" / "demo-snapshots")}
+    check_snapshot_class(demo[("VolumeSnapshotClass", "fusecache-demo")], demo[("StorageClass", "fusecache-demo")])
+    # The demo's class needs the snapshot CRDs, so the plain demo does not carry it.
+    plain = {_key(d) for d in render(DEPLOY / "overlays" / "demo")}
+    assert {_key(d) for d in demo.values()} - plain == {("VolumeSnapshotClass", "", "fusecache-demo")}
+
+
+def check_snapshot_restore_and_clone(objects: list[dict[str, Any]], snapshot_class: dict[str, Any],
+                                     storage_classes: list[dict[str, Any]]) -> None:
+    """A VolumeSnapshot of a PVC, a PVC restored from it and a PVC cloned from the PVC."""
+    pvcs = {d["metadata"]["name"]: d for d in objects if d["kind"] == "PersistentVolumeClaim"}
+    [snapshot] = [d for d in objects if d["kind"] == "VolumeSnapshot"]
+    classes = {d["metadata"]["name"]: d for d in storage_classes}
+    namespace = snapshot["metadata"]["namespace"]
+    assert snapshot["spec"]["volumeSnapshotClassName"] == snapshot_class["metadata"]["name"]
+    source = pvcs[snapshot["spec"]["source"]["persistentVolumeClaimName"]]
+    assert source["metadata"]["namespace"] == namespace
+    source_class = classes[source["spec"]["storageClassName"]]
+    assert source_class["provisioner"] == snapshot_class["driver"]
+    restored = [p for p in pvcs.values() if p["spec"].get("dataSource", {}).get("kind") == "VolumeSnapshot"]
+    cloned = [p for p in pvcs.values() if p["spec"].get("dataSource", {}).get("kind") == "PersistentVolumeClaim"]
+    assert len(restored) == 1 and len(cloned) == 1
+    [restored], [cloned] = restored, cloned
+    assert restored["spec"]["dataSource"] == {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot",
+                                              "name": snapshot["metadata"]["name"]}
+    assert "dataSourceRef" not in restored["spec"] and "dataSourceRef" not in cloned["spec"]
+    # A restore: same namespace as the snapshot, a class of this driver on the same filesystem
+    # (the same Secret), at least the source's size.
+    assert restored["metadata"]["namespace"] == namespace
+    restore_class = classes[restored["spec"]["storageClassName"]]
+    assert restore_class["provisioner"] == snapshot_class["driver"]
+    assert restore_class["parameters"]["csi.storage.k8s.io/provisioner-secret-name"] == \
+        snapshot_class["parameters"]["csi.storage.k8s.io/snapshotter-secret-name"]
+    assert _size(restored) >= _size(source)
+    # A clone: core API group (no apiGroup), same namespace and StorageClass as the source.
+    assert cloned["spec"]["dataSource"] == {"kind": "PersistentVolumeClaim", "name": source["metadata"]["name"]}
+    assert cloned["metadata"]["namespace"] == source["metadata"]["namespace"]
+    assert cloned["spec"]["storageClassName"] == source["spec"]["storageClassName"]
+    assert _size(cloned) >= _size(source)
+    for pvc in (restored, cloned):
+        assert pvc["spec"]["accessModes"] == source["spec"]["accessModes"]
+
+
+def test_snapshot_restore_and_clone_examples_fit_together() -> None:
+    examples = [d for p in sorted((DEPLOY / "examples").glob("*.yaml")) for d in documents(p)]
+    storage_classes = [d for d in examples if d["kind"] == "StorageClass"]
+    check_snapshot_restore_and_clone(examples, by_kind("VolumeSnapshotClass"), storage_classes)
+    assert by_kind("VolumeSnapshot")["spec"]["source"] == {"persistentVolumeClaimName": "shared-data"}
 
 
 def test_dockerfile_installs_the_package_and_runs_the_driver() -> None:
@@ -430,13 +667,17 @@ def table_keys(section: str, header: str) -> set[str]:
     return keys
 
 
+def readme_yaml(section: str) -> list[dict[str, Any]]:
+    return [d for block in re.findall(r"```yaml\n(.*?)```", section, re.S) for d in yaml.safe_load_all(block) if d]
+
+
 def test_readme_kubernetes_examples_are_valid_and_use_known_settings() -> None:
     section = readme_section()
-    docs = [d for block in re.findall(r"```yaml\n(.*?)```", section, re.S) for d in yaml.safe_load_all(block) if d]
-    assert sorted(d["kind"] for d in docs) == ["PersistentVolume", "PersistentVolumeClaim", "PersistentVolumeClaim",
-                                               "Pod", "StorageClass"]
+    docs = readme_yaml(section)
+    assert sorted(d["kind"] for d in docs) == ["PersistentVolume", *["PersistentVolumeClaim"] * 4, "Pod",
+                                               "StorageClass", "VolumeSnapshot", "VolumeSnapshotClass"]
     for doc in docs:
-        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        validate(doc)
     found = {(d["kind"], d["metadata"]["name"]): d for d in docs}
     storage_class = found[("StorageClass", "fusecache")]
     assert storage_class["provisioner"] == DEFAULT_DRIVER_NAME
@@ -452,6 +693,27 @@ def test_readme_kubernetes_examples_are_valid_and_use_known_settings() -> None:
     settings.parse(pv["volumeAttributes"])
     assert settings.subdir_of(pv["volumeAttributes"]) == "/datasets"
     assert found[("PersistentVolumeClaim", "datasets")]["spec"]["volumeName"] == "datasets"
+
+
+def test_readme_snapshots_and_clones() -> None:
+    section = readme_section()
+    snapshots = section.split("\n### Snapshots and clones\n", 1)[1].split("\n### ", 1)[0]
+    docs = readme_yaml(snapshots)
+    assert sorted(d["kind"] for d in docs) == ["PersistentVolumeClaim", "PersistentVolumeClaim", "VolumeSnapshot",
+                                               "VolumeSnapshotClass"]
+    # The README shows the example manifests themselves (comments aside).
+    examples = {_key(d): d for p in (DEPLOY / "examples").glob("*.yaml") for d in documents(p)}
+    for doc in docs:
+        assert examples[_key(doc)] == doc, _key(doc)
+    [snapshot_class] = [d for d in docs if d["kind"] == "VolumeSnapshotClass"]
+    storage_classes = [d for d in readme_yaml(section) if d["kind"] == "StorageClass"]
+    pvcs = [d for d in readme_yaml(section) if d["kind"] == "PersistentVolumeClaim"]
+    check_snapshot_restore_and_clone([*docs, *pvcs], snapshot_class, storage_classes)
+    for needed in ("snapshot-controller", "kubernetes-csi/external-snapshotter", "read-only", "copy-on-write",
+                   "deploy/overlays/demo-snapshots", "kubectl get crd"):
+        assert needed in snapshots, needed
+    for name in ("volumesnapshotclass", "volumesnapshot", "pvc-from-snapshot", "pvc-clone"):
+        assert f"deploy/examples/{name}.yaml" in snapshots and (DEPLOY / "examples" / f"{name}.yaml").is_file()
 
 
 def test_readme_tables_list_exactly_the_keys_the_driver_knows() -> None:
