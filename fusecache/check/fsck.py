@@ -14,6 +14,8 @@ The invariants:
 - check_refs: a slice's reference count ({P}sliceref) is the number of chunks holding it,
   less one (too low would free shared data early; too high never frees it);
 - check_clones: no unfinished clone whose builder is gone (it is removed);
+- check_imports: every imported object a file still reads is at its source, unchanged
+  (one HEAD per object; only with the store, like check_blocks);
 - check_sessions: no expired session, and nothing left of sessions that ended.
 
 Safe repairs: counters and nlinks are rewritten, dangling entries removed, expired sessions
@@ -32,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from ..errors import FsError
-from ..layout import CHUNK_SIZE, slice_keys
+from ..layout import CHUNK_SIZE, external_parts, is_external, slice_keys
 from ..meta.clone import Detached, detached, forget_detached
 from ..meta.redis import RedisMeta
 from ..meta.scan import RedisScan
@@ -157,7 +159,7 @@ class Fsck:
         if any(p.repaired for p in self.problems):
             self.snap = take_snapshot(self.meta, self.progress)  # the removed clones are gone
         for check in (self.check_entries, self.check_links, self.check_orphans, self.check_chunks,
-                      self.check_blocks, self.check_usage, self.check_refs):
+                      self.check_blocks, self.check_usage, self.check_refs, self.check_imports):
             check()
         return self.problems
 
@@ -298,7 +300,7 @@ class Fsck:
                 continue  # a deleted file's data: not needed
             missing = 0
             for slices in chunks.values():
-                for piece in {s.id: s for s in slices if s.id}.values():
+                for piece in {s.id: s for s in slices if s.id and not is_external(s.id)}.values():
                     missing += sum(k not in stored for k in slice_keys(self.volume, piece.id, piece.size,
                                                                        self.block_size))
             if missing:
@@ -344,7 +346,7 @@ class Fsck:
         first: dict[int, int] = {}
         for ino, chunks in snap.chunks.items():
             for slices in chunks.values():
-                for slice_id in {s.id for s in slices if s.id}:
+                for slice_id in {s.id for s in slices if s.id and not is_external(s.id)}:
                     holders[slice_id] = holders.get(slice_id, 0) + 1
                     first.setdefault(slice_id, ino)
         for slice_id in sorted(set(snap.refs) | {i for i, n in holders.items() if n > 1}):
@@ -363,6 +365,60 @@ class Fsck:
             else:
                 self.report("refs", f"slice {slice_id} is held by {held} chunks but counted for {counted}: "
                             "its objects would never be freed", snap.path(first[slice_id]), fix=fix)
+
+    def check_imports(self) -> None:
+        if self.store is None:
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        from ..errors import ObjectNotFound, ObjectStoreError
+        from ..meta.external import Registry
+        from ..object import create_store
+
+        snap = self.snap
+        users: dict[int, int] = {}  # registry number -> a file that reads it
+        for ino, chunks in snap.chunks.items():
+            if ino in snap.attrs:
+                for slices in chunks.values():
+                    for s in slices:
+                        if is_external(s.id):
+                            users.setdefault(external_parts(s.id)[0], ino)
+        if not users:
+            return
+        registry = Registry(self.meta)
+        records = registry.objects(sorted(users))
+        stores: dict[int, object] = {}
+
+        def check(number: int) -> tuple[int, str]:
+            obj = records.get(number)
+            if obj is None:
+                return number, "its registry record is missing"
+            src = registry.source(obj.source)
+            if src is None:
+                return number, f"its source {obj.source} is not registered"
+            store = stores.get(obj.source)
+            if store is None:
+                store = stores[obj.source] = create_store(src.storage, src.bucket, src.access_key, src.secret_key)
+            try:
+                info = store.head(obj.key)  # type: ignore[attr-defined]
+            except ObjectNotFound:
+                return number, f"its source object {obj.key!r} is gone"
+            except ObjectStoreError as exc:
+                return number, f"its source object {obj.key!r} cannot be checked: {exc}"
+            if (info.etag, info.size) != (obj.etag, obj.size):
+                return number, f"its source object {obj.key!r} changed (import it again)"
+            return number, ""
+
+        for number in [n for n in users if n in records]:  # one store per source, made first
+            if records[number].source not in stores:
+                check(number)
+        with ThreadPoolExecutor(16) as pool:
+            for n, (number, problem) in enumerate(pool.map(check, sorted(users)), 1):
+                self.progress("checking imported objects", n, len(users))
+                if problem:
+                    self.report("imports", f"imported data: {problem}", snap.path(users[number]))
+        for store in stores.values():
+            store.close()  # type: ignore[attr-defined]
 
     def _subtree(self, root: int) -> tuple[int, int]:
         """Usage charged below `root`: an inode counts under the directory its parent field

@@ -20,15 +20,27 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 import xxhash
 
 from ..errors import FsError, ObjectNotFound, ObjectStoreError
-from ..layout import block_count, block_key, block_len, slice_keys
+from ..layout import (
+    block_count,
+    block_key,
+    block_len,
+    external_block_key,
+    external_id,
+    is_external,
+    parse_external_key,
+    slice_keys,
+)
 from ..object.base import ObjectStore
 from .writeback import Uploader
+
+if TYPE_CHECKING:
+    from .external import ExternalReader
 
 Buffer = bytes | bytearray | memoryview
 
@@ -136,10 +148,16 @@ class ChunkStore:
             # must still be uploaded.
             self.uploader = Uploader(self._put_object, self.store.delete, cache, threads=upload_threads)
         self._cache_failures: set[str] = set()
+        # Reads of imported data (external slices), set up by the mount when the volume has
+        # any; without it such blocks are EIO.
+        self.external: ExternalReader | None = None
+        self._external_limiter = trio.CapacityLimiter(32)
 
     # ----------------------------------------------------------------- keys
 
     def key(self, slice_id: int, slice_size: int, index: int) -> str:
+        if is_external(slice_id):
+            return external_block_key(self.volume, slice_id, index, block_len(slice_size, self.block_size, index))
         return block_key(self.volume, slice_id, index, block_len(slice_size, self.block_size, index))
 
     def blocks_of(self, slice_size: int) -> int:
@@ -195,6 +213,9 @@ class ChunkStore:
         return self._cache_call("evict", keys) or 0
 
     def _fetch(self, key: str, expected: int, expected_hash: int, wait_missing: bool) -> bytes:
+        ext = parse_external_key(key)
+        if ext is not None:
+            return self._checked(key, self._fetch_external(key, *ext), expected, expected_hash)
         deadline = time.monotonic() + (self.missing_wait if wait_missing else 0.0)
         delay = 0.1
         while True:
@@ -209,6 +230,17 @@ class ChunkStore:
                 raise self._unreadable(key, exc) from None
         return self._checked(key, data, expected, expected_hash)
 
+    def _fetch_external(self, key: str, objno: int, chunk: int, index: int, length: int) -> bytes:
+        if self.external is None:
+            self.counters.add(get_errors=1)
+            log.error("block %s is imported data, which this client cannot read", key)
+            raise FsError(errno.EIO, "imported data without a reader")
+        try:
+            return self.external.read(external_id(objno, chunk), index, length, self.block_size)
+        except FsError:
+            self.counters.add(get_errors=1)
+            raise
+
     @property
     def async_fetch(self) -> bool:
         """Whether `fetch_async` can fetch blocks on the event loop (the store's `aget`)."""
@@ -219,6 +251,12 @@ class ChunkStore:
         """One block from the object store, on the event loop, checked as in load_block.
         Not cached: `admit` it from a thread (the cache writes to disk)."""
         key = self.key(slice_id, slice_size, index)
+        if is_external(slice_id):  # a registry lookup and another store: on a thread
+            length = block_len(slice_size, self.block_size, index)
+            data = await trio.to_thread.run_sync(self._fetch, key, length, expected_hash, wait_missing,
+                                                 limiter=self._external_limiter)
+            self.counters.add(loop_gets=1)
+            return data
         deadline = time.monotonic() + (self.missing_wait if wait_missing else 0.0)
         delay = 0.1
         while True:
@@ -326,6 +364,8 @@ class ChunkStore:
 
     def remove_slice(self, slice_id: int, slice_size: int) -> None:
         """Delete every block object of a slice (idempotent) and drop them from the cache."""
+        if is_external(slice_id):
+            return  # imported data: its objects are the source's, never ours to delete
         for key in slice_keys(self.volume, slice_id, slice_size, self.block_size):
             if self.uploader is not None:
                 self.uploader.cancel(key)

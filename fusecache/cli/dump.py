@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -11,6 +12,7 @@ from dataclasses import asdict
 from typing import IO
 
 from ..errors import CliError, MetaError
+from ..meta.dump import KeyDump
 from ..meta.redis import RedisMeta
 from ..types import VolumeSettings
 from .common import connect_meta, redis_engine, refuse_destroyed
@@ -52,6 +54,17 @@ def _volume_doc(settings: VolumeSettings, keep_secret: bool) -> dict[str, object
     return doc
 
 
+def _without_source_secrets(item: KeyDump) -> KeyDump:
+    """Import sources' secret keys left out, like the volume's (a load takes them from
+    env SOURCE_SECRET_KEY on the next import of that source)."""
+    pairs = []
+    for field, value in item.value:  # type: ignore[union-attr, misc]
+        rec = json.loads(value)
+        rec["secret_key"] = ""
+        pairs.append([field, json.dumps(rec)])
+    return KeyDump(item.name, item.kind, pairs)
+
+
 def _dump_once(meta: RedisMeta, out: IO[str], volume: dict[str, object],
                progress: ScanProgress) -> tuple[set[str], int]:
     """Write the document; the keys that changed meanwhile (none: a consistent dump), and
@@ -65,6 +78,8 @@ def _dump_once(meta: RedisMeta, out: IO[str], volume: dict[str, object],
         wanted = (k for k in volume_keys(meta)
                   if k != meta._setting and not is_runtime(k[len(meta._p):]))
         for item in read_keys(meta, wanted):
+            if item.name == "extsrc" and not volume.get("secret_key"):
+                item = _without_source_secrets(item)
             writer.key(item)
             if writer.count % PROGRESS_EVERY == 0:
                 progress("dumping keys", writer.count)

@@ -14,7 +14,7 @@ from ..errors import CliError
 # Subcommand → its module. A command line that names one imports only that module: `warmup`
 # or `stats` need neither redis-py nor boto3, and a warmup run costs its start-up time.
 COMMANDS = ("format", "mount", "umount", "status", "info", "warmup", "stats", "fsck", "gc", "destroy",
-            "dump", "load", "quota", "config", "bench", "clone", "snapshot")
+            "dump", "load", "quota", "config", "bench", "clone", "snapshot", "import")
 
 
 def _module(command: str) -> ModuleType:

@@ -429,6 +429,13 @@ def _serve_volume(args: argparse.Namespace, volume: Volume) -> int:
     chunks = ChunkStore(volume.store, settings.name, settings.block_size, cache,  # type: ignore[arg-type, attr-defined]
                         writeback=args.writeback and not args.read_only,
                         upload_threads=max(2, args.io_threads // 4))
+    from ..meta.redis import RedisMeta
+
+    if isinstance(meta, RedisMeta):  # imported files read from their sources (fusecache import)
+        from ..chunk.external import ExternalReader
+        from ..meta.external import Registry
+
+        chunks.external = ExternalReader(Registry(meta))
     try:
         chunks.resume_uploads()
         workers = Workers(meta_threads=16, io_threads=args.io_threads)
@@ -456,6 +463,8 @@ def _serve_volume(args: argparse.Namespace, volume: Volume) -> int:
         # Uploads of writeback blocks finish first (the mount is already gone), then the
         # cache writes its MEM blocks down to disk and releases its directories.
         chunks.close(drain_stall=UPLOAD_DRAIN_STALL)
+        if chunks.external is not None:
+            chunks.external.close()
         volume.store.close()  # type: ignore[attr-defined]
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import errno
 import re
 
-from ..layout import CHUNK_SIZE
+from ..layout import CHUNK_SIZE, EXT_BASE
 from ..types import ROOT_INO, TRASH_INO
 from .codec import ATTR_OFFSETS, FROZEN_BIT, MAX_EXACT_SIZE
 
@@ -44,7 +44,7 @@ PRELUDE = "\n".join(
     + [f"local OFF_{field.upper()} = {off}" for field, off in ATTR_OFFSETS.items()]
     + [f"local CHUNK = {CHUNK_SIZE}", f"local MAXSIZE = {MAX_EXACT_SIZE}",
        f"local TRASH = {TRASH_INO}", f"local ROOT = {ROOT_INO}", f"local TOKEN_TTL = {TOKEN_TTL_MS}",
-       f"local FROZEN = {FROZEN_BIT}"]
+       f"local FROZEN = {FROZEN_BIT}", f"local EXT_BASE = {EXT_BASE}"]
 ) + r"""
 local P = ARGV[1]
 local CK = P .. 'counters'
@@ -165,7 +165,8 @@ local function release_slices(records, now)
   local shared = redis.call('HLEN', RK) > 0
   local fate = {}
   for _, s in ipairs(records) do
-    if u64(s, 4) ~= 0 then
+    local n = u64(s, 4)
+    if n ~= 0 and n < EXT_BASE then  -- imported data has no objects of ours to free
       local id = string.sub(s, 5, 12)
       if fate[id] == nil then
         fate[id] = true

@@ -48,7 +48,7 @@ local function copy_inode(src, a, dst, parent, now, ro)
         local seen = {}
         for _, s in ipairs(recs) do
           local id = string.sub(s, 5, 12)
-          if u64(s, 4) ~= 0 and not seen[id] then
+          if u64(s, 4) ~= 0 and u64(s, 4) < EXT_BASE and not seen[id] then  -- imported data: not counted
             seen[id] = true
             redis.call('HINCRBY', RK, id, 1)
           end

@@ -34,6 +34,7 @@ any of them. Numbers in key names are decimal.
                                 beyond the first hold it (clones share slices, see clone.py)
     {P}detached, {P}detuse, {P}detmap<root>
                                 clones being built, not yet linked (see lua_tree.py)
+    {P}ext, {P}extsrc   hash    imported object versions and their sources (lua_import.py)
 
 The trash is the directory inode TRASH_INO, reached as `/.trash` by lookup but not listed
 in the root; it holds one directory per hour (`YYYY-MM-DD-HH`, UTC) whose entries are
@@ -99,7 +100,7 @@ from ..types import (
     StatFs,
     VolumeSettings,
 )
-from . import lua, lua_tree
+from . import lua, lua_import, lua_tree
 from .aio import DirectAddress, FallBack, MetaRequest
 from .base import MAX_NAME, MAX_XATTR_NAME, RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE, Meta
 from .codec import (
@@ -189,8 +190,9 @@ class RedisMeta(Meta):
                           "OPEN", "RELEASE", "REGISTER", "NEW_SESSION", "HEARTBEAT", "STALE_SESSIONS",
                           "CLOSE_SESSION", "STATFS", "SET_QUOTA", "FORMAT"):
             self._scripts[attr_name] = client.register_script(lua.script(getattr(lua, attr_name)))
-        for attr_name in lua_tree.SCRIPTS:
-            self._scripts[attr_name] = client.register_script(lua.script(getattr(lua_tree, attr_name)))
+        for module in (lua_tree, lua_import):
+            for attr_name in module.SCRIPTS:
+                self._scripts[attr_name] = client.register_script(lua.script(getattr(module, attr_name)))
         self._token_prefix = secrets.token_hex(6)
         self._token_seq = itertools.count(1)
         self._ino_lock = threading.Lock()

@@ -424,6 +424,8 @@ class S3Store(ObjectStore):
         return delay
 
     def _translate(self, op: str, key: str, exc: Exception, attempts: int) -> Exception:
+        if isinstance(exc, ObjectStoreError):  # ours already (e.g. ObjectChanged)
+            return exc
         where = f"at {self._loc.endpoint}"
         if isinstance(exc, bexc.ClientError):
             code = _code(exc)

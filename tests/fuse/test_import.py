@@ -1,0 +1,207 @@
+"""`fusecache import` on real services: a second bucket filled through boto3 (nested
+prefixes, empty objects, sizes across block and chunk boundaries, unicode keys) appears as
+files without one byte copied; reads match by hash, warm reads make no GET, a change at
+the source is EIO and never mixed bytes, and nothing the volume does touches the source."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.config import Config
+
+from tests.fuse.helpers import Volume, client_stats, format_volume, run_cli, sha256_file
+from tests.fuse.test_cli import assert_clean_failure
+from tests.servers import S3Server
+
+MiB = 1 << 20
+
+
+def s3_client(s3: S3Server):  # type: ignore[no-untyped-def]
+    config = Config(response_checksum_validation="when_required", request_checksum_calculation="when_required",
+                    s3={"addressing_style": "path"})
+    return boto3.session.Session().client("s3", endpoint_url=s3.endpoint, region_name="us-east-1", config=config,
+                                          aws_access_key_id=s3.access_key, aws_secret_access_key=s3.secret_key)
+
+
+def source_objects() -> dict[str, bytes]:
+    """Keys under the prefix `train/` and their contents."""
+    objects: dict[str, bytes] = {}
+    for i in range(120):
+        objects[f"class{i % 6}/img{i:04d}.jpg"] = os.urandom(100 + 997 * i)
+    for size in (0, 1, MiB - 1, MiB, MiB + 1, 3 * MiB + 5):
+        objects[f"sizes/s{size}"] = os.urandom(size)
+    objects["sizes/over-a-chunk"] = os.urandom(64 * MiB + 4097)
+    objects["ünïcödé/日本語 ファイル.txt"] = "こんにちは".encode() * 100
+    objects["deep/a/b/c/d/leaf"] = b"leaf"
+    return objects
+
+
+# Keys that cannot be file names (both an object and a prefix, over 255 bytes, '.' or '..')
+# cannot be stored by a filesystem-backed S3 server either: tests/meta/test_import.py.
+
+
+@pytest.fixture
+def source(s3_server: S3Server) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """A bucket of a dataset, under the prefix train/."""
+    url = s3_server.make_bucket("dataset")
+    client = s3_client(s3_server)
+    objects = source_objects()
+    for key, data in objects.items():
+        client.put_object(Bucket="dataset", Key="train/" + key, Body=data)
+    try:
+        yield url + "/train", objects
+    finally:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket="dataset"):
+            for item in page.get("Contents", ()):
+                client.delete_object(Bucket="dataset", Key=item["Key"])
+        client.close()
+
+
+@pytest.fixture
+def vol(meta_url: str, tmp_path: Path, s3_server: S3Server, bucket_url: str) -> Iterator[Volume]:
+    v = format_volume(meta_url, tmp_path, "s3", s3_server, bucket_url, "--block-size", "1M", "--trash-days", "0")
+    try:
+        yield v
+    finally:
+        v.cleanup()
+
+
+def listing(s3: S3Server) -> dict[str, str]:
+    client = s3_client(s3)
+    try:
+        out = {}
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket="dataset"):
+            for item in page.get("Contents", ()):
+                out[item["Key"]] = item["ETag"]
+        return out
+    finally:
+        client.close()
+
+
+def drop_pages(path: Path) -> None:
+    """Drop the kernel's cached pages of a file, so that the next read reaches the client."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def source_env(s3: S3Server) -> dict[str, str]:
+    return {"SOURCE_ACCESS_KEY": s3.access_key, "SOURCE_SECRET_KEY": s3.secret_key}
+
+
+def test_import_reads_by_hash_copies_nothing_and_never_touches_the_source(
+        vol: Volume, s3_server: S3Server, source: tuple[str, dict[str, bytes]], tmp_path: Path) -> None:
+    url, objects = source
+    env = source_env(s3_server)
+    out = run_cli("import", vol.meta_url, url, "/train", env=env).stdout
+    files = {k: v for k, v in objects.items() if not k.endswith("/")}
+    assert f"imported {len(files)} objects" in out, out
+    assert s3_server.secret_key not in out
+    assert not [k for k in vol.object_keys() if "/blocks/" in k]  # no data copied into the volume
+
+    m = vol.mount("--cache", f"ssd:{tmp_path / 'cache'}:512MiB")
+    train = m.path / "train"
+    for key, data in files.items():
+        assert sha256_file(train / key) == hashlib.sha256(data).hexdigest(), key
+        assert (train / key).stat().st_size == len(data)
+    assert not [k for k in vol.object_keys() if "/blocks/" in k]
+
+    # Warm: every read from the cache, none from the source.
+    run_cli("warmup", str(m.path / "train"), "-q", "--evict")
+    run_cli("warmup", str(m.path / "train"), "-q")
+    gets = client_stats(m.path)["store"]["gets"]
+    for key, data in files.items():
+        assert sha256_file(train / key) == hashlib.sha256(data).hexdigest()
+    assert client_stats(m.path)["store"]["gets"] == gets
+
+    # Copy-on-write: a write into an imported file stays in the volume.
+    before = listing(s3_server)
+    target = train / "sizes" / f"s{3 * MiB + 5}"
+    with open(target, "r+b") as f:
+        f.seek(MiB - 3)
+        f.write(b"written here")
+    want = bytearray(files[f"sizes/s{3 * MiB + 5}"])
+    want[MiB - 3:MiB + 9] = b"written here"
+    os.sync()
+    assert sha256_file(target) == hashlib.sha256(want).hexdigest()
+    os.truncate(train / "class0" / "img0006.jpg", 10)
+    os.rename(train / "deep", train / "moved")
+    assert listing(s3_server) == before
+
+    # A change at the source: EIO once the file is read from the source, never mixed bytes.
+    changed = f"class1/img{7:04d}.jpg"
+    client = s3_client(s3_server)
+    client.put_object(Bucket="dataset", Key="train/" + changed, Body=os.urandom(len(files[changed])))
+    client.close()
+    run_cli("warmup", str(train / changed), "-q", "--evict")
+    drop_pages(train / changed)
+    with pytest.raises(OSError) as info:
+        (train / changed).read_bytes()
+    assert info.value.errno == errno.EIO
+    assert "changed at its source" in m.log.read_text()
+    found = run_cli("fsck", vol.meta_url, check=False)
+    assert found.returncode != 0 and f"/train/{changed}: imported data: its source object" in found.stdout
+    assert found.stdout.count("imports:") == 1, found.stdout
+
+    # Deleting the imported tree deletes nothing at the source.
+    before = listing(s3_server)
+    subprocess.run(["rm", "-rf", str(train)], check=True)
+    os.sync()
+    assert listing(s3_server) == before
+    assert run_cli("fsck", vol.meta_url).returncode == 0
+
+
+def test_import_of_a_local_directory_and_a_rerun(vol: Volume, tmp_path: Path) -> None:
+    src = tmp_path / "data"
+    (src / "a" / "b").mkdir(parents=True)
+    contents = {"a/one": os.urandom(2 * MiB + 3), "a/b/two": b"two", "top": b""}
+    for rel, data in contents.items():
+        (src / rel).write_bytes(data)
+    out = run_cli("import", vol.meta_url, str(src), "/local").stdout
+    assert "imported 3 objects" in out
+    again = run_cli("import", vol.meta_url, str(src), "/local").stdout
+    assert "imported 0 objects" in again and "3 already there" in again
+    m = vol.mount()
+    for rel, data in contents.items():
+        assert (m.path / "local" / rel).read_bytes() == data
+    (src / "a" / "one").write_bytes(os.urandom(10))  # changed in place at the source
+    run_cli("warmup", str(m.path / "local"), "-q", "--evict")
+    drop_pages(m.path / "local" / "a" / "one")
+    with pytest.raises(OSError) as info:
+        (m.path / "local" / "a" / "one").read_bytes()
+    assert info.value.errno == errno.EIO
+
+
+def test_import_bad_input_is_one_line_and_leaves_nothing(vol: Volume, s3_server: S3Server,
+                                                        source: tuple[str, dict[str, bytes]], tmp_path: Path) -> None:
+    url, _ = source
+    env = source_env(s3_server)
+    from tests.servers import free_port
+
+    cases = [
+        ([f"http://127.0.0.1:{free_port()}/dataset/train"], env, "SOURCE"),
+        ([url], {"SOURCE_ACCESS_KEY": "nobody", "SOURCE_SECRET_KEY": "wrong"}, "access denied"),
+        ([s3_server.endpoint + "/no-such-bucket/x"], env, "does not exist"),
+        ([url + "/no/such/prefix"], env, "has no objects"),
+        ([str(tmp_path / "missing")], {}, "is not a directory"),
+        (["ftp://host/x"], {}, "http(s)://"),
+        ([vol.bucket + "/testvol"], env, "overlaps the volume's own objects"),
+    ]
+    for source_arg, extra, words in cases:
+        result = run_cli("import", vol.meta_url, *source_arg, "/train", env=extra, check=False)
+        assert_clean_failure(result, words)
+        assert "wrong" not in result.stderr
+    m = vol.mount()
+    assert not (m.path / "train").exists() or not os.listdir(m.path / "train")
+    (m.path / "file").write_bytes(b"x")
+    assert_clean_failure(run_cli("import", vol.meta_url, url, "/file", env=env, check=False),
+                         "exists and is not a directory")

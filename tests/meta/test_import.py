@@ -1,0 +1,74 @@
+"""How `fusecache import` turns keys into names, on a real redis-server: keys that cannot
+be file names (no filesystem-backed S3 server can even store them) are skipped and
+counted, and nothing half-made is left for them. The listing comes from a store that only
+lists: no data is read here."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator
+
+import pytest
+
+from fusecache.meta import open_meta
+from fusecache.meta.redis import RedisMeta
+from fusecache.object.base import ObjectInfo, ObjectStore
+from tests.meta.conformance import ROOT, SETTINGS, assert_consistent
+
+importer = importlib.import_module("fusecache.cli.import")
+
+
+class Listing(ObjectStore):
+    """A store whose only content is a listing (the importer never reads data)."""
+
+    def __init__(self, keys: list[str]) -> None:
+        self.infos = [ObjectInfo(k, 10, 1_700_000_000.0, f"etag-{i}") for i, k in enumerate(sorted(keys))]
+
+    def list(self, prefix: str = "", start_after: str = "", limit: int = 1000) -> list[ObjectInfo]:
+        return [i for i in self.infos if i.key > start_after][:limit]
+
+    def get(self, key: str, off: int = 0, limit: int = -1) -> bytes:
+        raise AssertionError("an import reads no data")
+
+    def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
+        raise AssertionError("an import writes nothing to its source")
+
+    def delete(self, key: str) -> None:
+        raise AssertionError("an import deletes nothing at its source")
+
+    def head(self, key: str) -> ObjectInfo:
+        raise AssertionError("not needed")
+
+    def describe(self) -> str:
+        return "listing"
+
+
+@pytest.fixture
+def meta(meta_url: str) -> Iterator[RedisMeta]:
+    m = open_meta(meta_url)
+    assert isinstance(m, RedisMeta)
+    m.format(SETTINGS)
+    yield m
+    m.shutdown()
+
+
+def test_unusable_keys_are_skipped_and_counted(meta: RedisMeta) -> None:
+    keys = ["ok/a", "both", "both/inner", "x" * 256, "ok/" + "y" * 255, "dot/./x", "dot/../y", "a//b",
+            "/lead", "dir-marker/", "dir-marker/in", "ünï/日本語"]
+    dest = importer._dest_dir(meta, "/in/here")
+    run = importer.Importer(meta, Listing(keys), 1, dest, lambda *_: None)
+    summary = run.run()
+    assert summary.files == 5  # ok/a, both, ok/yyy…, dir-marker/in, ünï/日本語
+    assert summary.skipped == {"keys that are both an object and a prefix": 1,
+                               "names longer than 255 bytes": 1,
+                               "unusable names (empty, '.', '..')": 4}
+    both = meta.lookup(dest, b"both")
+    assert both.is_file and both.size == 10
+    assert meta.lookup(meta.lookup(dest, b"ok").ino, b"y" * 255).size == 10
+    assert meta.lookup(dest, b"dir-marker").is_dir
+    assert meta.lookup(meta.lookup(dest, "ünï".encode()).ino, "日本語".encode()).is_file
+    assert [e.name for e in meta.readdir(dest)] and not [e for e in meta.readdir(dest) if e.name == b"dot"]
+    again = importer.Importer(meta, Listing(keys), 1, dest, lambda *_: None).run()
+    assert again.files == 0 and again.existing == 5
+    assert meta.lookup(ROOT, b"in").is_dir
+    assert_consistent(meta)
