@@ -207,7 +207,8 @@ def test_help_texts_speak_to_users(capsys: pytest.CaptureFixture[str], monkeypat
     from fusecache.cli.main import COMMANDS, build_parser
 
     monkeypatch.setenv("COLUMNS", "100")
-    user_words = {"META_URL", "ACCESS_KEY", "SECRET_KEY", "META_PASSWORD", "allow_other"}
+    user_words = {"META_URL", "ACCESS_KEY", "SECRET_KEY", "META_PASSWORD", "allow_other", "DEST_DIR",
+                  "SOURCE_ACCESS_KEY", "SOURCE_SECRET_KEY"}
     for command in ("", *COMMANDS):
         with pytest.raises(SystemExit):
             build_parser(command or None).parse_args([command, "--help"] if command else ["--help"])
