@@ -17,8 +17,11 @@ Layout and invariants:
   no object copied) of the source's tree made as the `.csi-creating-` directory itself;
   the clone is linked only once complete, and its marker is written after it, so a marked
   leftover is a finished clone.
-- Deletion removes the tree bottom-up; a retry after a crash continues where it stopped
-  (the engine frees data objects of unlinked files itself).
+- Deletion drops the quota, then removes the tree with `clone.remove_tree` (batched,
+  deepest first, read-only snapshot trees a user cut inside the volume included; files
+  bypass the trash). The marked root goes last, so a retry after a crash finds the volume
+  and continues where it stopped. The slices freed reach the engine's garbage list; a slice
+  another tree still shares (a clone's, a snapshot's) stays.
 """
 
 from __future__ import annotations
@@ -224,52 +227,20 @@ def set_capacity(meta: Meta, volume: VolumeDir, capacity: int) -> None:
 
 
 def delete(meta: Meta, dir_name: str) -> bool:
-    """Remove `/<dir_name>` and everything below it; False if it was already gone."""
+    """Remove `/<dir_name>` and everything below it, frozen trees included; False if it was
+    already gone."""
     attr = _lookup(meta, ROOT_INO, dir_name)
     if attr is None:
         return False
-    remove_tree(meta, ROOT_INO, dir_name.encode(), attr)
-    return True
-
-
-def remove_tree(meta: Meta, parent: int, name: bytes, attr: Attr) -> None:
-    """Depth-first removal without recursion (trees can be deep). Entries that vanish
-    meanwhile (another delete of the same volume after a crash) are fine. Files bypass the
-    trash: deleting a volume is the reclaim policy's decision, not a mistake to undo (and
-    the freed data still waits out the garbage delay)."""
-    if not attr.is_dir:
-        _ignore_enoent(meta.unlink, parent, name, False)
-        return
-    # (parent ino, name, ino, children already pushed)
-    stack: list[tuple[int, bytes, int, bool]] = [(parent, name, attr.ino, False)]
-    while stack:
-        dir_parent, dir_name, ino, expanded = stack.pop()
-        if expanded:
-            if dir_parent == parent and dir_name == name:
-                _ignore_enoent(_drop_quota, meta, ino)
-            _ignore_enoent(meta.rmdir, dir_parent, dir_name)
-            continue
-        stack.append((dir_parent, dir_name, ino, True))
-        try:
-            entries = meta.readdir(ino)
-        except FsError as exc:
-            if exc.errno == errno.ENOENT:
-                stack.pop()
-                continue
-            raise
-        for entry in entries:
-            if entry.attr.is_dir:
-                stack.append((ino, entry.name, entry.attr.ino, False))
-            else:
-                _ignore_enoent(meta.unlink, ino, entry.name, False)
-
-
-def _ignore_enoent(func: object, *args: object) -> None:
+    if attr.is_dir:
+        _drop_quota(meta, attr.ino)  # remove_tree leaves quota records alone
     try:
-        func(*args)  # type: ignore[operator]
+        tree.remove_tree(tree_engine(meta), ROOT_INO, dir_name.encode())
     except FsError as exc:
         if exc.errno != errno.ENOENT:
             raise
+        return False  # removed meanwhile by another delete
+    return True
 
 
 def list_volumes(meta: Meta, after: str = "") -> Iterator[VolumeDir]:

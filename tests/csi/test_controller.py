@@ -3,6 +3,7 @@ driver process and a real Redis-backed filesystem; results are checked in the en
 
 from __future__ import annotations
 
+import errno
 import json
 import threading
 from collections.abc import Iterator
@@ -13,10 +14,14 @@ import pytest
 
 from csi_driver._proto import csi_pb2 as pb
 from csi_driver.volume_id import dir_name, parse_id
+from csi_driver.volumes import tree_engine
+from fusecache.errors import FsError
+from fusecache.meta import clone as tree
 from fusecache.meta import open_meta
 from fusecache.meta.base import Meta
 from fusecache.types import ROOT_INO
 from tests.csi.harness import MOUNT_CAP, NODE_ID, Driver, capability, running_driver
+from tests.meta.conformance import drain_garbage, mkfile, write
 
 GiB = 1 << 30
 RPC = pb.ControllerServiceCapability.RPC
@@ -214,6 +219,69 @@ def test_delete_removes_the_tree_and_is_idempotent(driver: Driver, meta: Meta) -
     assert meta.get_quota(root.ino) is None
     driver.s.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=volume.volume_id))  # again: OK
     assert listed(driver) == [other.volume_id]
+
+
+def frozen_volume(driver: Driver, meta: Meta, name: str) -> tuple[pb.Volume, int, int]:
+    """A volume holding data and, inside it, a read-only snapshot of part of it (what
+    `fusecache snapshot` makes on a mount). Returns (volume, root inode, snapshot inode)."""
+    volume = create(driver, name, required=GiB)
+    root = meta.lookup(ROOT_INO, name.encode()).ino
+    data = meta.mkdir(root, b"data", 0o755, 0, 0).ino
+    deeper = meta.mkdir(data, b"deeper", 0o755, 0, 0).ino
+    for parent, size in ((data, 1000), (deeper, 5000)):
+        write(meta, mkfile(meta, parent, b"f").ino, 0, size)
+    meta.symlink(deeper, b"l", b"../f", 0, 0)
+    frozen = tree.clone(tree_engine(meta), data, root, b"snapshot", read_only=True)
+    with pytest.raises(FsError) as info:  # what made the old file-by-file delete fail
+        meta.unlink(frozen.ino, b"f", False)
+    assert info.value.errno == errno.EROFS
+    return volume, root, frozen.ino
+
+
+def slices_of(meta: Meta) -> set[int]:
+    """Slice ids some file of the filesystem holds."""
+    found: set[int] = set()
+    stack = [ROOT_INO]
+    while stack:
+        for entry in meta.readdir(stack.pop()):
+            if entry.attr.is_dir:
+                stack.append(entry.attr.ino)
+            elif entry.attr.is_file:
+                found |= {s.id for s in meta.read(entry.attr.ino, 0)}
+    return found
+
+
+def test_delete_removes_frozen_snapshot_trees(driver: Driver, meta: Meta) -> None:
+    """A volume holding a read-only snapshot tree deletes cleanly, and what only it held
+    goes to the garbage collector (slices another volume still holds stay)."""
+    volume, root, _ = frozen_volume(driver, meta, "pvc-frozen")
+    keep = create(driver, "pvc-keep")
+    kept_file = mkfile(meta, meta.lookup(ROOT_INO, b"pvc-keep").ino, b"k").ino
+    _, kept_slice = write(meta, kept_file, 0, 300)
+    doomed = slices_of(meta) - {kept_slice.id}
+    assert len(doomed) == 2  # the snapshot shares them with the files it was cut from
+    meta.garbage_delay = 0.0  # this engine sees what waits out the filesystem's delay
+    assert drain_garbage(meta) == set()
+    driver.s.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=volume.volume_id), timeout=60)
+    assert [e.name for e in meta.readdir(ROOT_INO)] == [b"pvc-keep"]
+    assert meta.get_quota(root) is None
+    assert slices_of(meta) == {kept_slice.id}
+    # Each slice reaches the garbage list once, when its last holder went (the driver's own
+    # collector left them there: the filesystem's garbage delay is the default 5 min).
+    assert {slice_id for slice_id, _ in drain_garbage(meta)} == doomed
+    assert listed(driver) == [keep.volume_id]
+
+
+def test_delete_resumes_a_removal_cut_short(driver: Driver, meta: Meta) -> None:
+    """A controller that died mid-delete left the marked root, no quota and half a frozen
+    tree: the retry finishes it."""
+    volume, root, frozen = frozen_volume(driver, meta, "pvc-half")
+    meta.del_quota(root)  # the first thing a delete does
+    tree.remove_tree(tree_engine(meta), frozen, b"deeper")  # then part of the tree went
+    assert listed(driver) == [volume.volume_id]  # still a volume: the marker is on the root
+    driver.s.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=volume.volume_id), timeout=60)
+    assert meta.readdir(ROOT_INO) == [] and slices_of(meta) == set()
+    driver.s.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=volume.volume_id), timeout=60)
 
 
 def test_delete_refuses_foreign_directories_and_filesystems(driver: Driver, meta: Meta) -> None:
