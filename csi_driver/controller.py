@@ -339,7 +339,7 @@ class ControllerService(pb_grpc.ControllerServicer):
     def ControllerGetCapabilities(self, request: pb.ControllerGetCapabilitiesRequest,
                                   context: grpc.ServicerContext) -> pb.ControllerGetCapabilitiesResponse:
         kinds = [RPC.CREATE_DELETE_VOLUME, RPC.EXPAND_VOLUME, RPC.CREATE_DELETE_SNAPSHOT, RPC.LIST_SNAPSHOTS,
-                 RPC.GET_SNAPSHOT, RPC.CLONE_VOLUME]
+                 RPC.GET_SNAPSHOT, RPC.CLONE_VOLUME, RPC.SINGLE_NODE_MULTI_WRITER]
         if self.config.default_meta_url:  # these RPCs carry no secrets: only the default filesystem
             kinds += [RPC.LIST_VOLUMES, RPC.GET_CAPACITY, RPC.GET_VOLUME, RPC.VOLUME_CONDITION]
         return pb.ControllerGetCapabilitiesResponse(capabilities=[

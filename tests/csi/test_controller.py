@@ -57,7 +57,7 @@ def test_capabilities_with_a_default_filesystem(driver: Driver) -> None:
         pb.ControllerGetCapabilitiesRequest()).capabilities}
     assert caps == {RPC.CREATE_DELETE_VOLUME, RPC.EXPAND_VOLUME, RPC.LIST_VOLUMES, RPC.GET_CAPACITY,
                     RPC.CREATE_DELETE_SNAPSHOT, RPC.LIST_SNAPSHOTS, RPC.GET_SNAPSHOT, RPC.CLONE_VOLUME,
-                    RPC.GET_VOLUME, RPC.VOLUME_CONDITION}
+                    RPC.GET_VOLUME, RPC.VOLUME_CONDITION, RPC.SINGLE_NODE_MULTI_WRITER}
 
 
 def test_unsupported_rpcs_are_unimplemented(driver: Driver) -> None:
@@ -385,7 +385,7 @@ def test_secrets_name_the_filesystem_and_can_format_it(meta_url: str, workdir: P
         caps = {cap.rpc.type for cap in c.ControllerGetCapabilities(pb.ControllerGetCapabilitiesRequest()).capabilities}
         # ListVolumes, GetCapacity and ControllerGetVolume carry no secrets: they need a default fs.
         assert caps == {RPC.CREATE_DELETE_VOLUME, RPC.EXPAND_VOLUME, RPC.CREATE_DELETE_SNAPSHOT,
-                        RPC.LIST_SNAPSHOTS, RPC.GET_SNAPSHOT, RPC.CLONE_VOLUME}
+                        RPC.LIST_SNAPSHOTS, RPC.GET_SNAPSHOT, RPC.CLONE_VOLUME, RPC.SINGLE_NODE_MULTI_WRITER}
         assert code_of(c.CreateVolume, pb.CreateVolumeRequest(name="pvc-s", volume_capabilities=[MOUNT_CAP])) \
             == grpc.StatusCode.INVALID_ARGUMENT
         assert code_of(c.CreateVolume, pb.CreateVolumeRequest(
