@@ -7,7 +7,8 @@ Layout and invariants:
   Only directories with the marker are volumes: ListVolumes skips everything else and
   DeleteVolume refuses to remove an unmarked one. ("context" is absent in markers written
   before it was kept; such volumes accept any settings on a repeated CreateVolume.)
-- Its capacity is the directory quota's `max_bytes` (0 = no quota, unlimited).
+- Its capacity is the directory quota's `max_bytes` (0 = unlimited), its `maxInodes`
+  mutable parameter the quota's `max_inodes` (0 = unlimited); with both 0 there is no quota.
 - Creation is atomic: the directory is built as `/.csi-creating-<dir>` (marker, quota) and
   renamed into place with RENAME_NOREPLACE, so a crash leaves either nothing visible or a
   complete volume; a retry adopts a leftover `.csi-creating-` directory when it is what the
@@ -161,13 +162,10 @@ def _discard(meta: Meta, name: str) -> None:
 
 
 def _finish(meta: Meta, staging: str, dir_name: str, attr: Attr, csi_name: str, capacity: int,
-            context: dict[str, str] | None, source: ContentSource | None) -> VolumeDir:
-    if capacity:
-        meta.set_quota(attr.ino, capacity, 0)  # counts what a clone already holds
-    else:
-        _drop_quota(meta, attr.ino)  # a leftover from an earlier attempt with a size
+            max_inodes: int, context: dict[str, str] | None, source: ContentSource | None) -> VolumeDir:
+    _set_limits(meta, attr.ino, capacity, max_inodes)  # also replaces an earlier attempt's
     meta.rename(ROOT_INO, staging.encode(), ROOT_INO, dir_name.encode(), RENAME_NOREPLACE)
-    return VolumeDir(dir_name, attr.ino, csi_name, capacity, context=dict(context or {}), source=source)
+    return VolumeDir(dir_name, attr.ino, csi_name, capacity, max_inodes, dict(context or {}), source)
 
 
 def _adoptable(meta: Meta, attr: Attr, csi_name: str) -> bool:
@@ -180,7 +178,7 @@ def _adoptable(meta: Meta, attr: Attr, csi_name: str) -> bool:
 
 
 def create(meta: Meta, dir_name: str, csi_name: str, capacity: int,
-           context: dict[str, str] | None = None) -> VolumeDir:
+           context: dict[str, str] | None = None, max_inodes: int = 0) -> VolumeDir:
     """Create volume `/<dir_name>`; raises FsError(EEXIST) if it appeared meanwhile."""
     staging = CREATING_PREFIX + dir_name
     attr = _lookup(meta, ROOT_INO, staging)
@@ -195,11 +193,11 @@ def create(meta: Meta, dir_name: str, csi_name: str, capacity: int,
                 raise
             attr = meta.lookup(ROOT_INO, staging.encode())
     meta.setxattr(attr.ino, MARKER, _marker_json(csi_name, context, None))
-    return _finish(meta, staging, dir_name, attr, csi_name, capacity, context, None)
+    return _finish(meta, staging, dir_name, attr, csi_name, capacity, max_inodes, context, None)
 
 
 def create_from(meta: Meta, dir_name: str, csi_name: str, capacity: int, context: dict[str, str] | None,
-                source: ContentSource, source_ino: int) -> VolumeDir:
+                source: ContentSource, source_ino: int, max_inodes: int = 0) -> VolumeDir:
     """Create volume `/<dir_name>` as a writable clone of directory `source_ino` (a
     volume's, or a snapshot's frozen tree); FsError(EEXIST) if it appeared meanwhile."""
     staging = CREATING_PREFIX + dir_name
@@ -214,7 +212,7 @@ def create_from(meta: Meta, dir_name: str, csi_name: str, capacity: int, context
         attr = tree.clone(tree_engine(meta), source_ino, ROOT_INO, staging.encode(), read_only=False)
         # The copy carries the source's xattrs, its volume marker included: replace it.
         meta.setxattr(attr.ino, MARKER, _marker_json(csi_name, context, source))
-    return _finish(meta, staging, dir_name, attr, csi_name, capacity, context, source)
+    return _finish(meta, staging, dir_name, attr, csi_name, capacity, max_inodes, context, source)
 
 
 def _drop_quota(meta: Meta, ino: int) -> None:
@@ -222,8 +220,21 @@ def _drop_quota(meta: Meta, ino: int) -> None:
         meta.del_quota(ino)
 
 
+def _set_limits(meta: Meta, ino: int, capacity: int, max_inodes: int) -> None:
+    """The quota of directory `ino`: these limits (usage counted from what it holds), or
+    none when both are 0 (unlimited)."""
+    if capacity or max_inodes:
+        meta.set_quota(ino, capacity, max_inodes)
+    else:
+        _drop_quota(meta, ino)
+
+
 def set_capacity(meta: Meta, volume: VolumeDir, capacity: int) -> None:
-    meta.set_quota(volume.ino, capacity, volume.max_inodes)
+    _set_limits(meta, volume.ino, capacity, volume.max_inodes)
+
+
+def set_max_inodes(meta: Meta, volume: VolumeDir, max_inodes: int) -> None:
+    _set_limits(meta, volume.ino, volume.capacity, max_inodes)
 
 
 def delete(meta: Meta, dir_name: str) -> bool:
