@@ -1,7 +1,10 @@
 """What volumes of this driver can be: mounted filesystems, any access mode, bind-mount flags.
 
 A fusecache volume is a directory of a shared POSIX filesystem, so every node can read and
-write it at once (all MULTI_NODE modes work); it is never a block device.
+write it at once (all MULTI_NODE modes work); it is never a block device. On one node all
+the pods of a volume go through one FUSE client, so any number of them may write it
+(SINGLE_NODE_MULTI_WRITER); SINGLE_NODE_SINGLE_WRITER (one workload) is kept by the node
+refusing a second target path (manager.publish).
 """
 
 from __future__ import annotations
@@ -20,7 +23,11 @@ SUPPORTED_MODES = frozenset({
     AccessMode.MULTI_NODE_READER_ONLY,
     AccessMode.MULTI_NODE_SINGLE_WRITER,
     AccessMode.MULTI_NODE_MULTI_WRITER,
+    AccessMode.SINGLE_NODE_SINGLE_WRITER,
+    AccessMode.SINGLE_NODE_MULTI_WRITER,
 })
+# Published at one target path at a time (the spec: "a single workload on a single node").
+ONE_TARGET_MODES = frozenset({AccessMode.SINGLE_NODE_SINGLE_WRITER})
 READ_ONLY_MODES = frozenset({AccessMode.SINGLE_NODE_READER_ONLY, AccessMode.MULTI_NODE_READER_ONLY})
 FS_TYPES = frozenset({"", "fusecache", "fuse.fusecache"})
 
@@ -62,7 +69,8 @@ def capability_problem(cap: pb.VolumeCapability) -> str:
     if mode == AccessMode.UNKNOWN:
         return "access_mode is required"
     if mode not in SUPPORTED_MODES:
-        return f"access mode {AccessMode.Mode.Name(mode)} is not supported"
+        known = mode in AccessMode.Mode.values()
+        return f"access mode {AccessMode.Mode.Name(mode) if known else mode} is not supported"
     kind = cap.WhichOneof("access_type")
     if kind is None:
         return "access_type (mount) is required"

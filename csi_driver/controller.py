@@ -1,5 +1,6 @@
 """The CSI Controller service: volume directories with directory quotas (see volumes.py),
-snapshots as read-only clones of them (snapshots.py), volumes cloned from either."""
+snapshots as read-only clones of them (snapshots.py), volumes cloned from either, mutable
+parameters that change a volume's quota (mutable.py)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from fusecache.errors import FsError
 from fusecache.meta.base import Meta
 from fusecache.types import ROOT_INO
 
-from . import garbage, snapshots, volumes
+from . import garbage, mutable, snapshots, volumes
 from . import settings as mount_settings
 from ._proto import csi_pb2 as pb
 from ._proto import csi_pb2_grpc as pb_grpc
@@ -200,8 +201,8 @@ class ControllerService(pb_grpc.ControllerServicer):
         return _volume_lock(volume_id.dir) if volume_id else ""
 
     def _clone_volume(self, meta: Meta, tag: str, volume_id: DynamicId, request: pb.CreateVolumeRequest,
-                      capacity: int, context_attrs: dict[str, str], source: volumes.ContentSource,
-                      context: grpc.ServicerContext) -> volumes.VolumeDir:
+                      capacity: int, max_inodes: int, context_attrs: dict[str, str],
+                      source: volumes.ContentSource, context: grpc.ServicerContext) -> volumes.VolumeDir:
         """A new volume as a writable clone of `source`, holding the source's lock so that
         it is not deleted halfway through the copy."""
         key = self._source_lock(source)
@@ -212,7 +213,7 @@ class ControllerService(pb_grpc.ControllerServicer):
                 raise out_of_range(f"capacity {capacity} is smaller than the {source_size} bytes of {source.kind} "
                                    f"{source.id}")
             created = volumes.create_from(meta, volume_id.dir, request.name, capacity, context_attrs, source,
-                                          source_ino)
+                                          source_ino, max_inodes)
         log.info("created volume %s (%s bytes) for %r from %s %s", volume_id, capacity or "unlimited",
                  request.name, source.kind, source.id)
         return created
@@ -223,10 +224,10 @@ class ControllerService(pb_grpc.ControllerServicer):
         require(request.name, "name")
         check_capabilities(request.volume_capabilities)
         source = requested_source(request)
-        if request.mutable_parameters:
-            raise invalid("mutable_parameters are not supported")
+        wanted = mutable.parse(request.mutable_parameters)
         mount_settings.check_parameters(request.parameters)
         capacity = requested_capacity(request.capacity_range)
+        max_inodes = wanted.max_inodes or 0
         context_attrs = mount_settings.parse(request.parameters).context()
         fs = self._filesystem(request.secrets, request.parameters)
         meta, fs_settings = self.metas.open_or_format(fs)
@@ -236,9 +237,10 @@ class ControllerService(pb_grpc.ControllerServicer):
             try:
                 if source is not None:
                     existing = self._clone_volume(meta, fs_tag(fs_settings.uuid), volume_id, request, capacity,
-                                                  context_attrs, source, context)
+                                                  max_inodes, context_attrs, source, context)
                 else:
-                    existing = volumes.create(meta, volume_id.dir, request.name, capacity, context_attrs)
+                    existing = volumes.create(meta, volume_id.dir, request.name, capacity, context_attrs,
+                                              max_inodes)
                     log.info("created volume %s (%s bytes) for %r", volume_id, capacity or "unlimited",
                              request.name)
             except FsError as exc:
@@ -257,6 +259,10 @@ class ControllerService(pb_grpc.ControllerServicer):
             raise already_exists(f"volume {request.name!r} exists with other mount parameters")
         if existing.source != source:
             raise already_exists(f"volume {request.name!r} exists with another content source")
+        if wanted.conflicts(existing.max_inodes):
+            # Only the keys asked for count: a volume modified since keeps its other values.
+            raise already_exists(f"volume {request.name!r} exists with {mutable.MAX_INODES} "
+                                 f"{existing.max_inodes}, not {wanted.max_inodes}")
         return pb.CreateVolumeResponse(volume=pb.Volume(
             volume_id=str(volume_id), capacity_bytes=existing.capacity, volume_context=context_attrs,
             content_source=content_source_pb(source)))
@@ -299,8 +305,10 @@ class ControllerService(pb_grpc.ControllerServicer):
             mount_settings.parse(request.volume_context)
         except Exception as exc:
             problems.append(str(exc))
-        if request.mutable_parameters:
-            problems.append("mutable_parameters are not supported")
+        try:
+            mutable.parse(request.mutable_parameters)
+        except CsiError as exc:
+            problems.append(exc.message)
         if problems:
             return pb.ValidateVolumeCapabilitiesResponse(message="; ".join(problems))
         return pb.ValidateVolumeCapabilitiesResponse(confirmed=pb.ValidateVolumeCapabilitiesResponse.Confirmed(
@@ -339,7 +347,7 @@ class ControllerService(pb_grpc.ControllerServicer):
     def ControllerGetCapabilities(self, request: pb.ControllerGetCapabilitiesRequest,
                                   context: grpc.ServicerContext) -> pb.ControllerGetCapabilitiesResponse:
         kinds = [RPC.CREATE_DELETE_VOLUME, RPC.EXPAND_VOLUME, RPC.CREATE_DELETE_SNAPSHOT, RPC.LIST_SNAPSHOTS,
-                 RPC.GET_SNAPSHOT, RPC.CLONE_VOLUME]
+                 RPC.GET_SNAPSHOT, RPC.CLONE_VOLUME, RPC.MODIFY_VOLUME, RPC.SINGLE_NODE_MULTI_WRITER]
         if self.config.default_meta_url:  # these RPCs carry no secrets: only the default filesystem
             kinds += [RPC.LIST_VOLUMES, RPC.GET_CAPACITY, RPC.GET_VOLUME, RPC.VOLUME_CONDITION]
         return pb.ControllerGetCapabilitiesResponse(capabilities=[
@@ -371,6 +379,21 @@ class ControllerService(pb_grpc.ControllerServicer):
         # The FUSE clients read quotas from the engine: nothing to do on the nodes.
         return pb.ControllerExpandVolumeResponse(capacity_bytes=max(capacity, volume.capacity),
                                                  node_expansion_required=False)
+
+    @rpc(lock=_lock_by_id)
+    def ControllerModifyVolume(self, request: pb.ControllerModifyVolumeRequest,
+                               context: grpc.ServicerContext) -> pb.ControllerModifyVolumeResponse:
+        require(request.volume_id, "volume_id")
+        wanted = mutable.parse(request.mutable_parameters)
+        meta, _, volume = self._volume(request.volume_id, request.secrets, grpc.StatusCode.NOT_FOUND)
+        # Keys not named are left alone (the spec); no key at all changes nothing.
+        if wanted.max_inodes is not None and wanted.max_inodes != volume.max_inodes:
+            volumes.set_max_inodes(meta, volume, wanted.max_inodes)
+            log.info("volume %s: %s %s -> %s", request.volume_id, mutable.MAX_INODES,
+                     volume.max_inodes or "unlimited", wanted.max_inodes or "unlimited")
+        # The quota lives in the metadata engine, which every FUSE client asks on each create:
+        # the nodes have nothing to apply.
+        return pb.ControllerModifyVolumeResponse()
 
     @rpc()
     def ControllerGetVolume(self, request: pb.ControllerGetVolumeRequest,

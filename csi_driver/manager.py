@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from fusecache.mountinfo import FUSECACHE_FSTYPE, read_mounts, top_mount
 from fusecache.types import ROOT_INO, StatFs
 
+from .capabilities import ONE_TARGET_MODES, AccessMode
 from .clients import DEAD_MOUNT_ERRNOS, ClientStartError, FuseClients, Health, stat_with_timeout
 from .errors import CsiError, already_exists, failed_precondition, internal, invalid, not_found, unavailable
 from .fsref import Filesystem
@@ -45,6 +46,23 @@ class VolumeStats:
     used_bytes: int
     used_inodes: int
     health: Health
+
+
+def _check_single_workload(record: VolumeRecord, target: str, wanted: PublishRecord) -> None:
+    """SINGLE_NODE_SINGLE_WRITER means one workload: a publish at another target while such
+    a publish exists, or such a publish while there are others, exceeds the volume's
+    capability (FAILED_PRECONDITION, as the spec has it for a publish a mode forbids)."""
+    others = {t: p for t, p in record.publishes.items() if t != target}
+    if not others:
+        return
+    if wanted.mode in ONE_TARGET_MODES:
+        raise failed_precondition(
+            f"access mode {AccessMode.Mode.Name(wanted.mode)} allows one target path, and the volume is "
+            f"already published at {sorted(others)}")
+    single = sorted(t for t, p in others.items() if p.mode in ONE_TARGET_MODES)
+    if single:
+        raise failed_precondition(f"volume is published at {single[0]} with access mode "
+                                  f"SINGLE_NODE_SINGLE_WRITER, which allows no other target path")
 
 
 class NodeManager:
@@ -213,6 +231,8 @@ class NodeManager:
             if existing is not None and not existing.same_request(wanted):
                 raise already_exists(f"volume is already published at {target} with another readonly "
                                      "flag, mount flags or access mode")
+            if existing is None:
+                _check_single_workload(record, target, wanted)
             if record.readonly and not readonly:
                 # A bind takes the flags it is given, so a writable bind of a read-only staging
                 # mount would be writable: the request exceeds what the volume was staged for.

@@ -126,8 +126,11 @@ class NodeService(pb_grpc.NodeServicer):
     @rpc(quiet=True)
     def NodeGetCapabilities(self, request: pb.NodeGetCapabilitiesRequest, context: grpc.ServicerContext
                             ) -> pb.NodeGetCapabilitiesResponse:
+        # SINGLE_NODE_MULTI_WRITER: the node takes SINGLE_NODE_SINGLE_WRITER (one target path)
+        # and SINGLE_NODE_MULTI_WRITER (any number: every pod of the node writes through the
+        # same FUSE client), and still SINGLE_NODE_WRITER for COs that do not know them.
         kinds = [NodeRPC.STAGE_UNSTAGE_VOLUME, NodeRPC.GET_VOLUME_STATS, NodeRPC.VOLUME_CONDITION,
-                 NodeRPC.EXPAND_VOLUME]
+                 NodeRPC.EXPAND_VOLUME, NodeRPC.SINGLE_NODE_MULTI_WRITER]
         return pb.NodeGetCapabilitiesResponse(capabilities=[
             pb.NodeServiceCapability(rpc=NodeRPC(type=kind)) for kind in kinds])
 

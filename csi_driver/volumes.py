@@ -7,7 +7,8 @@ Layout and invariants:
   Only directories with the marker are volumes: ListVolumes skips everything else and
   DeleteVolume refuses to remove an unmarked one. ("context" is absent in markers written
   before it was kept; such volumes accept any settings on a repeated CreateVolume.)
-- Its capacity is the directory quota's `max_bytes` (0 = no quota, unlimited).
+- Its capacity is the directory quota's `max_bytes` (0 = unlimited), its `maxInodes`
+  mutable parameter the quota's `max_inodes` (0 = unlimited); with both 0 there is no quota.
 - Creation is atomic: the directory is built as `/.csi-creating-<dir>` (marker, quota) and
   renamed into place with RENAME_NOREPLACE, so a crash leaves either nothing visible or a
   complete volume; a retry adopts a leftover `.csi-creating-` directory when it is what the
@@ -17,8 +18,11 @@ Layout and invariants:
   no object copied) of the source's tree made as the `.csi-creating-` directory itself;
   the clone is linked only once complete, and its marker is written after it, so a marked
   leftover is a finished clone.
-- Deletion removes the tree bottom-up; a retry after a crash continues where it stopped
-  (the engine frees data objects of unlinked files itself).
+- Deletion drops the quota, then removes the tree with `clone.remove_tree` (batched,
+  deepest first, read-only snapshot trees a user cut inside the volume included; files
+  bypass the trash). The marked root goes last, so a retry after a crash finds the volume
+  and continues where it stopped. The slices freed reach the engine's garbage list; a slice
+  another tree still shares (a clone's, a snapshot's) stays.
 """
 
 from __future__ import annotations
@@ -158,13 +162,10 @@ def _discard(meta: Meta, name: str) -> None:
 
 
 def _finish(meta: Meta, staging: str, dir_name: str, attr: Attr, csi_name: str, capacity: int,
-            context: dict[str, str] | None, source: ContentSource | None) -> VolumeDir:
-    if capacity:
-        meta.set_quota(attr.ino, capacity, 0)  # counts what a clone already holds
-    else:
-        _drop_quota(meta, attr.ino)  # a leftover from an earlier attempt with a size
+            max_inodes: int, context: dict[str, str] | None, source: ContentSource | None) -> VolumeDir:
+    _set_limits(meta, attr.ino, capacity, max_inodes)  # also replaces an earlier attempt's
     meta.rename(ROOT_INO, staging.encode(), ROOT_INO, dir_name.encode(), RENAME_NOREPLACE)
-    return VolumeDir(dir_name, attr.ino, csi_name, capacity, context=dict(context or {}), source=source)
+    return VolumeDir(dir_name, attr.ino, csi_name, capacity, max_inodes, dict(context or {}), source)
 
 
 def _adoptable(meta: Meta, attr: Attr, csi_name: str) -> bool:
@@ -177,7 +178,7 @@ def _adoptable(meta: Meta, attr: Attr, csi_name: str) -> bool:
 
 
 def create(meta: Meta, dir_name: str, csi_name: str, capacity: int,
-           context: dict[str, str] | None = None) -> VolumeDir:
+           context: dict[str, str] | None = None, max_inodes: int = 0) -> VolumeDir:
     """Create volume `/<dir_name>`; raises FsError(EEXIST) if it appeared meanwhile."""
     staging = CREATING_PREFIX + dir_name
     attr = _lookup(meta, ROOT_INO, staging)
@@ -192,11 +193,11 @@ def create(meta: Meta, dir_name: str, csi_name: str, capacity: int,
                 raise
             attr = meta.lookup(ROOT_INO, staging.encode())
     meta.setxattr(attr.ino, MARKER, _marker_json(csi_name, context, None))
-    return _finish(meta, staging, dir_name, attr, csi_name, capacity, context, None)
+    return _finish(meta, staging, dir_name, attr, csi_name, capacity, max_inodes, context, None)
 
 
 def create_from(meta: Meta, dir_name: str, csi_name: str, capacity: int, context: dict[str, str] | None,
-                source: ContentSource, source_ino: int) -> VolumeDir:
+                source: ContentSource, source_ino: int, max_inodes: int = 0) -> VolumeDir:
     """Create volume `/<dir_name>` as a writable clone of directory `source_ino` (a
     volume's, or a snapshot's frozen tree); FsError(EEXIST) if it appeared meanwhile."""
     staging = CREATING_PREFIX + dir_name
@@ -211,7 +212,7 @@ def create_from(meta: Meta, dir_name: str, csi_name: str, capacity: int, context
         attr = tree.clone(tree_engine(meta), source_ino, ROOT_INO, staging.encode(), read_only=False)
         # The copy carries the source's xattrs, its volume marker included: replace it.
         meta.setxattr(attr.ino, MARKER, _marker_json(csi_name, context, source))
-    return _finish(meta, staging, dir_name, attr, csi_name, capacity, context, source)
+    return _finish(meta, staging, dir_name, attr, csi_name, capacity, max_inodes, context, source)
 
 
 def _drop_quota(meta: Meta, ino: int) -> None:
@@ -219,57 +220,38 @@ def _drop_quota(meta: Meta, ino: int) -> None:
         meta.del_quota(ino)
 
 
+def _set_limits(meta: Meta, ino: int, capacity: int, max_inodes: int) -> None:
+    """The quota of directory `ino`: these limits (usage counted from what it holds), or
+    none when both are 0 (unlimited)."""
+    if capacity or max_inodes:
+        meta.set_quota(ino, capacity, max_inodes)
+    else:
+        _drop_quota(meta, ino)
+
+
 def set_capacity(meta: Meta, volume: VolumeDir, capacity: int) -> None:
-    meta.set_quota(volume.ino, capacity, volume.max_inodes)
+    _set_limits(meta, volume.ino, capacity, volume.max_inodes)
+
+
+def set_max_inodes(meta: Meta, volume: VolumeDir, max_inodes: int) -> None:
+    _set_limits(meta, volume.ino, volume.capacity, max_inodes)
 
 
 def delete(meta: Meta, dir_name: str) -> bool:
-    """Remove `/<dir_name>` and everything below it; False if it was already gone."""
+    """Remove `/<dir_name>` and everything below it, frozen trees included; False if it was
+    already gone."""
     attr = _lookup(meta, ROOT_INO, dir_name)
     if attr is None:
         return False
-    remove_tree(meta, ROOT_INO, dir_name.encode(), attr)
-    return True
-
-
-def remove_tree(meta: Meta, parent: int, name: bytes, attr: Attr) -> None:
-    """Depth-first removal without recursion (trees can be deep). Entries that vanish
-    meanwhile (another delete of the same volume after a crash) are fine. Files bypass the
-    trash: deleting a volume is the reclaim policy's decision, not a mistake to undo (and
-    the freed data still waits out the garbage delay)."""
-    if not attr.is_dir:
-        _ignore_enoent(meta.unlink, parent, name, False)
-        return
-    # (parent ino, name, ino, children already pushed)
-    stack: list[tuple[int, bytes, int, bool]] = [(parent, name, attr.ino, False)]
-    while stack:
-        dir_parent, dir_name, ino, expanded = stack.pop()
-        if expanded:
-            if dir_parent == parent and dir_name == name:
-                _ignore_enoent(_drop_quota, meta, ino)
-            _ignore_enoent(meta.rmdir, dir_parent, dir_name)
-            continue
-        stack.append((dir_parent, dir_name, ino, True))
-        try:
-            entries = meta.readdir(ino)
-        except FsError as exc:
-            if exc.errno == errno.ENOENT:
-                stack.pop()
-                continue
-            raise
-        for entry in entries:
-            if entry.attr.is_dir:
-                stack.append((ino, entry.name, entry.attr.ino, False))
-            else:
-                _ignore_enoent(meta.unlink, ino, entry.name, False)
-
-
-def _ignore_enoent(func: object, *args: object) -> None:
+    if attr.is_dir:
+        _drop_quota(meta, attr.ino)  # remove_tree leaves quota records alone
     try:
-        func(*args)  # type: ignore[operator]
+        tree.remove_tree(tree_engine(meta), ROOT_INO, dir_name.encode())
     except FsError as exc:
         if exc.errno != errno.ENOENT:
             raise
+        return False  # removed meanwhile by another delete
+    return True
 
 
 def list_volumes(meta: Meta, after: str = "") -> Iterator[VolumeDir]:

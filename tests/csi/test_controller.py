@@ -3,6 +3,7 @@ driver process and a real Redis-backed filesystem; results are checked in the en
 
 from __future__ import annotations
 
+import errno
 import json
 import threading
 from collections.abc import Iterator
@@ -13,10 +14,14 @@ import pytest
 
 from csi_driver._proto import csi_pb2 as pb
 from csi_driver.volume_id import dir_name, parse_id
+from csi_driver.volumes import tree_engine
+from fusecache.errors import FsError
+from fusecache.meta import clone as tree
 from fusecache.meta import open_meta
 from fusecache.meta.base import Meta
 from fusecache.types import ROOT_INO
 from tests.csi.harness import MOUNT_CAP, NODE_ID, Driver, capability, running_driver
+from tests.meta.conformance import drain_garbage, mkfile, write
 
 GiB = 1 << 30
 RPC = pb.ControllerServiceCapability.RPC
@@ -52,14 +57,12 @@ def test_capabilities_with_a_default_filesystem(driver: Driver) -> None:
         pb.ControllerGetCapabilitiesRequest()).capabilities}
     assert caps == {RPC.CREATE_DELETE_VOLUME, RPC.EXPAND_VOLUME, RPC.LIST_VOLUMES, RPC.GET_CAPACITY,
                     RPC.CREATE_DELETE_SNAPSHOT, RPC.LIST_SNAPSHOTS, RPC.GET_SNAPSHOT, RPC.CLONE_VOLUME,
-                    RPC.GET_VOLUME, RPC.VOLUME_CONDITION}
+                    RPC.GET_VOLUME, RPC.VOLUME_CONDITION, RPC.MODIFY_VOLUME, RPC.SINGLE_NODE_MULTI_WRITER}
 
 
 def test_unsupported_rpcs_are_unimplemented(driver: Driver) -> None:
     c = driver.s.controller
     assert code_of(c.ControllerPublishVolume, pb.ControllerPublishVolumeRequest(volume_id="v", node_id=NODE_ID)) \
-        == grpc.StatusCode.UNIMPLEMENTED
-    assert code_of(c.ControllerModifyVolume, pb.ControllerModifyVolumeRequest(volume_id="v")) \
         == grpc.StatusCode.UNIMPLEMENTED
 
 
@@ -74,8 +77,15 @@ def test_unsupported_rpcs_are_unimplemented(driver: Driver) -> None:
     pb.CreateVolumeRequest(name="v", volume_capabilities=[MOUNT_CAP], volume_content_source=pb.VolumeContentSource()),
     pb.CreateVolumeRequest(name="v", volume_capabilities=[MOUNT_CAP],
                            capacity_range=pb.CapacityRange(required_bytes=-1)),
+    pb.CreateVolumeRequest(name="v", volume_capabilities=[MOUNT_CAP], mutable_parameters={"XXX_FakeKey": "x"}),
+    pb.CreateVolumeRequest(name="v", volume_capabilities=[MOUNT_CAP], mutable_parameters={"readahead": "2"}),
+    pb.CreateVolumeRequest(name="v", volume_capabilities=[MOUNT_CAP], mutable_parameters={"maxInodes": "-1"}),
+    pb.CreateVolumeRequest(name="v", volume_capabilities=[MOUNT_CAP], mutable_parameters={"maxInodes": "1e6"}),
+    pb.CreateVolumeRequest(name="v", volume_capabilities=[MOUNT_CAP],
+                           mutable_parameters={"maxInodes": str((1 << 53) + 1)}),
 ], ids=["no-name", "no-caps", "block", "unknown-mode", "unknown-param", "bad-param", "empty-content-source",
-        "negative-size"])
+        "negative-size", "unknown-mutable", "mount-setting-as-mutable", "negative-inodes", "float-inodes",
+        "too-many-inodes"])
 def test_create_rejects_invalid_requests(driver: Driver, meta: Meta, request_: pb.CreateVolumeRequest) -> None:
     assert code_of(driver.s.controller.CreateVolume, request_) == grpc.StatusCode.INVALID_ARGUMENT
     assert [e.name for e in meta.readdir(ROOT_INO)] == []  # nothing half-made
@@ -216,6 +226,69 @@ def test_delete_removes_the_tree_and_is_idempotent(driver: Driver, meta: Meta) -
     assert listed(driver) == [other.volume_id]
 
 
+def frozen_volume(driver: Driver, meta: Meta, name: str) -> tuple[pb.Volume, int, int]:
+    """A volume holding data and, inside it, a read-only snapshot of part of it (what
+    `fusecache snapshot` makes on a mount). Returns (volume, root inode, snapshot inode)."""
+    volume = create(driver, name, required=GiB)
+    root = meta.lookup(ROOT_INO, name.encode()).ino
+    data = meta.mkdir(root, b"data", 0o755, 0, 0).ino
+    deeper = meta.mkdir(data, b"deeper", 0o755, 0, 0).ino
+    for parent, size in ((data, 1000), (deeper, 5000)):
+        write(meta, mkfile(meta, parent, b"f").ino, 0, size)
+    meta.symlink(deeper, b"l", b"../f", 0, 0)
+    frozen = tree.clone(tree_engine(meta), data, root, b"snapshot", read_only=True)
+    with pytest.raises(FsError) as info:  # what made the old file-by-file delete fail
+        meta.unlink(frozen.ino, b"f", False)
+    assert info.value.errno == errno.EROFS
+    return volume, root, frozen.ino
+
+
+def slices_of(meta: Meta) -> set[int]:
+    """Slice ids some file of the filesystem holds."""
+    found: set[int] = set()
+    stack = [ROOT_INO]
+    while stack:
+        for entry in meta.readdir(stack.pop()):
+            if entry.attr.is_dir:
+                stack.append(entry.attr.ino)
+            elif entry.attr.is_file:
+                found |= {s.id for s in meta.read(entry.attr.ino, 0)}
+    return found
+
+
+def test_delete_removes_frozen_snapshot_trees(driver: Driver, meta: Meta) -> None:
+    """A volume holding a read-only snapshot tree deletes cleanly, and what only it held
+    goes to the garbage collector (slices another volume still holds stay)."""
+    volume, root, _ = frozen_volume(driver, meta, "pvc-frozen")
+    keep = create(driver, "pvc-keep")
+    kept_file = mkfile(meta, meta.lookup(ROOT_INO, b"pvc-keep").ino, b"k").ino
+    _, kept_slice = write(meta, kept_file, 0, 300)
+    doomed = slices_of(meta) - {kept_slice.id}
+    assert len(doomed) == 2  # the snapshot shares them with the files it was cut from
+    meta.garbage_delay = 0.0  # this engine sees what waits out the filesystem's delay
+    assert drain_garbage(meta) == set()
+    driver.s.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=volume.volume_id), timeout=60)
+    assert [e.name for e in meta.readdir(ROOT_INO)] == [b"pvc-keep"]
+    assert meta.get_quota(root) is None
+    assert slices_of(meta) == {kept_slice.id}
+    # Each slice reaches the garbage list once, when its last holder went (the driver's own
+    # collector left them there: the filesystem's garbage delay is the default 5 min).
+    assert {slice_id for slice_id, _ in drain_garbage(meta)} == doomed
+    assert listed(driver) == [keep.volume_id]
+
+
+def test_delete_resumes_a_removal_cut_short(driver: Driver, meta: Meta) -> None:
+    """A controller that died mid-delete left the marked root, no quota and half a frozen
+    tree: the retry finishes it."""
+    volume, root, frozen = frozen_volume(driver, meta, "pvc-half")
+    meta.del_quota(root)  # the first thing a delete does
+    tree.remove_tree(tree_engine(meta), frozen, b"deeper")  # then part of the tree went
+    assert listed(driver) == [volume.volume_id]  # still a volume: the marker is on the root
+    driver.s.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=volume.volume_id), timeout=60)
+    assert meta.readdir(ROOT_INO) == [] and slices_of(meta) == set()
+    driver.s.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=volume.volume_id), timeout=60)
+
+
 def test_delete_refuses_foreign_directories_and_filesystems(driver: Driver, meta: Meta) -> None:
     volume = create(driver, "pvc-mine")
     parsed = parse_id(volume.volume_id)
@@ -306,6 +379,119 @@ def test_expand(driver: Driver, meta: Meta) -> None:
     assert c.ListVolumes(pb.ListVolumesRequest()).entries[0].volume.capacity_bytes == 3 * GiB
 
 
+# -- mutable parameters: CreateVolume and ControllerModifyVolume -------------------------------
+def quota_of(meta: Meta, dir_: bytes) -> tuple[int, int] | None:
+    """(max_bytes, max_inodes) of a volume directory's quota; None without one."""
+    quota = meta.get_quota(meta.lookup(ROOT_INO, dir_).ino)
+    return None if quota is None else (quota.max_bytes, quota.max_inodes)
+
+
+def modify(driver: Driver, volume_id: str, **params: str) -> pb.ControllerModifyVolumeResponse:
+    return driver.s.controller.ControllerModifyVolume(pb.ControllerModifyVolumeRequest(
+        volume_id=volume_id, mutable_parameters=params), timeout=60)
+
+
+def edquot(call, *args: object) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(FsError) as info:
+        call(*args)
+    assert info.value.errno == errno.EDQUOT, info.value
+
+
+def test_create_applies_mutable_parameters(driver: Driver, meta: Meta) -> None:
+    """maxInodes is the quota's inode limit from the start, with or without a capacity; a
+    repeat is idempotent on the keys it names."""
+    sized = create(driver, "pvc-inodes", required=GiB, mutable_parameters={"maxInodes": "3"})
+    assert sized.capacity_bytes == GiB and quota_of(meta, b"pvc-inodes") == (GiB, 3)
+    root = meta.lookup(ROOT_INO, b"pvc-inodes").ino
+    sub = meta.mkdir(root, b"d", 0o755, 0, 0)
+    meta.mknod(root, b"f", 0o100644, 0, 0)
+    meta.symlink(sub.ino, b"l", b"../f", 0, 0)
+    edquot(meta.mknod, sub.ino, b"one-too-many", 0o100644, 0, 0)  # the engine enforces it for every client
+    unsized = create(driver, "pvc-inodes-only", mutable_parameters={"maxInodes": "5"})
+    assert unsized.capacity_bytes == 0 and quota_of(meta, b"pvc-inodes-only") == (0, 5)
+    # Repeats: the same key and value, or no mutable parameters, find the volume; another value does not.
+    assert create(driver, "pvc-inodes", required=GiB, mutable_parameters={"maxInodes": "3"}) == sized
+    assert create(driver, "pvc-inodes", required=GiB) == sized
+    assert code_of(driver.s.controller.CreateVolume, pb.CreateVolumeRequest(
+        name="pvc-inodes", volume_capabilities=[MOUNT_CAP], capacity_range=pb.CapacityRange(required_bytes=GiB),
+        mutable_parameters={"maxInodes": "4"})) == grpc.StatusCode.ALREADY_EXISTS
+    assert quota_of(meta, b"pvc-inodes") == (GiB, 3)
+    # maxInodes "0" is no limit: no quota at all for a volume without a capacity.
+    create(driver, "pvc-no-limits", mutable_parameters={"maxInodes": "0"})
+    assert quota_of(meta, b"pvc-no-limits") is None
+
+
+def test_modify_volume_validation(driver: Driver, meta: Meta) -> None:
+    c = driver.s.controller
+    volume = create(driver, "pvc-mod-val", required=GiB)
+
+    def code(volume_id: str, params: dict[str, str]) -> grpc.StatusCode:
+        return code_of(c.ControllerModifyVolume, pb.ControllerModifyVolumeRequest(
+            volume_id=volume_id, mutable_parameters=params))
+
+    assert code("", {"maxInodes": "10"}) == grpc.StatusCode.INVALID_ARGUMENT
+    assert code("non-existing-volume-id", {"maxInodes": "10"}) == grpc.StatusCode.NOT_FOUND
+    assert code(volume.volume_id.replace("mod-val", "mod-none"), {"maxInodes": "10"}) == grpc.StatusCode.NOT_FOUND
+    meta.mkdir(ROOT_INO, b"home", 0o755, 0, 0)
+    parsed = parse_id(volume.volume_id)
+    assert parsed is not None
+    assert code(f"fc1:{parsed.fs}:home", {"maxInodes": "10"}) == grpc.StatusCode.NOT_FOUND  # not a CSI volume
+    assert meta.get_quota(meta.lookup(ROOT_INO, b"home").ino) is None
+    for bad in ({"XXX_FakeKey": "XXX_FakeValue"}, {"maxInodes": "10", "cache": "mem:1GiB"},
+                {"maxInodes": ""}, {"maxInodes": "ten"}, {"maxInodes": "-5"}, {"maxInodes": "٣"}):
+        assert code(volume.volume_id, bad) == grpc.StatusCode.INVALID_ARGUMENT, bad
+    assert quota_of(meta, b"pvc-mod-val") == (GiB, 0)  # nothing was changed by a refused call
+
+
+def test_modify_volume_sets_the_inode_limit(driver: Driver, meta: Meta) -> None:
+    c = driver.s.controller
+    volume = create(driver, "pvc-mod", required=GiB)
+    root = meta.lookup(ROOT_INO, b"pvc-mod").ino
+    for name in (b"a", b"b", b"c"):
+        meta.mknod(root, name, 0o100644, 0, 0)
+    modify(driver, volume.volume_id, maxInodes="4")
+    assert quota_of(meta, b"pvc-mod") == (GiB, 4)  # the capacity stays
+    modify(driver, volume.volume_id, maxInodes="4")  # idempotent
+    meta.mknod(root, b"d", 0o100644, 0, 0)
+    edquot(meta.mknod, root, b"e", 0o100644, 0, 0)
+    # No key: nothing changes (the spec: never modify on the absence of a key).
+    modify(driver, volume.volume_id)
+    assert quota_of(meta, b"pvc-mod") == (GiB, 4)
+    # Below what the volume holds: accepted; no new entries until some go.
+    modify(driver, volume.volume_id, maxInodes="2")
+    edquot(meta.mkdir, root, b"dir", 0o755, 0, 0)
+    meta.unlink(root, b"a", False)
+    quota = meta.get_quota(root)
+    assert quota is not None and quota.used_inodes == 3 and quota.max_inodes == 2
+    # Expansion keeps the inode limit; "0" lifts it and keeps the byte limit.
+    c.ControllerExpandVolume(pb.ControllerExpandVolumeRequest(
+        volume_id=volume.volume_id, capacity_range=pb.CapacityRange(required_bytes=2 * GiB)))
+    assert quota_of(meta, b"pvc-mod") == (2 * GiB, 2)
+    modify(driver, volume.volume_id, maxInodes="0")
+    assert quota_of(meta, b"pvc-mod") == (2 * GiB, 0)
+    meta.mkdir(root, b"dir", 0o755, 0, 0)
+    # A volume without a capacity: the inode limit is its whole quota, and lifting it drops it.
+    unsized = create(driver, "pvc-mod-unsized")
+    assert quota_of(meta, b"pvc-mod-unsized") is None
+    modify(driver, unsized.volume_id, maxInodes="7")
+    assert quota_of(meta, b"pvc-mod-unsized") == (0, 7)
+    listed_sizes = {e.volume.volume_id: e.volume.capacity_bytes for e in c.ListVolumes(pb.ListVolumesRequest()).entries}
+    assert listed_sizes[unsized.volume_id] == 0  # still unlimited in bytes
+    modify(driver, unsized.volume_id, maxInodes="0")
+    assert quota_of(meta, b"pvc-mod-unsized") is None
+
+
+def test_validate_checks_mutable_parameters(driver: Driver) -> None:
+    c = driver.s.controller
+    volume = create(driver, "pvc-val-mut")
+    ok = c.ValidateVolumeCapabilities(pb.ValidateVolumeCapabilitiesRequest(
+        volume_id=volume.volume_id, volume_capabilities=[MOUNT_CAP], mutable_parameters={"maxInodes": "9"}))
+    assert ok.HasField("confirmed")
+    refused = c.ValidateVolumeCapabilities(pb.ValidateVolumeCapabilitiesRequest(
+        volume_id=volume.volume_id, volume_capabilities=[MOUNT_CAP], mutable_parameters={"iops": "9"}))
+    assert not refused.HasField("confirmed") and "iops" in refused.message
+
+
 # -- filesystems named by secrets ------------------------------------------------------------
 def test_secrets_name_the_filesystem_and_can_format_it(meta_url: str, workdir: Path) -> None:
     """No default filesystem: every request names one through its secrets; the first
@@ -317,7 +503,8 @@ def test_secrets_name_the_filesystem_and_can_format_it(meta_url: str, workdir: P
         caps = {cap.rpc.type for cap in c.ControllerGetCapabilities(pb.ControllerGetCapabilitiesRequest()).capabilities}
         # ListVolumes, GetCapacity and ControllerGetVolume carry no secrets: they need a default fs.
         assert caps == {RPC.CREATE_DELETE_VOLUME, RPC.EXPAND_VOLUME, RPC.CREATE_DELETE_SNAPSHOT,
-                        RPC.LIST_SNAPSHOTS, RPC.GET_SNAPSHOT, RPC.CLONE_VOLUME}
+                        RPC.LIST_SNAPSHOTS, RPC.GET_SNAPSHOT, RPC.CLONE_VOLUME, RPC.MODIFY_VOLUME,
+                        RPC.SINGLE_NODE_MULTI_WRITER}
         assert code_of(c.CreateVolume, pb.CreateVolumeRequest(name="pvc-s", volume_capabilities=[MOUNT_CAP])) \
             == grpc.StatusCode.INVALID_ARGUMENT
         assert code_of(c.CreateVolume, pb.CreateVolumeRequest(

@@ -15,7 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from csi_driver import fsref, settings
+from csi_driver import fsref, mutable, settings
 from csi_driver.config import DEFAULT_DRIVER_NAME
 from csi_driver.server import parse_args
 
@@ -722,6 +722,7 @@ def test_readme_tables_list_exactly_the_keys_the_driver_knows() -> None:
     assert table_keys(section, "key | meaning") == {
         fsref.SECRET_META_URL, fsref.SECRET_META_PASSWORD, fsref.SECRET_ACCESS_KEY, fsref.SECRET_SECRET_KEY,
         *fsref.FORMAT_KEYS}
+    assert table_keys(section, "mutable parameter | meaning") == set(mutable.KEYS)
     # Each flag the table names is the one the driver passes.
     every = settings.parse({"cache": "mem:1GiB;ssd:/c:1GiB", "cacheLow": "0.5", "cacheHigh": "0.9",
                             "cacheFreeRatio": "0.1", "readahead": "1", "writeback": "true", "attrTimeout": "1",

@@ -172,3 +172,38 @@ def test_snapshot_restore_and_clone_on_real_mounts(driver: Driver, objects: Path
         assert meta.readdir(meta.lookup(ROOT_INO, b".csi-snapshots").ino) == []
     finally:
         meta.shutdown()
+
+
+def test_volume_holding_a_user_snapshot_is_deleted_with_its_objects(driver: Driver, objects: Path,
+                                                                      meta_url: str, workdir: Path) -> None:
+    """A pod's user cuts a read-only snapshot inside the volume with `fusecache snapshot`;
+    nothing can remove that tree through the mount (EROFS), but DeleteVolume removes the
+    whole volume, and every object of it goes."""
+    c = driver.s.controller
+    kubelet = Kubelet(driver, workdir / "kubelet")
+    volume = c.CreateVolume(pb.CreateVolumeRequest(
+        name="pvc-user-snapshot", volume_capabilities=[CAP],
+        capacity_range=pb.CapacityRange(required_bytes=64 * MiB)), timeout=120).volume
+    mounted = kubelet.mount(volume)
+    (mounted / "data").mkdir()
+    original = {"a.bin": written(mounted / "data" / "a.bin", 2 * MiB + 7, 5),
+                "b.bin": written(mounted / "data" / "b.bin", 300_000, 6)}
+    written(mounted / "top.bin", MiB, 7)
+    run_cli("snapshot", str(mounted / "data"), str(mounted / "frozen"))
+    assert hashes(mounted / "frozen") == original
+    with pytest.raises(OSError) as info:
+        (mounted / "frozen" / "a.bin").unlink()
+    assert info.value.errno == 30  # EROFS
+    (mounted / "data" / "a.bin").unlink()  # its data stays: the snapshot holds it
+    assert hashes(mounted / "frozen") == original
+    assert block_files(objects)
+
+    kubelet.unmount(volume.volume_id)
+    c.DeleteVolume(pb.DeleteVolumeRequest(volume_id=volume.volume_id), timeout=120)
+    assert block_files(objects) == []
+    meta = open_meta(meta_url)
+    try:
+        assert meta.readdir(ROOT_INO) == []
+    finally:
+        meta.shutdown()
+    c.DeleteVolume(pb.DeleteVolumeRequest(volume_id=volume.volume_id), timeout=120)  # again: OK

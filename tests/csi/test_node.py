@@ -71,7 +71,7 @@ def paths(workdir: Path) -> dict[str, Path]:
 def test_capabilities_and_info(driver: Driver) -> None:
     caps = {c.rpc.type for c in driver.s.node.NodeGetCapabilities(pb.NodeGetCapabilitiesRequest()).capabilities}
     assert caps == {NodeRPC.STAGE_UNSTAGE_VOLUME, NodeRPC.GET_VOLUME_STATS, NodeRPC.VOLUME_CONDITION,
-                    NodeRPC.EXPAND_VOLUME}
+                    NodeRPC.EXPAND_VOLUME, NodeRPC.SINGLE_NODE_MULTI_WRITER}
     info = driver.s.node.NodeGetInfo(pb.NodeGetInfoRequest())
     assert info.node_id == NODE_ID and info.max_volumes_per_node == 0
 

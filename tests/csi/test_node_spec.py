@@ -1,6 +1,6 @@
-"""Node RPC rules of the CSI spec that csi-sanity does not exercise, on real mounts:
-repeated publishes with other arguments, stage/publish capability mismatches, unstage while
-published, and paths that belong to another volume."""
+"""Node RPC rules of the CSI spec that csi-sanity does not exercise (or only in part), on real
+mounts: repeated publishes with other arguments, stage/publish capability mismatches, unstage
+while published, paths that belong to another volume, and the single-node access modes."""
 
 from __future__ import annotations
 
@@ -152,4 +152,49 @@ def test_paths_of_another_volume_are_not_taken_over(driver: Driver, where: dict[
     unpublish(driver, a.volume_id, where["t1"])
     for volume, staging in ((a, where["staging"]), (b, where["staging2"])):
         unstage(driver, volume.volume_id, staging)
+    assert fuse_clients(driver) == []
+
+
+def test_single_node_single_writer_is_published_at_one_target(driver: Driver, where: dict[str, Path]) -> None:
+    """SINGLE_NODE_SINGLE_WRITER is one workload: a publish at a second target is
+    FAILED_PRECONDITION (as csi-sanity checks), in either order of the modes, and leaves
+    nothing behind; once the first is unpublished another target may take it."""
+    single = capability(Mode.SINGLE_NODE_SINGLE_WRITER)
+    volume = create(driver, "pvc-rwop")
+    stage(driver, volume, where["staging"], single)
+    publish(driver, volume, where["staging"], where["t1"], cap=single)
+    publish(driver, volume, where["staging"], where["t1"], cap=single)  # the same again: OK
+    (where["t1"] / "f").write_bytes(b"one writer")
+    for cap, readonly in ((single, False), (capability(Mode.SINGLE_NODE_MULTI_WRITER), False),
+                          (capability(Mode.SINGLE_NODE_READER_ONLY), True)):
+        assert publish_code(driver, volume, where["staging"], where["t2"], readonly, cap) == FAILED_PRECONDITION
+        assert top_mount(str(where["t2"])) is None and not where["t2"].exists()
+    assert writable(where["t1"]) and (where["t1"] / "f").read_bytes() == b"one writer"
+    unpublish(driver, volume.volume_id, where["t1"])
+    publish(driver, volume, where["staging"], where["t2"], cap=single)
+    assert (where["t2"] / "f").read_bytes() == b"one writer"
+    # The other way round: a volume with a publish of another mode takes no single-writer one.
+    unpublish(driver, volume.volume_id, where["t2"])
+    publish(driver, volume, where["staging"], where["t1"], cap=capability(Mode.SINGLE_NODE_MULTI_WRITER))
+    assert publish_code(driver, volume, where["staging"], where["t2"], cap=single) == FAILED_PRECONDITION
+    assert not where["t2"].exists()
+    unpublish(driver, volume.volume_id, where["t1"])
+    unstage(driver, volume.volume_id, where["staging"])
+    assert fuse_clients(driver) == []
+
+
+def test_single_node_multi_writer_serves_several_pods_of_the_node(driver: Driver, where: dict[str, Path]) -> None:
+    """SINGLE_NODE_MULTI_WRITER: every publish on the node writes through the one FUSE client."""
+    multi = capability(Mode.SINGLE_NODE_MULTI_WRITER)
+    volume = create(driver, "pvc-rwo-multi")
+    stage(driver, volume, where["staging"], multi)
+    publish(driver, volume, where["staging"], where["t1"], cap=multi)
+    publish(driver, volume, where["staging"], where["t2"], cap=multi)
+    (where["t1"] / "from-1").write_bytes(b"one")
+    (where["t2"] / "from-2").write_bytes(b"two")
+    assert (where["t2"] / "from-1").read_bytes() == b"one" and (where["t1"] / "from-2").read_bytes() == b"two"
+    assert len(fuse_clients(driver)) == 1
+    for target in ("t1", "t2"):
+        unpublish(driver, volume.volume_id, where[target])
+    unstage(driver, volume.volume_id, where["staging"])
     assert fuse_clients(driver) == []

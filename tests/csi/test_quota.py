@@ -101,3 +101,43 @@ def test_write_past_the_quota_fails_with_edquot_on_a_shared_client(driver: Drive
         unpublish(driver, volume.volume_id, pods[name])
         unstage(driver, volume.volume_id, workdir / "staging" / name)
     assert fuse_clients(driver) == []
+
+
+def inode_usage(driver: Driver, volume: pb.Volume, path: Path) -> pb.VolumeUsage:
+    response = driver.s.node.NodeGetVolumeStats(pb.NodeGetVolumeStatsRequest(
+        volume_id=volume.volume_id, volume_path=str(path)), timeout=30)
+    [usage] = [u for u in response.usage if u.unit == pb.VolumeUsage.INODES]
+    return usage
+
+
+def test_modify_volume_changes_the_inode_limit_on_a_mounted_volume(driver: Driver, workdir: Path) -> None:
+    """ControllerModifyVolume's maxInodes reaches a volume that pods already use, with no
+    node call and no remount: the engine checks the quota on every create."""
+    volume = create(driver, "pvc-inode-limit", size=64 * MiB)
+    staging, pod = workdir / "staging", workdir / "pods" / "pod"
+    stage(driver, volume, staging)
+    publish(driver, volume, staging, pod)
+    [client] = fuse_clients(driver)
+    for i in range(3):
+        (pod / f"f{i}").write_bytes(b"x")
+
+    driver.s.controller.ControllerModifyVolume(pb.ControllerModifyVolumeRequest(
+        volume_id=volume.volume_id, mutable_parameters={"maxInodes": "5"}), timeout=60)
+    usage = inode_usage(driver, volume, pod)
+    assert (usage.total, usage.used, usage.available) == (5, 3, 2)
+    (pod / "d").mkdir()
+    (pod / "d" / "g").write_bytes(b"y")
+    with pytest.raises(OSError) as info:
+        (pod / "one-too-many").write_bytes(b"z")
+    assert info.value.errno == errno.EDQUOT
+    with pytest.raises(OSError) as info:
+        (pod / "dir-too-many").mkdir()
+    assert info.value.errno == errno.EDQUOT
+
+    driver.s.controller.ControllerModifyVolume(pb.ControllerModifyVolumeRequest(
+        volume_id=volume.volume_id, mutable_parameters={"maxInodes": "0"}), timeout=60)
+    (pod / "now-it-fits").write_bytes(b"z")
+    assert inode_usage(driver, volume, pod).total > 5
+    assert fuse_clients(driver) == [client]  # the same client all along
+    unpublish(driver, volume.volume_id, pod)
+    unstage(driver, volume.volume_id, staging)

@@ -113,7 +113,9 @@ def test_capabilities() -> None:
     assert capability_problem(capability()) == ""
     assert capability_problem(capability(Mode.MULTI_NODE_MULTI_WRITER, ("noexec", "ro"))) == ""
     assert "block" in capability_problem(capability(block=True))
-    assert "not supported" in capability_problem(capability(Mode.SINGLE_NODE_SINGLE_WRITER))
+    assert capability_problem(capability(Mode.SINGLE_NODE_SINGLE_WRITER)) == ""
+    assert capability_problem(capability(Mode.SINGLE_NODE_MULTI_WRITER)) == ""
+    assert "not supported" in capability_problem(capability(99))
     assert capability_problem(capability(Mode.UNKNOWN))
     assert "fs_type" in capability_problem(capability(fs_type="ext4"))
     assert "fuseOptions" in capability_problem(capability(flags=("allow_root",)))
