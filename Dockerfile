@@ -4,15 +4,15 @@
 #
 #   docker build -t registry.example.com/fusecache-csi:0.1.0 .     (or: podman build ...)
 #
-# Reproducible: the base image is one ARG (pin it by digest, see below) and every Python
-# dependency is pinned by constraints.txt. Lean: the toolchain and wheels stay in the build
-# stage; the runtime stage copies only the finished virtualenv, so no layer keeps a wheel.
+# Reproducible: the base image is pinned by digest (one ARG) and every Python dependency is
+# pinned by constraints.txt. Lean: the toolchain and wheels stay in the build stage; the
+# runtime stage copies only the finished virtualenv, so no layer keeps a wheel.
 #
-# Pin the base by digest for a reproducible build, e.g.
-#   docker buildx imagetools inspect python:3.11-slim-bookworm   (shows the index digest)
+# The tag in front of the digest is for people; the digest decides what is pulled. To move to
+# a newer base, look up the current index digest and pass it, or change it here:
+#   docker buildx imagetools inspect python:3.11-slim-bookworm
 #   docker build --build-arg BASE_IMAGE=python:3.11-slim-bookworm@sha256:<digest> ...
-# The default below is the tag only: this repository could not verify a digest offline.
-ARG BASE_IMAGE=python:3.11-slim-bookworm
+ARG BASE_IMAGE=python:3.11-slim-bookworm@sha256:2e32f7d302adc1c37428355c1e646897c0c53f4fd60b6a551245fb90ee129f91
 
 FROM ${BASE_IMAGE} AS build
 RUN apt-get update \
