@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import re
 import sys
 
+from ..secrets import mask_url
+
+__all__ = ["SECRET_FLAGS", "hide_secrets_from_ps", "mask_url", "masked_argv"]
+
 SECRET_FLAGS = ("--secret-key", "--access-key")
-_URL_PASSWORD = re.compile(r"(\w[\w+.-]*://[^:/@\s]*:)([^@\s]+)(@)")
-
-
-def mask_url(text: str) -> str:
-    """redis://user:pw@host → redis://user:****@host."""
-    return _URL_PASSWORD.sub(r"\1****\3", text)
 
 
 def masked_argv(argv: list[str]) -> list[str]:

@@ -5,17 +5,15 @@ lists: no data is read here."""
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterator
 
 import pytest
 
+from fusecache import importer
 from fusecache.meta import open_meta
 from fusecache.meta.redis import RedisMeta
 from fusecache.object.base import ObjectInfo, ObjectStore
 from tests.meta.conformance import ROOT, SETTINGS, assert_consistent
-
-importer = importlib.import_module("fusecache.cli.import")
 
 
 class Listing(ObjectStore):
@@ -55,7 +53,7 @@ def meta(meta_url: str) -> Iterator[RedisMeta]:
 def test_unusable_keys_are_skipped_and_counted(meta: RedisMeta) -> None:
     keys = ["ok/a", "both", "both/inner", "x" * 256, "ok/" + "y" * 255, "dot/./x", "dot/../y", "a//b",
             "/lead", "dir-marker/", "dir-marker/in", "ünï/日本語"]
-    dest = importer._dest_dir(meta, "/in/here")
+    dest = importer.dest_dir(meta, "/in/here")
     run = importer.Importer(meta, Listing(keys), 1, dest, lambda *_: None)
     summary = run.run()
     assert summary.files == 5  # ok/a, both, ok/yyy…, dir-marker/in, ünï/日本語

@@ -1,0 +1,45 @@
+"""Importing a dataset that already lives in a bucket (or a directory): its objects appear
+as files of the volume without their data being copied (`fusecache import`, and the CSI
+driver's `importSource`).
+
+    spec = parse_source(url, access_key, secret_key)
+    summary = import_tree(meta, spec, "/train", progress)
+
+source.py checks and opens the source; tree.py makes directories and files in batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..errors import ObjectStoreError
+from ..meta.external import register_source
+from ..meta.redis import RedisMeta
+from .source import SourceError, SourceSpec, open_source, parse_source, refuse_own_store
+from .tree import Importer, Summary, dest_dir, key_parts
+
+__all__ = ["SourceError", "SourceSpec", "Summary", "import_tree", "key_parts", "parse_source"]
+
+
+def _quiet(_phase: str, _done: int, _total: int | None = None) -> None:
+    return None
+
+
+def import_tree(meta: RedisMeta, spec: SourceSpec, dest: str, settings: object,
+                progress: Callable[[str, int, int | None], None] = _quiet) -> Summary:
+    """Import every object of `spec` under `dest` (a directory path from the volume's
+    root, made if missing). A rerun skips names already there, so an import cut short
+    is finished by running it again. Raises SourceError (one line for a user), FsError
+    and MetaError."""
+    refuse_own_store(spec, settings)
+    store = open_source(spec)
+    try:
+        dest_ino = dest_dir(meta, dest)
+        src = register_source(meta, spec.storage, spec.bucket, spec.access_key, spec.secret_key)
+        try:
+            return Importer(meta, store, src.number, dest_ino, progress).run()
+        except ObjectStoreError as exc:
+            raise SourceError(f"listing SOURCE {spec.shown} failed: {exc}; run the same import again to "
+                              "finish it") from None
+    finally:
+        store.close()

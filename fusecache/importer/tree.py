@@ -1,0 +1,158 @@
+"""Making the files of an import: objects listed at a source become files under a
+directory of the volume, whose chunks are external slices naming one version of each
+object (lua_import.py). Prefixes become directories; sizes and mtimes come from the listing.
+"""
+
+from __future__ import annotations
+
+import errno
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..errors import FsError
+from ..layout import MAX_EXT_SIZE
+from ..meta.base import MAX_NAME
+from ..meta.codec import pack_time
+from ..meta.external import ExternalObject, reserve_numbers
+from ..meta.redis import RedisMeta
+from ..object.base import ObjectInfo, ObjectStore
+from ..types import ROOT_INO, TRASH_NAME
+from ..units import format_size
+from .source import SourceError
+
+BATCH = 500  # files per IMPORT_FILES call
+
+Progress = Callable[[str, int, int | None], None]  # (phase, done, total or None)
+
+
+@dataclass
+class Summary:
+    files: int = 0
+    bytes: int = 0
+    directories: int = 0
+    existing: int = 0  # names already in the volume (a rerun)
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+
+def key_parts(key: str) -> list[bytes] | str:
+    """The path components of a key, or why it cannot be a file name."""
+    parts = key.split("/")
+    if key.endswith("/"):
+        parts = parts[:-1]  # a directory marker
+    out = []
+    for part in parts:
+        raw = part.encode("utf-8", "surrogateescape")
+        if not raw or part in (".", "..") or b"\0" in raw:
+            return "unusable names (empty, '.', '..')"
+        if len(raw) > MAX_NAME:
+            return "names longer than 255 bytes"
+        out.append(raw)
+    return out
+
+
+class Importer:
+    def __init__(self, meta: RedisMeta, store: ObjectStore, source: int, dest: int, progress: Progress) -> None:
+        self.meta = meta
+        self.store = store
+        self.source = source
+        self.dest = dest
+        self.progress = progress
+        self.summary = Summary()
+        self._dirs: dict[tuple[bytes, ...], int | None] = {(): dest}  # None: a file is there
+        self._pending: list[tuple[int, bytes, ObjectInfo]] = []
+        self._pending_names: set[tuple[int, bytes]] = set()
+
+    def run(self) -> Summary:
+        for n, info in enumerate(self.store.list_all(""), 1):
+            self._add(info)
+            self.progress("listing and importing objects", n, None)
+        self._flush()
+        return self.summary
+
+    def _dir(self, path: tuple[bytes, ...]) -> int | None:
+        """The directory for `path` under DEST_DIR (made if missing); None if a file holds
+        one of its names."""
+        if path in self._dirs:
+            return self._dirs[path]
+        parent = self._dir(path[:-1])
+        ino: int | None = None
+        if parent is not None and (parent, path[-1]) not in self._pending_names:
+            try:
+                ino = self.meta.mkdir(parent, path[-1], 0o755, 0, 0).ino
+                self.summary.directories += 1
+            except FsError as exc:
+                if exc.errno != errno.EEXIST:
+                    raise
+                found = self.meta.lookup(parent, path[-1])
+                ino = found.ino if found.is_dir else None
+        self._dirs[path] = ino
+        return ino
+
+    def _add(self, info: ObjectInfo) -> None:
+        parts = key_parts(info.key)
+        if isinstance(parts, str):
+            self.summary.skip(parts)
+            return
+        if info.key.endswith("/"):
+            if self._dir(tuple(parts)) is None:
+                self.summary.skip("keys that are both an object and a prefix")
+            return
+        if info.size > MAX_EXT_SIZE:
+            self.summary.skip(f"objects over {format_size(MAX_EXT_SIZE)}")
+            return
+        parent = self._dir(tuple(parts[:-1]))
+        if parent is None:
+            self.summary.skip("keys that are both an object and a prefix")
+            return
+        self._pending.append((parent, parts[-1], info))
+        self._pending_names.add((parent, parts[-1]))
+        if len(self._pending) >= BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        first = reserve_numbers(self.meta, len(self._pending))
+        now = pack_time(time.time_ns())
+        while True:
+            args: list[object] = [now]
+            for i, (parent, name, info) in enumerate(self._pending):
+                obj = ExternalObject(first + i, self.source, info.key, info.etag, info.size)
+                args += [parent, name, self.meta._new_ino(), pack_time(int(info.mtime * 1e9)), info.size,
+                         obj.number, obj.record()]
+            res = self.meta._run("IMPORT_FILES", [self.meta._p + "ext"], args)
+            if res[0] == -2:  # a reserved inode number is taken: take new ones
+                self.meta._skip_taken_inodes()
+                continue
+            break
+        created, existing = int(res[1]), int(res[2])
+        self.summary.files += created
+        self.summary.existing += existing
+        self.summary.bytes += int(res[3])
+        self._pending.clear()
+        self._pending_names.clear()
+
+
+
+
+def dest_dir(meta: RedisMeta, path: str) -> int:
+    """The inode of DEST_DIR, made (with its parents) if missing."""
+    ino = ROOT_INO
+    parts = [p for p in path.split("/") if p]
+    if parts and parts[0].encode() == TRASH_NAME:
+        raise SourceError("DEST_DIR cannot be in the trash")
+    for part in parts:
+        try:
+            attr = meta.lookup(ino, part.encode())
+        except FsError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            attr = meta.mkdir(ino, part.encode(), 0o755, 0, 0)
+        if not attr.is_dir:
+            raise SourceError(f"DEST_DIR {path} exists and is not a directory")
+        ino = attr.ino
+    return ino
