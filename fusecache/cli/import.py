@@ -38,11 +38,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("meta_url", metavar="META_URL")
     p.add_argument("source", metavar="SOURCE", help="http(s)://host:port/bucket[/prefix], or a local directory")
     p.add_argument("dest", metavar="DEST_DIR", help="directory in the volume, from its root, e.g. /train")
+    p.add_argument("--update", action="store_true",
+                   help="list SOURCE again: add new objects and give files the current version of "
+                        "objects changed at SOURCE (files changed in the volume are kept)")
+    p.add_argument("--delete", action="store_true",
+                   help="with --update: also delete files whose object is gone from SOURCE "
+                        "(files changed in the volume are kept)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.delete and not args.update:
+        raise CliError("--delete works with --update only", 2)
     try:
         spec = parse_source(args.source, os.environ.get("SOURCE_ACCESS_KEY", ""),
                             os.environ.get("SOURCE_SECRET_KEY", ""))
@@ -52,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     progress = ScanProgress(enabled=not args.quiet)
     started = time.monotonic()
     try:
-        summary = import_tree(meta, spec, args.dest, load_volume(meta), progress)
+        summary = import_tree(meta, spec, args.dest, load_volume(meta), progress, update=args.update,
+                              delete=args.delete)
     except SourceError as exc:
         raise CliError(str(exc)) from None
     except FsError as exc:
@@ -63,9 +72,16 @@ def run(args: argparse.Namespace) -> int:
         progress.done()
         meta.shutdown()
     skipped = sum(summary.skipped.values())
+    taken = "held by other files, kept" if args.update else "already there"
     print(f"imported {summary.files} objects ({format_size(summary.bytes)}) from {spec.shown} into {args.dest}: "
-          f"{summary.directories} directories made, {summary.existing} already there, {skipped} skipped; "
+          f"{summary.directories} directories made, {summary.existing} {taken}, {skipped} skipped; "
           f"no data copied ({time.monotonic() - started:.1f} s)")
+    if args.update:
+        print(f"  update: {summary.refreshed} refreshed to a new version, {summary.unchanged} unchanged, "
+              f"{summary.changed_kept} changed in the volume and kept")
+    if args.delete:
+        print(f"  delete: {summary.deleted} files whose object is gone deleted, "
+              f"{summary.directories_deleted} emptied directories removed")
     for reason, count in sorted(summary.skipped.items()):
         print(f"  skipped {count}: {reason}")
     return 0

@@ -31,7 +31,12 @@ class Summary:
     files: int = 0
     bytes: int = 0
     directories: int = 0
-    existing: int = 0  # names already in the volume (a rerun)
+    existing: int = 0  # names already held by other files (or, without update, by any file)
+    unchanged: int = 0  # update: the same version is already there
+    refreshed: int = 0  # update: a new version replaced an unchanged file's data
+    changed_kept: int = 0  # update: files changed in the volume since, kept as they are
+    deleted: int = 0  # delete: files whose object is gone from the source
+    directories_deleted: int = 0  # delete: directories that emptied
     skipped: dict[str, int] = field(default_factory=dict)
 
     def skip(self, reason: str) -> None:
@@ -55,8 +60,15 @@ def key_parts(key: str) -> list[bytes] | str:
 
 
 class Importer:
-    def __init__(self, meta: RedisMeta, store: ObjectStore, source: int, dest: int, progress: Progress) -> None:
+    """Lists the source and makes its files, BATCH per script call. With `update`, files
+    that still hold an older version of their object, unchanged in the volume, get the
+    new one; `seen` (a runtime set key) collects the registry numbers found, for --delete."""
+
+    def __init__(self, meta: RedisMeta, store: ObjectStore, source: int, dest: int, progress: Progress,
+                 update: bool = False, seen: str = "") -> None:
         self.meta = meta
+        self.update = update
+        self.seen = seen
         self.store = store
         self.source = source
         self.dest = dest
@@ -119,20 +131,22 @@ class Importer:
         first = reserve_numbers(self.meta, len(self._pending))
         now = pack_time(time.time_ns())
         while True:
-            args: list[object] = [now]
+            args: list[object] = [now, int(self.update), int(bool(self.seen)), self.source]
             for i, (parent, name, info) in enumerate(self._pending):
                 obj = ExternalObject(first + i, self.source, info.key, info.etag, info.size)
                 args += [parent, name, self.meta._new_ino(), pack_time(int(info.mtime * 1e9)), info.size,
                          obj.number, obj.record()]
-            res = self.meta._run("IMPORT_FILES", [self.meta._p + "ext"], args)
+            res = self.meta._run("IMPORT_FILES", [self.meta._p + "ext", self.seen or self.meta._p + "ext"], args)
             if res[0] == -2:  # a reserved inode number is taken: take new ones
                 self.meta._skip_taken_inodes()
                 continue
             break
-        created, existing = int(res[1]), int(res[2])
-        self.summary.files += created
-        self.summary.existing += existing
+        self.summary.files += int(res[1])
+        self.summary.existing += int(res[2])
         self.summary.bytes += int(res[3])
+        self.summary.unchanged += int(res[4])
+        self.summary.refreshed += int(res[5])
+        self.summary.changed_kept += int(res[6])
         self._pending.clear()
         self._pending_names.clear()
 

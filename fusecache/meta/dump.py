@@ -38,7 +38,7 @@ LOADING = "loading"  # key in VolumeSettings.extra: a load into this prefix is n
 
 # Keys of the clients' runtime state (sessions, open notes, operation tokens, leases): they
 # describe processes, not the volume, and mean nothing after a load.
-_RUNTIME = re.compile(r"sessions|sessinfo|inuse|o\d+|open\d+|op.*|lease:.*|sustained\d+")
+_RUNTIME = re.compile(r"sessions|sessinfo|inuse|o\d+|open\d+|op.*|lease:.*|importseen:.*|sustained\d+")
 _INODE = re.compile(r"i(\d+)")
 
 Value = Any  # a JSON-ready value: see encode_value

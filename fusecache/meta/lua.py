@@ -54,6 +54,7 @@ local GK = P .. 'delayed'
 local DELK = P .. 'delfiles'
 local SK = P .. 'sessions'
 local RK = P .. 'sliceref'
+local XI = P .. 'extino'
 local S_IFMT, S_IFDIR, S_IFREG, S_IFLNK = 61440, 16384, 32768, 40960
 
 local function num(v) return string.format('%d', v) end
@@ -203,6 +204,7 @@ local function free_inode(ino, a, uncounted)
   if t == S_IFREG then
     redis.call('HINCRBY', CK, 'usedspace', num(-u64(a, OFF_SIZE)))
     if redis.call('EXISTS', kk(ino)) == 1 then redis.call('SADD', DELK, ino) end
+    redis.call('HDEL', XI, ino)  -- an imported file's origin goes with it
   elseif t == S_IFLNK then
     redis.call('DEL', sk(ino))
   elseif t == S_IFDIR then

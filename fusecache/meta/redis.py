@@ -34,7 +34,10 @@ any of them. Numbers in key names are decimal.
                                 beyond the first hold it (clones share slices, see clone.py)
     {P}detached, {P}detuse, {P}detmap<root>
                                 clones being built, not yet linked (see lua_tree.py)
-    {P}ext, {P}extsrc   hash    imported object versions and their sources (lua_import.py)
+    {P}ext, {P}extsrc, {P}extino
+                        hash    imported object versions, their sources, and which one
+                                each imported inode was made from (lua_import.py)
+    {P}importseen:<run> set     object versions an `import --update --delete` run saw
 
 The trash is the directory inode TRASH_INO, reached as `/.trash` by lookup but not listed
 in the root; it holds one directory per hour (`YYYY-MM-DD-HH`, UTC) whose entries are

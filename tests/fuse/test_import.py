@@ -16,6 +16,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
+from fusecache.units import format_size
 from tests.fuse.helpers import Volume, client_stats, format_volume, run_cli, sha256_file
 from tests.fuse.test_cli import assert_clean_failure
 from tests.servers import S3Server
@@ -205,3 +206,93 @@ def test_import_bad_input_is_one_line_and_leaves_nothing(vol: Volume, s3_server:
     (m.path / "file").write_bytes(b"x")
     assert_clean_failure(run_cli("import", vol.meta_url, url, "/file", env=env, check=False),
                          "exists and is not a directory")
+
+
+def test_update_refreshes_adds_and_deletes_beside_a_mount_and_keeps_local_changes(
+        vol: Volume, s3_server: S3Server, source: tuple[str, dict[str, bytes]], tmp_path: Path) -> None:
+    url, objects = source
+    env = source_env(s3_server)
+    run_cli("import", vol.meta_url, url, "/train", env=env)
+    m = vol.mount("--cache", f"ssd:{tmp_path / 'cache'}:512MiB")
+    train = m.path / "train"
+    # Changes in the volume first: a write into one file, a truncate of another.
+    written, truncated = "class2/img0008.jpg", "class3/img0009.jpg"
+    with open(train / written, "r+b") as f:
+        f.write(b"mine")
+    os.truncate(train / truncated, 10)
+    old_handle = open(train / "class0/img0000.jpg", "rb")  # noqa: SIM115 (read after the update)
+    old_first = old_handle.read(50)
+
+    # Then at the source: replace, add, delete (an empty object, a whole prefix, and the
+    # objects of both files changed in the volume).
+    client = s3_client(s3_server)
+    new = {"class0/img0000.jpg": os.urandom(5 * MiB + 7), "sizes/s1": b"", "added/n/new.bin": os.urandom(MiB + 1),
+           written: os.urandom(99), truncated: os.urandom(77)}
+    for key, data in new.items():
+        client.put_object(Bucket="dataset", Key="train/" + key, Body=data)
+    gone = ["sizes/s0", "deep/a/b/c/d/leaf", "class4/img0010.jpg"]
+    for key in gone:
+        client.delete_object(Bucket="dataset", Key="train/" + key)
+    client.close()
+    before = listing(s3_server)
+
+    result = run_cli("import", vol.meta_url, url, "/train", "--update", "--delete", "-q", env=env)
+    out = result.stdout
+    assert f"imported 1 objects ({format_size(MiB + 1)})" in out, out  # added/n/new.bin
+    assert "2 refreshed to a new version" in out and "2 changed in the volume and kept" in out, out
+    assert "3 files whose object is gone deleted, 5 emptied directories removed" in out, out
+    assert listing(s3_server) == before  # nothing at the source changed
+
+    # The mounted client sees it all, without a remount.
+    want = {**{k: v for k, v in objects.items() if k not in gone}, **new}
+    kept = (written, truncated)
+    for key, data in want.items():
+        if key not in kept:
+            assert sha256_file(train / key) == hashlib.sha256(data).hexdigest(), key
+    # The two kept files still hold bytes of their old version, which the source no longer
+    # has: once out of the cache they read EIO, never the new version's bytes.
+    assert (train / written).stat().st_size == len(objects[written])
+    assert (train / truncated).stat().st_size == 10
+    for key in kept:
+        run_cli("warmup", str(train / key), "-q", "--evict")
+        drop_pages(train / key)
+        with pytest.raises(OSError) as info:
+            (train / key).read_bytes()
+        assert info.value.errno == errno.EIO
+    for key in gone:
+        assert not (train / key).exists(), key
+    assert not (train / "deep").exists()
+    # A handle opened on the old version gives old bytes or EIO, never the new ones.
+    try:
+        rest = old_handle.read()
+        assert old_first + rest == objects["class0/img0000.jpg"]
+    except OSError as exc:
+        assert exc.errno == errno.EIO
+    old_handle.close()
+
+    # Idempotent: a second run changes nothing.
+    again = run_cli("import", vol.meta_url, url, "/train", "--update", "--delete", "-q", env=env).stdout
+    assert "imported 0 objects" in again and "0 refreshed" in again and "0 files whose object" in again, again
+    # fsck names exactly the two files changed in the volume whose source object changed.
+    found = run_cli("fsck", vol.meta_url, check=False).stdout
+    named = sorted(line.split(": ")[1] for line in found.splitlines() if "imported data" in line)
+    assert named == sorted(f"/train/{k}" for k in (written, truncated)), found
+
+
+def test_delete_needs_update_and_keeps_files_made_in_the_volume(
+        vol: Volume, s3_server: S3Server, source: tuple[str, dict[str, bytes]]) -> None:
+    url, _ = source
+    env = source_env(s3_server)
+    assert_clean_failure(run_cli("import", vol.meta_url, url, "/train", "--delete", env=env, check=False),
+                         "--delete works with --update only")
+    run_cli("import", vol.meta_url, url, "/train", env=env)
+    m = vol.mount()
+    (m.path / "train" / "sizes" / "_SUCCESS").write_bytes(b"")  # a user's file among imported ones
+    client = s3_client(s3_server)
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket="dataset", Prefix="train/sizes/"):
+        for item in page.get("Contents", ()):
+            client.delete_object(Bucket="dataset", Key=item["Key"])
+    client.close()
+    out = run_cli("import", vol.meta_url, url, "/train", "--update", "--delete", "-q", env=env).stdout
+    assert "7 files whose object is gone deleted, 0 emptied directories" in out, out
+    assert os.listdir(m.path / "train" / "sizes") == ["_SUCCESS"]
