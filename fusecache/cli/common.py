@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -105,3 +106,14 @@ def whole_volume(meta_url: str, command: str, with_store: bool = True) -> Iterat
         if store is not None:
             store.close()
         meta.shutdown()
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (a clear usage error otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is less than 1")
+    return value

@@ -13,9 +13,9 @@ import os
 import time
 
 from ..errors import CliError, FsError, MetaError
-from ..importer import SourceError, import_tree, parse_source
+from ..importer import LISTERS, SourceError, import_tree, parse_source
 from ..units import format_size
-from .common import connect_meta, load_volume, redis_engine
+from .common import connect_meta, load_volume, positive_int, redis_engine
 from .progress import ScanProgress
 
 DESCRIPTION = """\
@@ -44,6 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--delete", action="store_true",
                    help="with --update: also delete files whose object is gone from SOURCE "
                         "(files changed in the volume are kept)")
+    p.add_argument("-p", "--parallel", type=positive_int, default=LISTERS, metavar="N",
+                   help=f"prefixes listed at once (default {LISTERS})")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(run=run)
 
@@ -61,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         summary = import_tree(meta, spec, args.dest, load_volume(meta), progress, update=args.update,
-                              delete=args.delete)
+                              delete=args.delete, parallel=args.parallel)
     except SourceError as exc:
         raise CliError(str(exc)) from None
     except FsError as exc:

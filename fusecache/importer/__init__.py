@@ -18,9 +18,9 @@ from ..meta.external import register_source
 from ..meta.redis import RedisMeta
 from .source import SourceError, SourceSpec, open_source, parse_source, refuse_own_store
 from .sweep import delete_gone
-from .tree import Importer, Summary, dest_dir, key_parts
+from .tree import LISTERS, Importer, Summary, dest_dir, key_parts
 
-__all__ = ["SourceError", "SourceSpec", "Summary", "import_tree", "key_parts", "parse_source"]
+__all__ = ["LISTERS", "SourceError", "SourceSpec", "Summary", "import_tree", "key_parts", "parse_source"]
 
 
 def _quiet(_phase: str, _done: int, _total: int | None = None) -> None:
@@ -29,7 +29,7 @@ def _quiet(_phase: str, _done: int, _total: int | None = None) -> None:
 
 def import_tree(meta: RedisMeta, spec: SourceSpec, dest: str, settings: object,
                 progress: Callable[[str, int, int | None], None] = _quiet, *,
-                update: bool = False, delete: bool = False) -> Summary:
+                update: bool = False, delete: bool = False, parallel: int = LISTERS) -> Summary:
     """Import every object of `spec` under `dest` (a directory path from the volume's
     root, made if missing). A rerun skips names already there, so an import cut short
     is finished by running it again. With `update`, files still unchanged in the volume
@@ -47,7 +47,7 @@ def import_tree(meta: RedisMeta, spec: SourceSpec, dest: str, settings: object,
         dest_ino = dest_dir(meta, dest)
         src = register_source(meta, spec.storage, spec.bucket, spec.access_key, spec.secret_key)
         try:
-            summary = Importer(meta, store, src.number, dest_ino, progress, update, seen).run()
+            summary = Importer(meta, store, src.number, dest_ino, progress, update, seen).run(parallel)
         except ObjectStoreError as exc:
             raise SourceError(f"listing SOURCE {spec.shown} failed: {exc}; run the same import again to "
                               "finish it") from None

@@ -6,8 +6,11 @@ object (lua_import.py). Prefixes become directories; sizes and mtimes come from 
 from __future__ import annotations
 
 import errno
+import queue
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from ..errors import FsError
@@ -22,6 +25,9 @@ from ..units import format_size
 from .source import SourceError
 
 BATCH = 500  # files per IMPORT_FILES call
+LISTERS = 8  # prefixes listed at once
+MAX_SPLIT_DEPTH = 4  # levels walked from the top to find prefixes to list in parallel
+QUEUE_LIMIT = 10_000  # listed objects waiting to be made (bounds memory)
 
 Progress = Callable[[str, int, int | None], None]  # (phase, done, total or None)
 
@@ -77,13 +83,71 @@ class Importer:
         self._dirs: dict[tuple[bytes, ...], int | None] = {(): dest}  # None: a file is there
         self._pending: list[tuple[int, bytes, ObjectInfo]] = []
         self._pending_names: set[tuple[int, bytes]] = set()
+        self._listed = 0
 
-    def run(self) -> Summary:
-        for n, info in enumerate(self.store.list_all(""), 1):
-            self._add(info)
-            self.progress("listing and importing objects", n, None)
+    def run(self, parallel: int = LISTERS) -> Summary:
+        """List the source, `parallel` prefixes at a time, and make its files. Objects at
+        the top levels are made first, so a key that is both an object and a prefix meets
+        the object's file, as in key order."""
+        prefixes = self._top_levels(parallel)
+        if prefixes:
+            self._list_in_parallel(prefixes, parallel)
         self._flush()
         return self.summary
+
+    def _take(self, info: ObjectInfo) -> None:
+        self._listed += 1
+        self._add(info)
+        self.progress("listing and importing objects", self._listed, None)
+
+    def _top_levels(self, parallel: int) -> list[str]:
+        """Walk levels from the top (objects made as met) until there are enough prefixes
+        to list in parallel, or the levels run out; the prefixes left to list."""
+        prefixes = [""]
+        for _ in range(MAX_SPLIT_DEPTH):
+            deeper: list[str] = []
+            for prefix in prefixes:
+                for item in self.store.list_level(prefix):
+                    if isinstance(item, str):
+                        deeper.append(item)
+                    else:
+                        self._take(item)
+            prefixes = deeper
+            if len(prefixes) >= parallel or not prefixes:
+                break
+        return prefixes
+
+    def _list_in_parallel(self, prefixes: list[str], parallel: int) -> None:
+        """Listers fill a bounded queue; this thread makes the files (metadata calls stay
+        on one thread, in batches)."""
+        found: queue.Queue[ObjectInfo | BaseException | None] = queue.Queue(QUEUE_LIMIT)
+        stop = threading.Event()
+
+        def lister(prefix: str) -> None:
+            try:
+                for info in self.store.list_all(prefix):
+                    if stop.is_set():
+                        return
+                    found.put(info)
+            except BaseException as exc:
+                found.put(exc)
+
+        with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="import-list") as pool:
+            futures = [pool.submit(lister, prefix) for prefix in prefixes]
+            done = threading.Thread(target=lambda: (wait(futures), found.put(None)), daemon=True)
+            done.start()
+            try:
+                while (item := found.get()) is not None:
+                    if isinstance(item, BaseException):
+                        raise item
+                    self._take(item)
+            finally:
+                stop.set()
+                while done.is_alive():  # let blocked listers finish their put
+                    try:
+                        found.get(timeout=0.1)
+                    except queue.Empty:
+                        pass
 
     def _dir(self, path: tuple[bytes, ...]) -> int | None:
         """The directory for `path` under DEST_DIR (made if missing); None if a file holds

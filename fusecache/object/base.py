@@ -75,6 +75,21 @@ class ObjectStore(ABC):
                 return
             marker = page[-1].key
 
+    def list_level(self, prefix: str = "") -> Iterator[ObjectInfo | str]:
+        """One level below `prefix` (empty, or ending in "/"): each object whose key has no
+        further "/", and each deeper prefix once (a str ending in "/"), in key order. This
+        default derives it from a full listing; stores with a delimiter list do better."""
+        last = ""
+        for info in self.list_all(prefix):
+            cut = info.key.find("/", len(prefix))
+            if cut < 0:
+                yield info
+                continue
+            sub = info.key[:cut + 1]
+            if sub != last:
+                last = sub
+                yield sub
+
     @abstractmethod
     def describe(self) -> str:
         """A human-readable location (no credentials), e.g. 's3://host:port/bucket'."""

@@ -154,6 +154,29 @@ class LocalStore(ObjectStore):
             raise self._error("list", prefix, e) from e
         return out
 
+    def list_level(self, prefix: str = "") -> Iterator[ObjectInfo | str]:
+        if prefix and not prefix.endswith("/"):
+            yield from super().list_level(prefix)
+            return
+        directory = os.path.join(self._root, *prefix.split("/")[:-1]) if prefix else self._root
+        try:
+            with os.scandir(directory) as it:
+                entries = sorted((e.name + "/" if e.is_dir(follow_symlinks=False) else e.name, e) for e in it)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        except OSError as e:
+            raise self._error("list", prefix, e) from e
+        for sort_name, entry in entries:
+            if sort_name.endswith("/"):
+                yield prefix + sort_name
+            elif not entry.name.endswith(TMP_SUFFIX):
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    yield ObjectInfo(prefix + entry.name, st.st_size, st.st_mtime, _etag(st))
+
     def describe(self) -> str:
         return f"file://{self._root}"
 

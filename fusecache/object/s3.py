@@ -25,7 +25,7 @@ import random
 import re
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -378,6 +378,27 @@ class S3Store(ObjectStore):
             if not resp.get("IsTruncated") or not token:
                 break
         return out[:limit]
+
+    def list_level(self, prefix: str = "") -> Iterator[ObjectInfo | str]:
+        base: dict[str, Any] = {"Bucket": self._loc.bucket, "Prefix": self._key(prefix), "Delimiter": "/",
+                                "MaxKeys": self._page_size}
+        strip = len(self._loc.prefix)
+        token = ""
+        while True:
+            params = dict(base, ContinuationToken=token) if token else base
+            resp = self._call("list", prefix, lambda p=params: self._client.list_objects_v2(**p))
+            # Objects and prefixes come in two lists per page; merge them into key order.
+            items: list[tuple[str, ObjectInfo | str]] = [
+                (item["Key"], ObjectInfo(item["Key"][strip:], int(item["Size"]), item["LastModified"].timestamp(),
+                                         _etag(item.get("ETag", ""))))
+                for item in resp.get("Contents", ())]
+            items += [(cp["Prefix"], cp["Prefix"][strip:]) for cp in resp.get("CommonPrefixes", ())]
+            items.sort(key=lambda pair: pair[0])
+            for _, item in items:
+                yield item
+            token = resp.get("NextContinuationToken", "")
+            if not resp.get("IsTruncated") or not token:
+                return
 
     def describe(self) -> str:
         host = urlsplit(self._loc.endpoint).netloc

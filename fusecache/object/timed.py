@@ -7,6 +7,7 @@ and a local directory; the figures reach `fusecache stats`, the Prometheus expor
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from time import perf_counter
 from typing import Any
 
@@ -67,6 +68,9 @@ class TimedStore(ObjectStore):
             return self.inner.list(prefix, start_after, limit)
         finally:
             self._done("LIST", t0)
+
+    def list_level(self, prefix: str = "") -> Iterator[ObjectInfo | str]:
+        return self.inner.list_level(prefix)
 
     def describe(self) -> str:
         return self.inner.describe()

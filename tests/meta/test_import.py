@@ -23,7 +23,7 @@ class Listing(ObjectStore):
         self.infos = [ObjectInfo(k, 10, 1_700_000_000.0, f"etag-{i}") for i, k in enumerate(sorted(keys))]
 
     def list(self, prefix: str = "", start_after: str = "", limit: int = 1000) -> list[ObjectInfo]:
-        return [i for i in self.infos if i.key > start_after][:limit]
+        return [i for i in self.infos if i.key.startswith(prefix) and i.key > start_after][:limit]
 
     def get(self, key: str, off: int = 0, limit: int = -1) -> bytes:
         raise AssertionError("an import reads no data")

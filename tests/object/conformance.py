@@ -229,6 +229,23 @@ def check_concurrent(store: ObjectStore) -> None:
     assert len(store.list("c/")) == threads * 6
 
 
+def check_list_level(store: ObjectStore) -> None:
+    """One level: objects without a further "/" and each deeper prefix once, in key order
+    (import walks the top levels with it, and the parallel listers take the prefixes)."""
+    for key in ("lv/a", "lv/b.x", "lv/b/c", "lv/b/d/e", "lv/b/d/f", "lv/c/x", "lv/ü/1", "lvz"):
+        store.put(key, key.encode())
+
+    def level(prefix: str) -> list[str]:
+        return [item if isinstance(item, str) else item.key for item in store.list_level(prefix)]
+
+    assert level("lv/") == ["lv/a", "lv/b.x", "lv/b/", "lv/c/", "lv/ü/"]
+    assert level("lv/b/") == ["lv/b/c", "lv/b/d/"]
+    assert level("lv/b/d/") == ["lv/b/d/e", "lv/b/d/f"]
+    assert level("lv/none/") == []
+    sizes = {item.key: item.size for item in store.list_level("lv/b/") if not isinstance(item, str)}
+    assert sizes == {"lv/b/c": len(b"lv/b/c")}
+
+
 CHECKS: list[Callable[[ObjectStore], None]] = [
     check_put_get_binary,
     check_ranges,
@@ -240,6 +257,7 @@ CHECKS: list[Callable[[ObjectStore], None]] = [
     check_list_start_after,
     check_list_limit_and_paging,
     check_list_all_past_one_page,
+    check_list_level,
     check_memoryview_input,
     check_odd_key_names,
     check_concurrent,
