@@ -38,6 +38,7 @@ class Attr:
     ctime_ns: int = 0
     parent: int = 0  # directories only: the parent inode, so ".." needs no lookup
     frozen: bool = False  # part of a read-only snapshot: no change through any mount (EROFS)
+    unfilled: bool = False  # a lazily imported directory whose entries are not listed yet
 
     @property
     def is_dir(self) -> bool:

@@ -23,7 +23,7 @@ class ExternalReader:
         self._lock = threading.Lock()
         self._stores: dict[int, tuple[ExternalSource, ObjectStore]] = {}
 
-    def _store(self, number: int) -> ObjectStore:
+    def store_for(self, number: int) -> ObjectStore:
         from ..object import create_store
 
         with self._lock:
@@ -49,7 +49,7 @@ class ExternalReader:
         if offset + length > obj.size:
             log.error("imported object %r: block at %d+%d is past its size %d", obj.key, offset, length, obj.size)
             raise FsError(errno.EIO, f"imported object {obj.key!r} is shorter than its file")
-        store = self._store(obj.source)
+        store = self.store_for(obj.source)
         try:
             data = store.get_version(obj.key, offset, length, obj.etag)
         except ObjectChanged:

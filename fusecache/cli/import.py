@@ -44,6 +44,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--delete", action="store_true",
                    help="with --update: also delete files whose object is gone from SOURCE "
                         "(files changed in the volume are kept)")
+    p.add_argument("--lazy", action="store_true",
+                   help="list nothing now: each directory is listed from SOURCE the first time a mount "
+                        "looks into it, so a huge bucket is usable at once (a later --update fills in the rest)")
     p.add_argument("-p", "--parallel", type=positive_int, default=LISTERS, metavar="N",
                    help=f"prefixes listed at once (default {LISTERS})")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
@@ -53,6 +56,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.delete and not args.update:
         raise CliError("--delete works with --update only", 2)
+    if args.lazy and args.update:
+        raise CliError("--lazy lists nothing now, so it cannot --update; run --update without it", 2)
     try:
         spec = parse_source(args.source, os.environ.get("SOURCE_ACCESS_KEY", ""),
                             os.environ.get("SOURCE_SECRET_KEY", ""))
@@ -63,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         summary = import_tree(meta, spec, args.dest, load_volume(meta), progress, update=args.update,
-                              delete=args.delete, parallel=args.parallel)
+                              delete=args.delete, parallel=args.parallel, lazy=args.lazy)
     except SourceError as exc:
         raise CliError(str(exc)) from None
     except FsError as exc:
@@ -73,6 +78,10 @@ def run(args: argparse.Namespace) -> int:
     finally:
         progress.done()
         meta.shutdown()
+    if args.lazy:
+        print(f"{args.dest} now shows {spec.shown}: each directory is listed from it the first time a mount "
+              "looks into it; no data copied")
+        return 0
     skipped = sum(summary.skipped.values())
     taken = "held by other files, kept" if args.update else "already there"
     print(f"imported {summary.files} objects ({format_size(summary.bytes)}) from {spec.shown} into {args.dest}: "

@@ -444,6 +444,10 @@ def _serve_volume(args: argparse.Namespace, volume: Volume) -> int:
                              read_slots=plan.read_slots, recent_blocks=plan.recent_blocks,
                              warmup_slots=plan.warmup_slots)
         vfs = Vfs(meta, chunks, settings, workers, options)  # type: ignore[arg-type]
+        if chunks.external is not None:  # directories of a lazy import are listed on first use
+            from ..importer.lazy import LazyFiller
+
+            vfs.fill_dir = LazyFiller(meta, chunks.external.store_for).fill  # type: ignore[arg-type]
         vfs.about = {
             "volume": settings.name, "uuid": settings.uuid, "pid": os.getpid(),  # type: ignore[attr-defined]
             "mountpoint": args.mountpoint, "subdir": args.subdir, "version": __version__,

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from ..errors import ObjectStoreError
 from ..meta.external import register_source
 from ..meta.redis import RedisMeta
+from .lazy import mark_unfilled
 from .source import SourceError, SourceSpec, open_source, parse_source, refuse_own_store
 from .sweep import delete_gone
 from .tree import LISTERS, Importer, Summary, dest_dir, key_parts
@@ -29,23 +30,30 @@ def _quiet(_phase: str, _done: int, _total: int | None = None) -> None:
 
 def import_tree(meta: RedisMeta, spec: SourceSpec, dest: str, settings: object,
                 progress: Callable[[str, int, int | None], None] = _quiet, *,
-                update: bool = False, delete: bool = False, parallel: int = LISTERS) -> Summary:
+                update: bool = False, delete: bool = False, parallel: int = LISTERS,
+                lazy: bool = False) -> Summary:
     """Import every object of `spec` under `dest` (a directory path from the volume's
     root, made if missing). A rerun skips names already there, so an import cut short
     is finished by running it again. With `update`, files still unchanged in the volume
     that hold an older version of their object get the current one; with `delete` too,
     those whose object is gone from the source are deleted. Every step is atomic per
     batch and safe beside mounted clients: a file open elsewhere on an old version reads
-    EIO (never mixed bytes) and the next open sees the new one. Raises SourceError (one
+    EIO (never mixed bytes) and the next open sees the new one. With `lazy`, nothing is
+    listed now: DEST_DIR is marked, and mounts list each directory on first use. Raises SourceError (one
     line for a user), FsError and MetaError."""
     if delete and not update:
         raise SourceError("--delete works with --update only")
+    if lazy and update:
+        raise SourceError("--lazy lists nothing now, so it cannot --update; run --update without it")
     refuse_own_store(spec, settings)
     store = open_source(spec)
     seen = f"{meta._p}importseen:{secrets.token_hex(8)}" if delete else ""
     try:
         dest_ino = dest_dir(meta, dest)
         src = register_source(meta, spec.storage, spec.bucket, spec.access_key, spec.secret_key)
+        if lazy:  # only marked: each directory is listed the first time a mount looks in
+            mark_unfilled(meta, dest_ino, src.number, "")
+            return Summary()
         try:
             summary = Importer(meta, store, src.number, dest_ino, progress, update, seen).run(parallel)
         except ObjectStoreError as exc:

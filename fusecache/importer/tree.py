@@ -168,12 +168,19 @@ class Importer:
         self._dirs[path] = ino
         return ino
 
-    def _add(self, info: ObjectInfo) -> None:
-        parts = key_parts(info.key)
+    def add(self, info: ObjectInfo, name: str | None = None) -> None:
+        """Queue one listed object; `name` is its path under DEST_DIR if not its key."""
+        self._add(info, name)
+
+    def flush(self) -> None:
+        self._flush()
+
+    def _add(self, info: ObjectInfo, name: str | None = None) -> None:
+        parts = key_parts(info.key if name is None else name)
         if isinstance(parts, str):
             self.summary.skip(parts)
             return
-        if info.key.endswith("/"):
+        if (info.key if name is None else name).endswith("/"):
             if self._dir(tuple(parts)) is None:
                 self.summary.skip("keys that are both an object and a prefix")
             return

@@ -30,6 +30,9 @@ ATTR_SIZE = ATTR.size  # 60
 # Bit 16 of the stored mode, above every S_IFMT and permission bit: the inode belongs to a
 # read-only snapshot (Attr.frozen). Lua masks it out of types and entries.
 FROZEN_BIT = 1 << 16
+# Bit 17: a directory of a lazy import whose entries are not listed from the source yet
+# (Attr.unfilled; the source and prefix are in {P}lazy, see lua_import.py).
+UNFILLED_BIT = 1 << 17
 _MODE_BITS = FROZEN_BIT - 1
 
 # pos, id, size, off, length — one element of a chunk's slice list, followed by the
@@ -46,14 +49,15 @@ MAX_EXACT_SIZE = 1 << 53
 
 
 def pack_attr(a: Attr) -> bytes:
-    return ATTR.pack(a.mode | FROZEN_BIT if a.frozen else a.mode, a.uid, a.gid, a.nlink, a.size, a.rdev,
-                     a.atime_ns, a.mtime_ns, a.ctime_ns, a.parent)
+    mode = a.mode | (FROZEN_BIT if a.frozen else 0) | (UNFILLED_BIT if a.unfilled else 0)
+    return ATTR.pack(mode, a.uid, a.gid, a.nlink, a.size, a.rdev, a.atime_ns, a.mtime_ns, a.ctime_ns, a.parent)
 
 
 def unpack_attr(ino: int, raw: bytes) -> Attr:
     mode, *rest = ATTR.unpack(raw)
-    if mode & FROZEN_BIT:
-        return Attr(ino, mode & _MODE_BITS, *rest, frozen=True)
+    if mode > _MODE_BITS:
+        return Attr(ino, mode & _MODE_BITS, *rest, frozen=bool(mode & FROZEN_BIT),
+                    unfilled=bool(mode & UNFILLED_BIT))
     return Attr(ino, mode, *rest)
 
 

@@ -32,7 +32,7 @@ import re
 
 from ..layout import CHUNK_SIZE, EXT_BASE
 from ..types import ROOT_INO, TRASH_INO
-from .codec import ATTR_OFFSETS, FROZEN_BIT, MAX_EXACT_SIZE
+from .codec import ATTR_OFFSETS, FROZEN_BIT, MAX_EXACT_SIZE, UNFILLED_BIT
 
 TOKEN_TTL_MS = 120_000
 
@@ -44,7 +44,7 @@ PRELUDE = "\n".join(
     + [f"local OFF_{field.upper()} = {off}" for field, off in ATTR_OFFSETS.items()]
     + [f"local CHUNK = {CHUNK_SIZE}", f"local MAXSIZE = {MAX_EXACT_SIZE}",
        f"local TRASH = {TRASH_INO}", f"local ROOT = {ROOT_INO}", f"local TOKEN_TTL = {TOKEN_TTL_MS}",
-       f"local FROZEN = {FROZEN_BIT}", f"local EXT_BASE = {EXT_BASE}"]
+       f"local FROZEN = {FROZEN_BIT}", f"local UNFILLED = {UNFILLED_BIT}", f"local EXT_BASE = {EXT_BASE}"]
 ) + r"""
 local P = ARGV[1]
 local CK = P .. 'counters'
@@ -209,6 +209,7 @@ local function free_inode(ino, a, uncounted)
     redis.call('DEL', sk(ino))
   elseif t == S_IFDIR then
     redis.call('DEL', dk(ino))
+    redis.call('HDEL', P .. 'lazy', ino)  -- a lazy import's directory, never listed
     redis.call('HDEL', QK, ino)
     redis.call('HDEL', QU, ino .. 'b', ino .. 'i')
   end
@@ -579,7 +580,8 @@ if has(32) then
   if err ~= 0 then return {err} end
 end
 if has(1) then
-  local mode = bit.bor(bit.band(u32(a, OFF_MODE), S_IFMT), bit.band(tonumber(ARGV[4]), 4095))
+  -- chmod keeps the type, and a lazy directory's mark (UNFILLED)
+  local mode = bit.bor(bit.band(u32(a, OFF_MODE), S_IFMT + UNFILLED), bit.band(tonumber(ARGV[4]), 4095))
   a = put(a, OFF_MODE, p32(mode))
 end
 if has(2) then a = put(a, OFF_UID, p32(tonumber(ARGV[5]))) end

@@ -8,6 +8,9 @@ Keys besides those of lua.py:
     {P}extino    hash  inode -> the registry number it was imported as (dropped when the
                        inode is freed); a file is *unchanged* while its size and chunks are
                        still exactly that object's external slices
+    {P}lazy      hash  directory inode -> JSON {src, prefix}: a directory of a lazy import
+                       whose entries are listed from the source on first use; its stored
+                       mode carries codec.UNFILLED_BIT while the record exists
     {P}importseen:<run>  set  registry numbers an `import --update --delete` run found at
                        the source (runtime; expires after a day)
 """
@@ -207,4 +210,65 @@ if deleted > 0 then redis.call('SET', ik(par), touch(pa, now)) end
 return {0, deleted, left}
 """
 
-SCRIPTS = ("IMPORT_FILES", "DELETE_GONE")
+# KEYS: {P}lazy  ARGV: P, directory, record (JSON; '' to clear)
+# Marks a directory as a lazy import of `record` (its entries are listed on first use), or,
+# with '', as filled: the record goes and the mark leaves its mode. Returns {0}.
+MARK_UNFILLED = r"""
+local ino = ARGV[2]
+local a = redis.call('GET', ik(ino))
+if not a then return {ENOENT} end
+if not isdir(a) then return {ENOTDIR} end
+local mode = u32(a, OFF_MODE)
+if ARGV[3] == '' then
+  redis.call('HDEL', KEYS[1], ino)
+  if bit.band(mode, UNFILLED) ~= 0 then
+    redis.call('SET', ik(ino), put(a, OFF_MODE, p32(mode - UNFILLED)))
+  end
+  return {0}
+end
+if frozen(a) then return {EROFS} end
+redis.call('HSET', KEYS[1], ino, ARGV[3])
+if bit.band(mode, UNFILLED) == 0 then
+  redis.call('SET', ik(ino), put(a, OFF_MODE, p32(mode + UNFILLED)))
+end
+return {0}
+"""
+
+# KEYS: {P}lazy  ARGV: P, parent, now, then per directory: name, new inode, record (JSON)
+# Makes the subdirectories of a lazily imported directory, each marked unfilled with its
+# record in one step (a crash never leaves one made but unmarked). A name already taken is
+# left alone. Returns {0, made}.
+LAZY_DIRS = r"""
+local par, now = ARGV[2], ARGV[3]
+local pa, err = get_dir(par)
+if err ~= 0 then return {err} end
+if frozen(pa) then return {EROFS} end
+local plan = {}
+for i = 4, #ARGV, 3 do
+  if redis.call('HEXISTS', dk(par), ARGV[i]) == 0 then
+    if redis.call('EXISTS', ik(ARGV[i + 1]), kk(ARGV[i + 1])) > 0 then return {-2} end
+    plan[#plan + 1] = i
+  end
+end
+if #plan == 0 then return {0, 0} end
+local maxi = counter('maxinodes')
+if maxi > 0 and counter('usedinodes') + #plan > maxi then return {ENOSPC} end
+local chain = quota_chain(par)
+err = quota_check(chain, 0, #plan)
+if err ~= 0 then return {err} end
+for _, i in ipairs(plan) do
+  local ino = ARGV[i + 1]
+  local a = struct.pack('<I4I4I4I4I8I4', S_IFDIR + UNFILLED + 493, 0, 0, 2, 4096, 0) .. now .. now .. now
+    .. p64(tonumber(par))
+  redis.call('SET', ik(ino), a)
+  redis.call('HSET', dk(par), ARGV[i], entry(a, ino))
+  redis.call('HSET', KEYS[1], ino, ARGV[i + 2])
+  pa = add_nlink(pa, 1)
+end
+redis.call('SET', ik(par), touch(pa, now))
+redis.call('HINCRBY', CK, 'usedinodes', #plan)
+quota_add(chain, 0, #plan)
+return {0, #plan}
+"""
+
+SCRIPTS = ("IMPORT_FILES", "DELETE_GONE", "MARK_UNFILLED", "LAZY_DIRS")

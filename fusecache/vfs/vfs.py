@@ -141,14 +141,17 @@ class Vfs:
         self._readahead_slots = trio.CapacityLimiter(
             max(1, self.options.readahead_slots or 2 * self.options.readahead_blocks))
         self.cache_commands = CacheCommands(
-            self.fast, chunks, self.loader, workers, lambda ino: self._meta(meta.readdir, ino),
-            self.options.warmup_slots, self._warmed)
+            self.fast, chunks, self.loader, workers, self._walk_listing, self.options.warmup_slots, self._warmed)
         self._commits: dict[tuple[int, int], int] = {}  # commits per chunk since its last compaction check
         # Bumped around every change of slices this client makes (a write's commit, a
         # truncation): an open only trusts a slice list that no such change may predate.
         self._slice_changes = 0
         self._compacting: set[tuple[int, int]] = set()
         self._compact_slots = trio.CapacityLimiter(2)  # a compaction holds up to a chunk in memory
+        # Lists an unfilled directory of a lazy import (importer/lazy.py; set by mount).
+        self.fill_dir: Callable[[int], None] | None = None
+        self._filling: dict[int, trio.Event] = {}
+        self._fill_slots = trio.CapacityLimiter(4)
 
     def start(self, nursery: trio.Nursery) -> None:
         """Attach the nursery that runs background uploads, commits and prefetches."""
@@ -202,7 +205,40 @@ class Vfs:
         if len(name) > MAX_NAME:
             raise FsError(errno.ENAMETOOLONG)
         self.counters.lookups += 1
+        try:
+            return self._merge(await self.fast.lookup(parent, name))
+        except FsError as exc:
+            # A miss in a lazily imported directory not listed yet: list it, look again.
+            if exc.errno != errno.ENOENT or self.fill_dir is None or not await self._fill_if_unfilled(parent):
+                raise
         return self._merge(await self.fast.lookup(parent, name))
+
+    async def _walk_listing(self, ino: int) -> list[DirEntry]:
+        """A directory's entries for a tree walk (warmup), listing a lazy import's
+        directory from its source first if it was never listed."""
+        if self.fill_dir is not None:
+            await self._fill_if_unfilled(ino)
+        return await self._meta(self.meta.readdir, ino)
+
+    async def _fill_if_unfilled(self, ino: int, attr: Attr | None = None) -> bool:
+        """List a lazily imported directory's entries from its source if that was not done
+        yet; whether it was needed. One fill per directory at a time in this client."""
+        if attr is None:
+            attr = await self.fast.getattr(ino)
+        if not attr.unfilled or self.fill_dir is None:
+            return False
+        running = self._filling.get(ino)
+        if running is not None:
+            await running.wait()
+            return True
+        done = self._filling[ino] = trio.Event()
+        try:
+            await trio.to_thread.run_sync(self.fill_dir, ino, limiter=self._fill_slots)
+        finally:
+            del self._filling[ino]
+            done.set()
+            self.fast.cache.reset()  # our own change: drop what it outdates before its notices come
+        return True
 
     async def getattr(self, ino: int) -> Attr:
         self.counters.getattrs += 1
@@ -274,6 +310,8 @@ class Vfs:
         attr = await self.fast.getattr(ino)
         if not attr.is_dir:
             raise FsError(errno.ENOTDIR)
+        if attr.unfilled and await self._fill_if_unfilled(ino, attr):
+            attr = await self.fast.getattr(ino)
         entries = await self.fast.readdir(ino)
         parent = await self.fast.getattr(attr.parent or ino) if attr.parent != ino else attr
         built = self._built_listings.get(ino)
