@@ -3,7 +3,7 @@ as files of the volume without their data being copied (`fusecache import`, and 
 driver's `importSource`).
 
     spec = parse_source(url, access_key, secret_key)
-    summary = import_tree(meta, spec, "/train", progress)
+    summary = import_tree(meta, spec, "/train", load_volume(meta), progress)
 
 source.py checks and opens the source; tree.py makes directories and files in batches.
 """
@@ -21,7 +21,8 @@ from .source import SourceError, SourceSpec, open_source, parse_source, refuse_o
 from .sweep import delete_gone
 from .tree import LISTERS, Importer, Summary, dest_dir, key_parts
 
-__all__ = ["LISTERS", "SourceError", "SourceSpec", "Summary", "import_tree", "key_parts", "parse_source"]
+__all__ = ["LISTERS", "SourceError", "SourceSpec", "Summary", "import_tree", "key_parts", "open_source", "parse_source",
+           "refuse_own_store"]
 
 
 def _quiet(_phase: str, _done: int, _total: int | None = None) -> None:
