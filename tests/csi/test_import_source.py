@@ -279,7 +279,17 @@ def test_a_retried_create_volume_finishes_an_import_cut_short(
         assert volumes.find(meta, staging) is None
     finally:
         meta.shutdown()
-    for volume_id in (volume.volume_id, plain.volume_id):
+    # The provisioner's own timeout cutting a call short: the import goes on in the
+    # driver, and the retry (waiting for the volume's lock) answers the finished volume.
+    with pytest.raises(grpc.RpcError) as info:
+        controller.s.controller.CreateVolume(pb.CreateVolumeRequest(
+            name="pvc-timed-out", volume_capabilities=[capability(Mode.MULTI_NODE_MULTI_WRITER)],
+            parameters=params, secrets=secrets), timeout=0.01)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    retried = create(controller, "pvc-timed-out", params, secrets)
+    names = root_names(meta_url)
+    assert dir_name("pvc-timed-out") in names and not [n for n in names if n.startswith(volumes.CREATING_PREFIX)]
+    for volume_id in (volume.volume_id, plain.volume_id, retried.volume_id):
         controller.s.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=volume_id, secrets=secrets),
                                              timeout=120)
 
