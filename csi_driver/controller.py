@@ -15,10 +15,11 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from fusecache.errors import FsError
+from fusecache.importer import SourceSpec
 from fusecache.meta.base import Meta
-from fusecache.types import ROOT_INO
+from fusecache.types import ROOT_INO, VolumeSettings
 
-from . import garbage, mutable, snapshots, volumes
+from . import garbage, imports, mutable, snapshots, volumes
 from . import settings as mount_settings
 from ._proto import csi_pb2 as pb
 from ._proto import csi_pb2_grpc as pb_grpc
@@ -218,6 +219,26 @@ class ControllerService(pb_grpc.ControllerServicer):
                  request.name, source.kind, source.id)
         return created
 
+    def _import_volume(self, meta: Meta, fs_settings: VolumeSettings, volume_id: DynamicId,
+                       request: pb.CreateVolumeRequest, capacity: int, max_inodes: int,
+                       context_attrs: dict[str, str], spec: SourceSpec) -> volumes.VolumeDir:
+        """A new volume holding the objects of `spec` (no data copied). The source is
+        checked first, so a bad one leaves nothing; a large import runs past the
+        provisioner's timeout in this thread, and its retries wait, then find it done."""
+        imports.check(spec, fs_settings)
+
+        def fill(path: str, ino: int) -> None:
+            imports.run(meta, spec, path, fs_settings)
+            used = volumes.used_bytes(meta, ino)  # no quota yet: counted by a walk
+            if capacity and used > capacity:
+                raise out_of_range(f"the {used} bytes of {spec.shown} do not fit the capacity {capacity}")
+
+        created = volumes.create_imported(meta, volume_id.dir, request.name, capacity, context_attrs, spec.shown,
+                                          fill, max_inodes)
+        log.info("created volume %s (%s bytes) for %r from %s", volume_id, capacity or "unlimited", request.name,
+                 spec.shown)
+        return created
+
     # -- RPCs ------------------------------------------------------------------------------
     @rpc(lock=_lock_by_name)
     def CreateVolume(self, request: pb.CreateVolumeRequest, context: grpc.ServicerContext) -> pb.CreateVolumeResponse:
@@ -226,6 +247,10 @@ class ControllerService(pb_grpc.ControllerServicer):
         source = requested_source(request)
         wanted = mutable.parse(request.mutable_parameters)
         mount_settings.check_parameters(request.parameters)
+        to_import = imports.requested(request.parameters, request.secrets)
+        if to_import is not None and source is not None:
+            raise invalid(f"{mount_settings.IMPORT_SOURCE} and a volume_content_source cannot be combined")
+        imported = to_import.shown if to_import is not None else None
         capacity = requested_capacity(request.capacity_range)
         max_inodes = wanted.max_inodes or 0
         context_attrs = mount_settings.parse(request.parameters).context()
@@ -238,6 +263,9 @@ class ControllerService(pb_grpc.ControllerServicer):
                 if source is not None:
                     existing = self._clone_volume(meta, fs_tag(fs_settings.uuid), volume_id, request, capacity,
                                                   max_inodes, context_attrs, source, context)
+                elif to_import is not None:
+                    existing = self._import_volume(meta, fs_settings, volume_id, request, capacity, max_inodes,
+                                                   context_attrs, to_import)
                 else:
                     existing = volumes.create(meta, volume_id.dir, request.name, capacity, context_attrs,
                                               max_inodes)
@@ -259,6 +287,8 @@ class ControllerService(pb_grpc.ControllerServicer):
             raise already_exists(f"volume {request.name!r} exists with other mount parameters")
         if existing.source != source:
             raise already_exists(f"volume {request.name!r} exists with another content source")
+        if existing.imported != imported:
+            raise already_exists(f"volume {request.name!r} exists with another {mount_settings.IMPORT_SOURCE}")
         if wanted.conflicts(existing.max_inodes):
             # Only the keys asked for count: a volume modified since keeps its other values.
             raise already_exists(f"volume {request.name!r} exists with {mutable.MAX_INODES} "

@@ -10,6 +10,8 @@ StorageClass or the static PV), or, when it carries none, the driver's default `
     storage, bucket, name, block-size, fs-capacity, fs-inodes, trash-days, garbage-delay
                   format a new filesystem on first use (also accepted as StorageClass
                   parameters, secrets win)
+    importAccessKey, importSecretKey
+                  credentials of an `importSource` bucket (imports.py; not this module's)
 
 The password never stays in the URL this module hands around: `Filesystem.meta_url` is the
 URL without it (fit for argv, logs and state files), `env()` carries the secrets to child

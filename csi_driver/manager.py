@@ -24,9 +24,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from fusecache.importer import SourceSpec
 from fusecache.mountinfo import FUSECACHE_FSTYPE, read_mounts, top_mount
 from fusecache.types import ROOT_INO, StatFs
 
+from . import imports
 from .capabilities import ONE_TARGET_MODES, AccessMode
 from .clients import DEAD_MOUNT_ERRNOS, ClientStartError, FuseClients, Health, stat_with_timeout
 from .errors import CsiError, already_exists, failed_precondition, internal, invalid, not_found, unavailable
@@ -196,6 +198,12 @@ class NodeManager:
             unmount_stack(record.staging_path, only=(FUSECACHE_FSTYPE,))  # stale: a dead client's
         bind(client.mountpoint + _inside(client, record.subdir), record.staging_path, record.readonly, record.flags)
         return True
+
+    def import_static(self, volume_id: str, fs: Filesystem, spec: SourceSpec, subdir: str) -> None:
+        """A static PV's importSource, imported into `subdir` unless already done there."""
+        meta, fs_settings = self._open_meta(fs)
+        if not imports.import_once(meta, spec, subdir, fs_settings):
+            log.debug("volume %s: %s is already imported into %s", volume_id, spec.shown, subdir)
 
     def unstage(self, volume_id: str, staging: str) -> None:
         record = self.state.volume(volume_id)

@@ -7,6 +7,7 @@ import os
 
 import grpc
 
+from . import imports
 from . import settings as mount_settings
 from ._proto import csi_pb2 as pb
 from ._proto import csi_pb2_grpc as pb_grpc
@@ -57,6 +58,11 @@ class NodeService(pb_grpc.NodeServicer):
         # A dynamic volume is its own top-level directory; a static PV names one (or the root).
         subdir = parsed.path if parsed else mount_settings.subdir_of(attributes)
         fs = resolve(request.secrets, None, self.config.default_meta_url)
+        # A static PV's importSource fills its directory once (a dynamic volume's was
+        # imported by CreateVolume, and its context never names one).
+        to_import = imports.requested(attributes, request.secrets) if parsed is None else None
+        if to_import is not None:
+            self.manager.import_static(request.volume_id, fs, to_import, subdir)
         self.manager.stage(request.volume_id, fs, settings, subdir, staging, wanted.readonly,
                            list(wanted.flags), parsed.fs if parsed else None)
         return pb.NodeStageVolumeResponse()

@@ -14,6 +14,8 @@ Attribute keys (StorageClass `parameters`, or a static PV's `volumeAttributes`):
                    so `df` in the pod shows the volume's quota (a shared client can only show
                    the filesystem's: FUSE's statfs does not say which directory is asked about)
     subdir         (static PVs) directory of the filesystem to expose, default "/"
+    importSource   http(s)://host:port/bucket[/prefix]: the volume shows that prefix's objects
+                   as files (imports.py); not a mount setting, and never in a volume context
 
 Every PV with equal settings on the same filesystem shares one FUSE client per node, so the
 settings, normalised, are part of that client's identity (`client_key`).
@@ -35,6 +37,7 @@ from .fsref import FORMAT_KEYS
 log = logging.getLogger(__name__)
 
 SUBDIR = "subdir"
+IMPORT_SOURCE = "importSource"
 KUBERNETES_PREFIXES = ("csi.storage.k8s.io/", "storage.kubernetes.io/")
 _BOOL = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
 _FUSE_OPTION = re.compile(r"[A-Za-z0-9_]+(=[A-Za-z0-9_.:/-]+)?")
@@ -194,11 +197,10 @@ def parse(attributes: Mapping[str, str]) -> MountSettings:
 
 def check_parameters(parameters: Mapping[str, str]) -> None:
     """CreateVolume parameters: mount settings, format keys and Kubernetes' own keys only."""
-    unknown = [key for key in parameters
-               if key not in MOUNT_KEYS and key not in FORMAT_KEYS
-               and not key.startswith(KUBERNETES_PREFIXES)]
+    known = MOUNT_KEYS | set(FORMAT_KEYS) | {IMPORT_SOURCE}
+    unknown = [key for key in parameters if key not in known and not key.startswith(KUBERNETES_PREFIXES)]
     if unknown:
-        raise invalid(f"unknown parameters {sorted(unknown)}; known: {sorted(MOUNT_KEYS | set(FORMAT_KEYS))}")
+        raise invalid(f"unknown parameters {sorted(unknown)}; known: {sorted(known)}")
     parse(parameters)
 
 
@@ -214,7 +216,8 @@ def subdir_of(attributes: Mapping[str, str]) -> str:
 def warn_unknown(attributes: Mapping[str, str]) -> None:
     """Node side: Kubernetes adds its own keys, so unknown ones are only worth a warning."""
     unknown = [key for key in attributes
-               if key not in MOUNT_KEYS and key != SUBDIR and not key.startswith(KUBERNETES_PREFIXES)]
+               if key not in MOUNT_KEYS and key not in (SUBDIR, IMPORT_SOURCE)
+               and not key.startswith(KUBERNETES_PREFIXES)]
     if unknown:
         log.warning("ignoring unknown volume attributes %s", sorted(unknown))
 

@@ -3,7 +3,8 @@
 Layout and invariants:
 - A dynamic volume is a top-level directory `/<dir>` (see `volume_id.dir_name`) carrying the
   xattr MARKER = JSON {"name": <CSI name>, "context": <mount settings it was created with>,
-  "source": {"snapshot"|"volume": <id>} for a volume made from a content source}.
+  "source": {"snapshot"|"volume": <id>} for a volume made from a content source,
+  "import": <masked source URL> for one made by importing a bucket's objects}.
   Only directories with the marker are volumes: ListVolumes skips everything else and
   DeleteVolume refuses to remove an unmarked one. ("context" is absent in markers written
   before it was kept; such volumes accept any settings on a repeated CreateVolume.)
@@ -18,6 +19,10 @@ Layout and invariants:
   no object copied) of the source's tree made as the `.csi-creating-` directory itself;
   the clone is linked only once complete, and its marker is written after it, so a marked
   leftover is a finished clone.
+- A volume with `importSource` (imports.py) is the `.csi-creating-` directory, marked first
+  with its name and source, filled by the importer, then linked. An import that fails is
+  removed; a leftover of a driver that died halfway is resumed by the retry (the importer
+  skips the names already there).
 - Deletion drops the quota, then removes the tree with `clone.remove_tree` (batched,
   deepest first, read-only snapshot trees a user cut inside the volume included; files
   bypass the trash). The marked root goes last, so a retry after a crash finds the volume
@@ -29,8 +34,9 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from fusecache.errors import FsError
@@ -38,6 +44,8 @@ from fusecache.meta import clone as tree
 from fusecache.meta.base import RENAME_NOREPLACE, Meta
 from fusecache.meta.redis import RedisMeta
 from fusecache.types import ROOT_INO, Attr
+
+log = logging.getLogger(__name__)
 
 MARKER = b"trusted.csi.fusecache.io"
 CREATING_PREFIX = ".csi-creating-"
@@ -71,6 +79,7 @@ class VolumeDir:
     max_inodes: int = 0
     context: dict[str, str] | None = None  # volume context recorded at creation, if any
     source: ContentSource | None = None  # content source it was cloned from, if any
+    imported: str | None = None  # the (masked) bucket URL it was imported from, if any
 
     @property
     def is_volume(self) -> bool:
@@ -91,6 +100,7 @@ class _Marker:
     name: str = ""  # "" when unmarked (or unreadable)
     context: dict[str, str] | None = None
     source: ContentSource | None = None
+    imported: str | None = None
 
 
 def _marker(meta: Meta, ino: int) -> _Marker:
@@ -106,7 +116,8 @@ def _marker(meta: Meta, ino: int) -> _Marker:
         context = data.get("context")
         return _Marker(str(data["name"]),
                        {str(k): str(v) for k, v in context.items()} if context is not None else None,
-                       ContentSource.from_json(data.get("source")))
+                       ContentSource.from_json(data.get("source")),
+                       str(data["import"]) if data.get("import") else None)
     except (ValueError, KeyError, TypeError, AttributeError):
         return _Marker()
 
@@ -117,7 +128,7 @@ def _describe(meta: Meta, dir_name: str, attr: Attr) -> VolumeDir:
     quota = meta.get_quota(attr.ino)
     marker = _marker(meta, attr.ino)
     return VolumeDir(dir_name, attr.ino, marker.name, quota.max_bytes if quota else 0,
-                     quota.max_inodes if quota else 0, marker.context, marker.source)
+                     quota.max_inodes if quota else 0, marker.context, marker.source, marker.imported)
 
 
 def find(meta: Meta, dir_name: str) -> VolumeDir | None:
@@ -142,10 +153,13 @@ def used_bytes(meta: Meta, ino: int) -> int:
     return tree_engine(meta)._subtree_usage(ino)[0]
 
 
-def _marker_json(csi_name: str, context: dict[str, str] | None, source: ContentSource | None) -> bytes:
+def _marker_json(csi_name: str, context: dict[str, str] | None, source: ContentSource | None,
+                 imported: str | None = None) -> bytes:
     data: dict[str, object] = {"name": csi_name, "created": round(time.time()), "context": context or {}}
     if source is not None:
         data["source"] = source.to_json()
+    if imported is not None:
+        data["import"] = imported
     return json.dumps(data).encode()
 
 
@@ -162,10 +176,11 @@ def _discard(meta: Meta, name: str) -> None:
 
 
 def _finish(meta: Meta, staging: str, dir_name: str, attr: Attr, csi_name: str, capacity: int,
-            max_inodes: int, context: dict[str, str] | None, source: ContentSource | None) -> VolumeDir:
+            max_inodes: int, context: dict[str, str] | None, source: ContentSource | None,
+            imported: str | None = None) -> VolumeDir:
     _set_limits(meta, attr.ino, capacity, max_inodes)  # also replaces an earlier attempt's
     meta.rename(ROOT_INO, staging.encode(), ROOT_INO, dir_name.encode(), RENAME_NOREPLACE)
-    return VolumeDir(dir_name, attr.ino, csi_name, capacity, max_inodes, dict(context or {}), source)
+    return VolumeDir(dir_name, attr.ino, csi_name, capacity, max_inodes, dict(context or {}), source, imported)
 
 
 def _adoptable(meta: Meta, attr: Attr, csi_name: str) -> bool:
@@ -174,7 +189,7 @@ def _adoptable(meta: Meta, attr: Attr, csi_name: str) -> bool:
     if not attr.is_dir or meta.readdir(attr.ino):
         return False
     marker = _marker(meta, attr.ino)
-    return marker.source is None and marker.name in ("", csi_name)
+    return marker.source is None and marker.imported is None and marker.name in ("", csi_name)
 
 
 def create(meta: Meta, dir_name: str, csi_name: str, capacity: int,
@@ -213,6 +228,41 @@ def create_from(meta: Meta, dir_name: str, csi_name: str, capacity: int, context
         # The copy carries the source's xattrs, its volume marker included: replace it.
         meta.setxattr(attr.ino, MARKER, _marker_json(csi_name, context, source))
     return _finish(meta, staging, dir_name, attr, csi_name, capacity, max_inodes, context, source)
+
+
+def create_imported(meta: Meta, dir_name: str, csi_name: str, capacity: int, context: dict[str, str] | None,
+                    imported: str, fill: Callable[[str, int], None], max_inodes: int = 0) -> VolumeDir:
+    """Create volume `/<dir_name>` holding an import: `fill(path, ino)` imports into the
+    staging directory (path from the root) before it is linked. A failure removes the
+    directory; FsError(EEXIST) if the volume appeared meanwhile."""
+    staging = CREATING_PREFIX + dir_name
+    attr = _lookup(meta, ROOT_INO, staging)
+    if attr is not None:
+        marker = _marker(meta, attr.ino)
+        if not (attr.is_dir and marker.name == csi_name and marker.imported == imported
+                and marker.source is None):
+            _discard(meta, staging)  # not the import this call makes: start over
+            attr = None
+        else:
+            log.info("resuming the import of %s into volume %r", imported, csi_name)
+    if attr is None:
+        try:
+            attr = meta.mkdir(ROOT_INO, staging.encode(), DIR_MODE, 0, 0)
+        except FsError as exc:
+            if exc.errno != errno.EEXIST:
+                raise
+            attr = meta.lookup(ROOT_INO, staging.encode())
+    # Marked before the import: a leftover of a driver that died is then recognised.
+    meta.setxattr(attr.ino, MARKER, _marker_json(csi_name, context, None, imported))
+    try:
+        fill("/" + staging, attr.ino)
+    except BaseException:
+        try:  # an error answered leaves nothing behind; the next call starts over
+            _discard(meta, staging)
+        except Exception as exc:
+            log.warning("removing the unfinished import /%s failed: %s", staging, exc)
+        raise
+    return _finish(meta, staging, dir_name, attr, csi_name, capacity, max_inodes, context, None, imported)
 
 
 def _drop_quota(meta: Meta, ino: int) -> None:

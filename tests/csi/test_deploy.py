@@ -15,7 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from csi_driver import fsref, mutable, settings
+from csi_driver import fsref, imports, mutable, settings
 from csi_driver.config import DEFAULT_DRIVER_NAME
 from csi_driver.server import parse_args
 
@@ -384,7 +384,7 @@ def test_node_plugin_memory_covers_the_default_clients() -> None:
     add_parser(parser.add_subparsers())
     budget = parse_size(parser.parse_args(["mount", "redis://x", "/mnt"]).memory_budget)
     assert parse_size(DEFAULT_CACHE.split(":", 1)[1]) <= MEM_TIER_SHARE * budget
-    for name, params in (("examples", by_kind("StorageClass")["parameters"]),
+    for name, params in (("examples", by_kind("StorageClass", "fusecache")["parameters"]),
                          ("demo", documents(DEPLOY / "overlays/demo/storageclass.yaml")[0]["parameters"])):
         mem = sum(parse_size(t.split(":", 1)[1]) for t in settings.parse(params).cache if t.startswith("mem:"))
         assert mem <= MEM_TIER_SHARE * budget, name  # a MEM tier the default budget accepts
@@ -500,7 +500,7 @@ def test_node_plugin_can_mount_for_kubelet() -> None:
 
 
 def test_examples_use_settings_the_driver_accepts() -> None:
-    storage_class = by_kind("StorageClass")
+    storage_class = by_kind("StorageClass", "fusecache")
     assert storage_class["provisioner"] == DEFAULT_DRIVER_NAME
     assert storage_class["allowVolumeExpansion"] is True
     params = storage_class["parameters"]
@@ -511,14 +511,14 @@ def test_examples_use_settings_the_driver_accepts() -> None:
     secret = by_kind("Secret", "fusecache-shared")
     fs = fsref.resolve(secret["stringData"])
     assert fs.password == "change-me" and fs.format is not None and fs.format.storage == "s3"
-    pv = by_kind("PersistentVolume")
+    pv = by_kind("PersistentVolume", "datasets")
     assert pv["spec"]["csi"]["driver"] == DEFAULT_DRIVER_NAME
     attributes = pv["spec"]["csi"]["volumeAttributes"]
     settings.parse(attributes)
     assert settings.subdir_of(attributes) == "/datasets"
     pvc = by_kind("PersistentVolumeClaim", "datasets")
     assert pvc["spec"]["volumeName"] == pv["metadata"]["name"]
-    pod = by_kind("Pod")
+    pod = by_kind("Pod", "writer")
     [mount] = pod["spec"]["containers"][0]["volumeMounts"]
     assert mount["mountPropagation"] == "HostToContainer"
 
@@ -544,7 +544,7 @@ def check_snapshot_class(snapshot_class: dict[str, Any], storage_class: dict[str
 
 
 def test_volume_snapshot_classes_match_the_driver_and_the_storage_classes() -> None:
-    check_snapshot_class(by_kind("VolumeSnapshotClass"), by_kind("StorageClass"))
+    check_snapshot_class(by_kind("VolumeSnapshotClass"), by_kind("StorageClass", "fusecache"))
     demo = {(d["kind"], d["metadata"]["name"]): d for d in render(DEPLOY / "overlays" / "demo-snapshots")}
     check_snapshot_class(demo[("VolumeSnapshotClass", "fusecache-demo")], demo[("StorageClass", "fusecache-demo")])
     # The demo's class needs the snapshot CRDs, so the plain demo does not carry it.
@@ -675,8 +675,9 @@ def readme_yaml(section: str) -> list[dict[str, Any]]:
 def test_readme_kubernetes_examples_are_valid_and_use_known_settings() -> None:
     section = readme_section()
     docs = readme_yaml(section)
-    assert sorted(d["kind"] for d in docs) == ["PersistentVolume", *["PersistentVolumeClaim"] * 4, "Pod",
-                                               "StorageClass", "VolumeSnapshot", "VolumeSnapshotClass"]
+    assert sorted(d["kind"] for d in docs) == [*["PersistentVolume"] * 2, *["PersistentVolumeClaim"] * 6,
+                                               *["Pod"] * 2, "Secret", *["StorageClass"] * 2, "VolumeSnapshot",
+                                               "VolumeSnapshotClass"]
     for doc in docs:
         validate(doc)
     found = {(d["kind"], d["metadata"]["name"]): d for d in docs}
@@ -722,7 +723,7 @@ def test_readme_tables_list_exactly_the_keys_the_driver_knows() -> None:
     assert table_keys(section, "key | `fusecache mount` flag") == set(settings.MOUNT_KEYS) | {settings.SUBDIR}
     assert table_keys(section, "key | meaning") == {
         fsref.SECRET_META_URL, fsref.SECRET_META_PASSWORD, fsref.SECRET_ACCESS_KEY, fsref.SECRET_SECRET_KEY,
-        *fsref.FORMAT_KEYS}
+        *fsref.FORMAT_KEYS, *imports.SECRET_KEYS}
     assert table_keys(section, "mutable parameter | meaning") == set(mutable.KEYS)
     # Each flag the table names is the one the driver passes.
     every = settings.parse({"cache": "mem:1GiB;ssd:/c:1GiB", "cacheLow": "0.5", "cacheHigh": "0.9",
@@ -736,3 +737,52 @@ def test_readme_tables_list_exactly_the_keys_the_driver_knows() -> None:
             break
         for flag in re.findall(r"`(--?[a-z-]+)`", line.split("|")[2]):
             assert flag in every, flag
+
+
+def test_import_source_examples_fit_together_and_the_readme_shows_them() -> None:
+    """A dataset's Secret, StorageClass, PVC and Pod, and its static PV: settings the
+    driver takes, credentials only in the Secret, and the README showing these manifests."""
+    storage_class = by_kind("StorageClass", "fusecache-imagenet")
+    params = storage_class["parameters"]
+    settings.check_parameters(params)  # importSource is a known parameter
+    secret = by_kind("Secret", "fusecache-import")
+    keys = secret["stringData"]
+    fs = fsref.resolve(keys)
+    assert fs.format is None  # the existing filesystem: nothing formatted by this class
+    spec = imports.requested(params, keys)
+    assert spec is not None and spec.storage == "s3" and (spec.access_key, spec.secret_key) == (
+        keys[imports.SECRET_ACCESS_KEY], keys[imports.SECRET_SECRET_KEY])
+    assert not set(imports.SECRET_KEYS) & set(params)  # the keys are the Secret's, never a parameter
+    for kind in ("provisioner", "node-stage", "controller-expand"):
+        assert params[f"csi.storage.k8s.io/{kind}-secret-name"] == secret["metadata"]["name"]
+        assert params[f"csi.storage.k8s.io/{kind}-secret-namespace"] == secret["metadata"]["namespace"]
+    pvc = by_kind("PersistentVolumeClaim", "imagenet")
+    assert pvc["spec"]["storageClassName"] == storage_class["metadata"]["name"]
+    pod = by_kind("Pod", "train")
+    [volume] = pod["spec"]["volumes"]
+    assert volume["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
+    mounts = {m["mountPath"]: m for m in pod["spec"]["containers"][0]["volumeMounts"]}
+    assert mounts["/data"]["readOnly"] is True and not mounts["/results"].get("readOnly")
+    assert {m["name"] for m in mounts.values()} == {volume["name"]}
+    pv = by_kind("PersistentVolume", "imagenet-static")["spec"]["csi"]
+    assert pv["driver"] == DEFAULT_DRIVER_NAME and pv["readOnly"] is True
+    assert pv["nodeStageSecretRef"] == {"name": "fusecache-import", "namespace": "kube-system"}
+    attributes = pv["volumeAttributes"]
+    settings.warn_unknown(attributes)
+    settings.parse(attributes)
+    assert imports.requested(attributes, keys) is not None and settings.subdir_of(attributes) == "/datasets/imagenet"
+    assert by_kind("PersistentVolumeClaim", "imagenet-static")["spec"]["volumeName"] == "imagenet-static"
+
+    section = readme_section().split("\n### Serving a dataset that already lives in a bucket\n", 1)[1]
+    section = section.split("\n### ", 1)[0]
+    docs = readme_yaml(section)
+    assert sorted(d["kind"] for d in docs) == ["PersistentVolume", "PersistentVolumeClaim", "PersistentVolumeClaim",
+                                               "Pod", "Secret", "StorageClass"]
+    examples = {_key(d): d for p in (DEPLOY / "examples").glob("*.yaml") for d in documents(p)}
+    for doc in docs:
+        assert examples[_key(doc)] == doc, _key(doc)
+    for name in ("secret-import", "storageclass-import", "pvc-import", "pod-import", "static-pv-import"):
+        assert f"{name}.yaml" in section and (DEPLOY / "examples" / f"{name}.yaml").is_file()
+    for needed in ("INVALID_ARGUMENT", "FAILED_PRECONDITION", "OUT_OF_RANGE", "--timeout", "EROFS",
+                   imports.SECRET_ACCESS_KEY, imports.SECRET_SECRET_KEY, "nodeStageSecretRef"):
+        assert needed in section, needed
