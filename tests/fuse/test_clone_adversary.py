@@ -232,6 +232,119 @@ def test_a_snapshot_made_on_one_mount_refuses_changes_on_the_other_and_its_delet
     assert_fsck_clean(vol.meta_url)
 
 
+def test_a_snapshot_deleted_on_one_mount_stays_readable_through_a_file_open_on_the_other(vol: Volume) -> None:
+    """The snapshot holds the only reference to the data (its source is gone) when A
+    deletes it; B's open file must still read every byte, from S3, and the objects go
+    only once B closes it."""
+    a, b = vol.mount(), vol.mount()
+    (a.path / "src").mkdir()
+    data = os.urandom(3 * MiB + 77)
+    (a.path / "src" / "f").write_bytes(data)
+    run_cli("snapshot", str(a.path / "src"), str(a.path / "snap"), "-q")
+    subprocess.run(["rm", "-rf", str(a.path / "src")], check=True)
+    os.sync()
+    objects = block_objects(vol)
+    assert objects  # held by the snapshot alone now
+    wait_for(lambda: (b.path / "snap" / "f").exists(), timeout=10, what="B sees the snapshot")
+    with open(b.path / "snap" / "f", "rb", buffering=0) as f:
+        assert f.read(10) == data[:10]
+        run_cli("snapshot", "--delete", str(a.path / "snap"), "-q")
+        wait_for(lambda: not (b.path / "snap").exists(), timeout=10, what="B sees the snapshot gone")
+        time.sleep(2)  # past the collectors' period and the garbage delay (0)
+        assert block_objects(vol) == objects, "objects of a file open on B were deleted"
+        run_cli("warmup", str(b.path), "--evict", "-q")
+        f.seek(0)
+        got = f.read()
+    assert got == data
+    wait_for(lambda: not block_objects(vol), timeout=40, what="the objects freed after B's close")
+    meta = open_meta(vol.meta_url)
+    assert isinstance(meta, RedisMeta)
+    try:
+        settled(meta)
+    finally:
+        meta.shutdown()
+    assert_fsck_clean(vol.meta_url)
+
+
+def test_two_clones_racing_to_one_name_from_two_mounts_under_a_writer_leave_exact_counts(vol: Volume) -> None:
+    """Two `fusecache clone` processes, one through each mount, copy the same tree to the
+    same new name at the same time (both copies are seen being built at once) while a
+    writer on B overwrites, renames and deletes files of the source: one clone wins, the
+    other fails with 'exists' and leaves nothing behind, and fsck finds every reference
+    count exact."""
+    import threading
+
+    a, b = vol.mount(), vol.mount()
+    meta = open_meta(vol.meta_url)
+    assert isinstance(meta, RedisMeta)
+    try:
+        src = a.path / "src"
+        src.mkdir()
+        _wide_tree(meta, src, files=20, copies=9)  # 1,620 files
+        untouched = {d: hashes(src / d) for d in ("m0", "m5/c1")}
+        wait_for(lambda: (b.path / "src" / "m8" / "c8").exists(), timeout=10, what="B sees the tree")
+
+        def race(name: str) -> tuple[list[tuple[int, str]], int, int]:
+            stop = threading.Event()
+            changed, most = [0], [0]
+
+            def writer() -> None:  # on mount B, in m3 only
+                i = 0
+                while not stop.is_set():
+                    d = b.path / "src" / "m3" / f"c{i % 9}"
+                    try:
+                        with open(d / f"f{i % 20}", "r+b") as f:
+                            f.seek(i % 50)
+                            f.write(os.urandom(64))
+                        if i % 3 == 0:
+                            os.rename(d / f"f{(i + 1) % 20}", d / f"r{name}{i}")
+                        if i % 5 == 0:
+                            os.unlink(d / f"f{(i + 2) % 20}")
+                        changed[0] += 1
+                    except FileNotFoundError:
+                        pass
+                    i += 1
+
+            def watch() -> None:  # how many copies are being built at once
+                client = redis.Redis.from_url(vol.meta_url)
+                while not stop.is_set():
+                    most[0] = max(most[0], client.hlen("{fc}detached"))
+                    time.sleep(0.002)
+                client.close()
+
+            threads = [threading.Thread(target=writer), threading.Thread(target=watch)]
+            for t in threads:
+                t.start()
+            try:
+                procs = [_start_clone(src, a.path / name), _start_clone(b.path / "src", b.path / name)]
+                results = [_finish(p) for p in procs]
+            finally:
+                stop.set()
+                for t in threads:
+                    t.join()
+            return results, changed[0], most[0]
+
+        for attempt in range(4):
+            results, changed, most = race(f"dst{attempt}")
+            assert sorted(rc for rc, _ in results) == [0, 1], results
+            loser = next(out for rc, out in results if rc)
+            assert "exists" in loser and "Traceback" not in loser, loser
+            assert detached(meta) == [], "the losing clone left its copy behind"
+            assert changed > 0, "the writer did not run during the clones"
+            for d, want in untouched.items():
+                assert hashes(a.path / f"dst{attempt}" / d) == want, d
+            if most == 2:
+                break
+        assert most == 2, "the two clones never ran at the same time in 4 tries"
+        wait_for(lambda: (b.path / f"dst{attempt}" / "m0").exists(), timeout=10, what="B sees the clone")
+        assert hashes(b.path / f"dst{attempt}" / "m0") == untouched["m0"]
+        os.sync()
+        settled(meta)
+        assert_fsck_clean(vol.meta_url)
+    finally:
+        meta.shutdown()
+
+
 # --- Redis dying under clones -------------------------------------------------------------
 
 
