@@ -8,6 +8,7 @@ after which fsck is clean, reference counts included, and every file reads back 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import signal
@@ -24,7 +25,7 @@ from fusecache.meta import open_meta
 from fusecache.meta.clone import detached
 from fusecache.meta.connect import GIVE_UP_AFTER
 from fusecache.meta.redis import RedisMeta
-from tests.fuse.helpers import CLI, Mount, Volume, format_volume, run_cli, wait_for
+from tests.fuse.helpers import CLI, Mount, Volume, format_volume, run_cli, sha256_file, wait_for
 from tests.fuse.test_clone import _wide_tree, block_objects, hashes, make_tree
 from tests.fuse.test_redis_faults import own_redis  # noqa: F401  (fixture)
 from tests.servers import RedisServer, S3Server, start_redis
@@ -263,6 +264,32 @@ def test_a_snapshot_deleted_on_one_mount_stays_readable_through_a_file_open_on_t
         settled(meta)
     finally:
         meta.shutdown()
+    assert_fsck_clean(vol.meta_url)
+
+
+def test_a_file_cloned_on_a_while_b_holds_unflushed_writes_is_one_version_or_the_other(vol: Volume) -> None:
+    """B writes into a file and keeps it open (the data sits in B's buffers) while A clones
+    it: the clone is the file as it was at one instant (old or new bytes, never a mix, never
+    a hole), B's close lands in the source only, and the counts stay exact."""
+    a, b = vol.mount(), vol.mount()
+    old = os.urandom(2 * MiB + 11)
+    (a.path / "f").write_bytes(old)
+    wait_for(lambda: (b.path / "f").exists(), timeout=10, what="B sees f")
+    for i in range(4):
+        new = bytearray(old)
+        new[MiB - 100:MiB + 100 + i] = os.urandom(200 + i)  # across a block boundary
+        with open(b.path / "f", "r+b") as f:
+            f.seek(MiB - 100)
+            f.write(new[MiB - 100:MiB + 100 + i])
+            run_cli("clone", str(a.path / "f"), str(a.path / f"c{i}"), "-q")
+        os.sync()
+        evicted(a, a.path / f"c{i}")
+        got = (a.path / f"c{i}").read_bytes()
+        assert got in (old, bytes(new)), f"clone {i} mixes versions"
+        coherent(lambda: {"f": sha256_file(a.path / "f")}, {"f": hashlib.sha256(new).hexdigest()},
+                 "A sees B's close in the source")
+        assert (a.path / f"c{i}").read_bytes() == got  # the source's change did not reach it
+        old = bytes(new)
     assert_fsck_clean(vol.meta_url)
 
 
