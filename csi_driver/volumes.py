@@ -192,6 +192,16 @@ def _adoptable(meta: Meta, attr: Attr, csi_name: str) -> bool:
     return marker.source is None and marker.imported is None and marker.name in ("", csi_name)
 
 
+def _make_staging(meta: Meta, staging: str) -> Attr:
+    """The staging directory, made (or found, if another call made it meanwhile)."""
+    try:
+        return meta.mkdir(ROOT_INO, staging.encode(), DIR_MODE, 0, 0)
+    except FsError as exc:
+        if exc.errno != errno.EEXIST:
+            raise
+        return meta.lookup(ROOT_INO, staging.encode())
+
+
 def create(meta: Meta, dir_name: str, csi_name: str, capacity: int,
            context: dict[str, str] | None = None, max_inodes: int = 0) -> VolumeDir:
     """Create volume `/<dir_name>`; raises FsError(EEXIST) if it appeared meanwhile."""
@@ -201,12 +211,7 @@ def create(meta: Meta, dir_name: str, csi_name: str, capacity: int,
         _discard(meta, staging)  # e.g. a clone left by a CreateVolume with a content source
         attr = None
     if attr is None:
-        try:
-            attr = meta.mkdir(ROOT_INO, staging.encode(), DIR_MODE, 0, 0)
-        except FsError as exc:
-            if exc.errno != errno.EEXIST:
-                raise
-            attr = meta.lookup(ROOT_INO, staging.encode())
+        attr = _make_staging(meta, staging)
     meta.setxattr(attr.ino, MARKER, _marker_json(csi_name, context, None))
     return _finish(meta, staging, dir_name, attr, csi_name, capacity, max_inodes, context, None)
 
@@ -246,12 +251,7 @@ def create_imported(meta: Meta, dir_name: str, csi_name: str, capacity: int, con
         else:
             log.info("resuming the import of %s into volume %r", imported, csi_name)
     if attr is None:
-        try:
-            attr = meta.mkdir(ROOT_INO, staging.encode(), DIR_MODE, 0, 0)
-        except FsError as exc:
-            if exc.errno != errno.EEXIST:
-                raise
-            attr = meta.lookup(ROOT_INO, staging.encode())
+        attr = _make_staging(meta, staging)
     # Marked before the import: a leftover of a driver that died is then recognised.
     meta.setxattr(attr.ino, MARKER, _marker_json(csi_name, context, None, imported))
     try:

@@ -18,10 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import grpc
 import pytest
-from botocore.config import Config
 
 from csi_driver import imports, volumes
 from csi_driver._proto import csi_pb2 as pb
@@ -31,6 +29,7 @@ from fusecache.meta import clone, open_meta
 from fusecache.meta.redis import RedisMeta
 from fusecache.types import ROOT_INO
 from tests.csi.harness import Driver, capability
+from tests.fuse.test_import import s3_client
 from tests.servers import S3Server, _start, find_tool, free_port, stop_process
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
@@ -40,13 +39,6 @@ Mode = pb.VolumeCapability.AccessMode
 SOURCE_ACCESS = "srcAccessKey7f3a"
 SOURCE_SECRET = "srcSecretKey-9c1e44b2d8"
 SOURCE_BUCKET = "dataset"
-
-
-def client(s3: S3Server):  # type: ignore[no-untyped-def]
-    config = Config(response_checksum_validation="when_required", request_checksum_calculation="when_required",
-                    s3={"addressing_style": "path"})
-    return boto3.session.Session().client("s3", endpoint_url=s3.endpoint, region_name="us-east-1", config=config,
-                                          aws_access_key_id=s3.access_key, aws_secret_access_key=s3.secret_key)
 
 
 def dataset_objects() -> dict[str, bytes]:
@@ -83,7 +75,7 @@ def dataset(source_s3: S3Server) -> dict[str, bytes]:
     """The bucket `dataset`, its objects under train/ (and one more prefix, which the
     import of train/ must not show)."""
     source_s3.make_bucket(SOURCE_BUCKET)
-    c = client(source_s3)
+    c = s3_client(source_s3)
     objects = dataset_objects()
     for key, data in objects.items():
         c.put_object(Bucket=SOURCE_BUCKET, Key="train/" + key, Body=data)
@@ -94,7 +86,7 @@ def dataset(source_s3: S3Server) -> dict[str, bytes]:
 
 def listing(s3: S3Server, bucket: str, prefix: str = "") -> dict[str, tuple[str, int]]:
     """Every object of a bucket: key -> (ETag, size)."""
-    c = client(s3)
+    c = s3_client(s3)
     try:
         return {item["Key"]: (item["ETag"], item["Size"])
                 for page in c.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
