@@ -141,7 +141,8 @@ def test_import_reads_by_hash_copies_nothing_and_never_touches_the_source(
     # A change at the source: EIO once the file is read from the source, never mixed bytes.
     changed = f"class1/img{7:04d}.jpg"
     client = s3_client(s3_server)
-    client.put_object(Bucket="dataset", Key="train/" + changed, Body=os.urandom(len(files[changed])))
+    replaced = os.urandom(len(files[changed]))
+    client.put_object(Bucket="dataset", Key="train/" + changed, Body=replaced)
     client.close()
     run_cli("warmup", str(train / changed), "-q", "--evict")
     drop_pages(train / changed)
@@ -152,6 +153,11 @@ def test_import_reads_by_hash_copies_nothing_and_never_touches_the_source(
     found = run_cli("fsck", vol.meta_url, check=False)
     assert found.returncode != 0 and f"/train/{changed}: imported data: its source object" in found.stdout
     assert found.stdout.count("imports:") == 1, found.stdout
+    # --update gives it the new content, on the mounted client, and fsck is clean again.
+    out = run_cli("import", vol.meta_url, url, "/train", "--update", "-q", env=env).stdout
+    assert "1 refreshed to a new version" in out, out
+    assert (train / changed).read_bytes() == replaced
+    assert run_cli("fsck", vol.meta_url).returncode == 0
 
     # Deleting the imported tree deletes nothing at the source.
     before = listing(s3_server)
