@@ -8,13 +8,22 @@ from __future__ import annotations
 import errno
 import logging
 import threading
+from typing import TYPE_CHECKING, Any
 
 from ..errors import FsError, ObjectChanged, ObjectNotFound, ObjectStoreError
 from ..layout import CHUNK_SIZE, external_parts
 from ..meta.external import ExternalSource, Registry
 from ..object.base import ObjectStore
+from ..types import VolumeSettings
+
+if TYPE_CHECKING:
+    from .store import BlockCache, ChunkStore
 
 log = logging.getLogger(__name__)
+
+
+class SourceChanged(FsError):
+    """EIO: the source no longer has the version of an object its file names."""
 
 
 class ExternalReader:
@@ -55,10 +64,10 @@ class ExternalReader:
         except ObjectChanged:
             log.error("imported object %r changed at its source %s; its file reads EIO until "
                       "'fusecache import --update'", obj.key, store.describe())
-            raise FsError(errno.EIO, f"imported object {obj.key!r} changed at the source") from None
+            raise SourceChanged(errno.EIO, f"imported object {obj.key!r} changed at its source") from None
         except ObjectNotFound:
             log.error("imported object %r is gone from its source %s", obj.key, store.describe())
-            raise FsError(errno.EIO, f"imported object {obj.key!r} is gone from the source") from None
+            raise SourceChanged(errno.EIO, f"imported object {obj.key!r} is gone from its source") from None
         except ObjectStoreError as exc:
             log.error("cannot read imported object %r: %s", obj.key, exc)
             raise FsError(errno.EIO, str(exc)) from None
@@ -72,3 +81,18 @@ class ExternalReader:
             stores, self._stores = self._stores, {}
         for _, store in stores.values():
             store.close()
+
+
+def volume_chunks(meta: object, store: ObjectStore, settings: VolumeSettings, cache: BlockCache | None = None,
+                  **options: Any) -> ChunkStore:
+    """The chunk store of a volume (its own objects, through `cache`), which also reads
+    imported files from their sources when the metadata engine keeps a registry (Redis):
+    what a mount uses, and what `import --copy` uses outside one. Close `external` after
+    the store."""
+    from ..meta.redis import RedisMeta
+    from .store import ChunkStore
+
+    chunks = ChunkStore(store, settings.name, settings.block_size, cache, **options)
+    if isinstance(meta, RedisMeta):
+        chunks.external = ExternalReader(Registry(meta))
+    return chunks

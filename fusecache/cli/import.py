@@ -15,6 +15,7 @@ import time
 from ..errors import CliError, FsError, MetaError
 from ..importer import LISTERS, SourceError, import_tree, parse_source
 from ..units import format_size
+from . import import_copy
 from .common import connect_meta, load_volume, positive_int, redis_engine
 from .progress import ScanProgress
 
@@ -47,9 +48,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lazy", action="store_true",
                    help="list nothing now: each directory is listed from SOURCE the first time a mount "
                         "looks into it, so a huge bucket is usable at once (a later --update fills in the rest)")
-    p.add_argument("-p", "--parallel", type=positive_int, default=LISTERS, metavar="N",
-                   help=f"prefixes listed at once (default {LISTERS})")
+    p.add_argument("-p", "--parallel", type=positive_int, metavar="N",
+                   help=f"prefixes listed at once (default {LISTERS}), and with --copy chunks copied at once "
+                        f"(default {import_copy.DEFAULT_PARALLEL})")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    import_copy.add_arguments(p)
     p.set_defaults(run=run)
 
 
@@ -58,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
         raise CliError("--delete works with --update only", 2)
     if args.lazy and args.update:
         raise CliError("--lazy lists nothing now, so it cannot --update; run --update without it", 2)
+    if args.lazy and args.copy:
+        raise CliError("--lazy lists nothing now, so there is nothing to --copy; run --copy without it", 2)
     try:
         spec = parse_source(args.source, os.environ.get("SOURCE_ACCESS_KEY", ""),
                             os.environ.get("SOURCE_SECRET_KEY", ""))
@@ -68,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         summary = import_tree(meta, spec, args.dest, load_volume(meta), progress, update=args.update,
-                              delete=args.delete, parallel=args.parallel, lazy=args.lazy)
+                              delete=args.delete, parallel=args.parallel or LISTERS, lazy=args.lazy)
     except SourceError as exc:
         raise CliError(str(exc)) from None
     except FsError as exc:
@@ -95,4 +100,4 @@ def run(args: argparse.Namespace) -> int:
               f"{summary.directories_deleted} emptied directories removed")
     for reason, count in sorted(summary.skipped.items()):
         print(f"  skipped {count}: {reason}")
-    return 0
+    return import_copy.run_copy(args) if args.copy else 0

@@ -414,7 +414,7 @@ def serve(args: argparse.Namespace) -> int:
 
 def _serve_volume(args: argparse.Namespace, volume: Volume) -> int:
     from ..cache import TieredCache
-    from ..chunk.store import ChunkStore
+    from ..chunk.external import volume_chunks
     from ..fuse.ops import FuseOps
     from ..vfs.vfs import Vfs, VfsOptions
     from ..workers import Workers
@@ -426,16 +426,10 @@ def _serve_volume(args: argparse.Namespace, volume: Volume) -> int:
     # The volume's uuid names its cache directories: volumes never share cached blocks,
     # even two volumes of the same name on different metadata servers.
     cache = TieredCache.open(args.cache_tiers, settings.uuid, demote_limit=plan.demote_queue)  # type: ignore[attr-defined]
-    chunks = ChunkStore(volume.store, settings.name, settings.block_size, cache,  # type: ignore[arg-type, attr-defined]
-                        writeback=args.writeback and not args.read_only,
-                        upload_threads=max(2, args.io_threads // 4))
-    from ..meta.redis import RedisMeta
-
-    if isinstance(meta, RedisMeta):  # imported files read from their sources (fusecache import)
-        from ..chunk.external import ExternalReader
-        from ..meta.external import Registry
-
-        chunks.external = ExternalReader(Registry(meta))
+    # Imported files read from their sources (fusecache import) through chunks.external.
+    chunks = volume_chunks(meta, volume.store, settings, cache,  # type: ignore[arg-type]
+                           writeback=args.writeback and not args.read_only,
+                           upload_threads=max(2, args.io_threads // 4))
     try:
         chunks.resume_uploads()
         workers = Workers(meta_threads=16, io_threads=args.io_threads)

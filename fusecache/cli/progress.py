@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 
 REDRAW = 0.2
 LOG_EVERY = 5.0
 
 
 class ScanProgress:
-    def __init__(self, enabled: bool = True) -> None:
+    def __init__(self, enabled: bool = True, show: Callable[[int], str] = str) -> None:
         self.enabled = enabled
+        self.show = show  # how counts are written (format_size for bytes)
         self.tty = sys.stderr.isatty()
         self._last = 0.0
         self._phase = ""
@@ -30,9 +32,9 @@ class ScanProgress:
         if phase != self._phase and self._open:
             sys.stderr.write("\n")
         self._phase, self._last = phase, now
-        of = f"/{total}" if total is not None else ""
+        of = f"/{self.show(total)}" if total is not None else ""
         share = f" ({100 * done / total:.0f}%)" if total else ""
-        line = f"{phase}: {done}{of}{share}"
+        line = f"{phase}: {self.show(done)}{of}{share}"
         if self.tty:
             sys.stderr.write("\r" + line.ljust(60))
             self._open = True
