@@ -167,6 +167,7 @@ async def _copy_chunk(meta: RedisMeta, chunks: ChunkStore, loader: BlockLoader, 
                       f: _File, index: int, counted: Callable[[int], None], summary: CopySummary) -> None:
     for _ in range(ATTEMPTS):
         done = 0
+        new_id = 0
 
         def on_block(n: int) -> None:
             nonlocal done
@@ -188,7 +189,10 @@ async def _copy_chunk(meta: RedisMeta, chunks: ChunkStore, loader: BlockLoader, 
         except FsError as exc:
             f.failed = f"copying chunk {index} failed: {exc.detail or exc}; run the copy again"
         except MetaError as exc:
-            # Unknown outcome: the swap may have happened, so its objects stay (gc frees them if not).
+            # Unknown outcome: the swap may have happened, so its objects stay (gc frees them
+            # if not). Look once whether it did.
+            if new_id and await _landed(meta, workers, f.ino, index, new_id):
+                return
             f.failed = f"metadata did not answer ({exc}); run the copy again"
         except ObjectStoreError as exc:
             f.failed = f"the volume's object store failed ({exc}); run the copy again"
@@ -198,3 +202,12 @@ async def _copy_chunk(meta: RedisMeta, chunks: ChunkStore, loader: BlockLoader, 
             return
         log.info("%s chunk %d changed while it was copied; copying it again", f.path, index)
     f.failed = "it kept changing while it was copied; run the copy again"
+
+
+async def _landed(meta: RedisMeta, workers: Workers, ino: int, index: int, new_id: int) -> bool:
+    """Whether the chunk names slice `new_id` (a swap whose reply was lost did happen)."""
+    await trio.sleep(0.5)
+    try:
+        return any(s.id == new_id for s in await workers.meta(meta.read, ino, index))
+    except MetaError:
+        return False
