@@ -185,7 +185,8 @@ async def _copy_chunk(meta: RedisMeta, chunks: ChunkStore, loader: BlockLoader, 
             finally:
                 ids.settle(new_id)
         except SourceChanged as exc:
-            f.failed = f"{exc.detail} since the import (its file reads EIO); import it again"
+            f.failed = (f"{exc.detail} since the import (its file reads EIO); 'fusecache import --update --copy' "
+                        "gives it the current version")
         except FsError as exc:
             f.failed = f"copying chunk {index} failed: {exc.detail or exc}; run the copy again"
         except MetaError as exc:

@@ -145,6 +145,22 @@ def test_copy_fails_a_file_changed_at_its_source_with_one_line(vol: Volume, s3_s
         (m.path / "train" / changed).read_bytes()
     assert info.value.errno == errno.EIO
     assert_hashes(m.path / "train", {k: d for k, d in files.items() if k != changed})
+    m.umount()
+
+    # --update gives the file the current version and --copy copies it; a copied file is then
+    # the volume's own, kept by a later --update whatever its source does.
+    fixed = run_cli("import", vol.meta_url, url, "/train", "--update", "--copy", env=env)
+    assert "1 refreshed" in fixed.stdout and "copied 1 files" in fixed.stdout and "0 failed" in fixed.stdout
+    current = s3_client(s3_server).get_object(Bucket="dataset", Key="train/" + changed)["Body"].read()
+    other = "sizes/s1048576"
+    client = s3_client(s3_server)
+    client.put_object(Bucket="dataset", Key="train/" + other, Body=os.urandom(MiB))
+    client.close()
+    kept = run_cli("import", vol.meta_url, url, "/train", "--update", env=env).stdout
+    assert "0 refreshed" in kept and "changed in the volume and kept" in kept, kept
+    delete_source(s3_server)
+    m = vol.mount("--cache", f"ssd:{tmp_path / 'cold2'}:512MiB")
+    assert_hashes(m.path / "train", {**files, changed: current})
 
 
 def test_a_write_made_before_the_copy_survives_it(vol: Volume, s3_server: S3Server, source: Source,
