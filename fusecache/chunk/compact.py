@@ -34,7 +34,7 @@ async def compact_chunk(
     slices = await workers.meta(meta.read, ino, index)
     if len(slices) < 2 or not any(p.id != 0 for p in visible(slices)):
         return False
-    if await rewrite_chunk(meta, chunks, loader, workers, ino, index, slices, new_id):
+    if await rewrite_chunk(meta, chunks, loader, workers, ino, index, slices, new_id) is not None:
         log.debug("inode %d chunk %d: %d slices compacted into slice %d", ino, index, len(slices), new_id)
         return True
     return False
@@ -43,17 +43,18 @@ async def compact_chunk(
 async def rewrite_chunk(
     meta: Meta, chunks: ChunkStore, loader: BlockLoader, workers: Workers, ino: int, index: int,
     slices: list[Slice], new_id: int, on_block: Callable[[int], None] | None = None,
-) -> bool:
+) -> Slice | None:
     """Swap `slices` (the chunk's whole list as just read) for one new owned slice `new_id`
-    of their visible bytes. False if the chunk changed meanwhile (the new objects are then
-    deleted). Also used by `import --copy`, on a chunk that holds one external slice: the
+    of their visible bytes; returns it. None if the chunk changed meanwhile (the new objects
+    are then deleted). Also used by `import --copy`, on a chunk that holds one external slice: the
     bytes then come from the source and end up in the volume's own store.
 
     Streams block by block, so a rewrite holds one block in memory, not a chunk."""
     data_pieces = [p for p in visible(slices) if p.id != 0]
     if not data_pieces:  # only holes left (all data truncated away): one hole replaces them
         end = max(s.end for s in slices)
-        return bool(await workers.meta(meta.compact, ino, index, slices, Slice(0, 0, end, 0, end)))
+        hole = Slice(0, 0, end, 0, end)
+        return hole if await workers.meta(meta.compact, ino, index, slices, hole) else None
     start, end = data_pieces[0].pos, data_pieces[-1].end
 
     async def current(_: int) -> list[Slice]:
@@ -84,6 +85,6 @@ async def rewrite_chunk(
     # An exception here (metadata unreachable) leaves the new objects in place: the swap may
     # have happened. Only a refusal (the chunk changed) is known to leave them unused.
     if await workers.meta(meta.compact, ino, index, slices, new):
-        return True
+        return new
     await workers.io(chunks.remove_slice, new_id, end - start)
-    return False
+    return None

@@ -9,6 +9,10 @@ compare-and-set only if the chunk's list is still the one read. Writes made mean
 on top; a chunk truncated or compacted meanwhile is read again. Nothing at the source is
 ever deleted (external ids are never released).
 
+A file whose object changes at its source while it is copied fails whole: the chunks
+copied get their imported slice back, so it reads EIO throughout and `import --update` (which
+refreshes only untouched files) can still give it the current version.
+
 Resumable and idempotent: each chunk is done or not, so a rerun copies only what is still
 external. A run cut short leaves at most the objects of the chunks in flight, unreferenced,
 for `fusecache gc`; a swap whose reply was lost keeps its objects (it may have happened).
@@ -33,6 +37,7 @@ from ..errors import FsError, MetaError, ObjectStoreError
 from ..layout import CHUNK_SIZE, is_external
 from ..meta.clone import owned_session
 from ..meta.redis import RedisMeta
+from ..types import Slice
 from ..workers import Workers
 from .source import SourceError
 
@@ -58,6 +63,9 @@ class _File:
     ino: int
     chunks: list[int]  # indexes of the chunks that name an external slice
     failed: str = ""
+    changed: bool = False  # failed because its object changed at its source
+    # chunks this run copied that held just the imported slice: (that slice, the copy)
+    copied: dict[int, tuple[Slice, Slice]] = field(default_factory=dict)
 
 
 def _quiet(_phase: str, _done: int, _total: int | None = None) -> None:
@@ -158,6 +166,9 @@ async def _copy_all(meta: RedisMeta, chunks: ChunkStore, files: list[_File], tot
         async with trio.open_nursery() as nursery:
             for _ in range(parallel):
                 nursery.start_soon(worker)
+        for f in files:
+            if f.changed and f.copied:
+                await _restore(meta, workers, f)
     finally:
         workers.close()
     progress("copying imported data", summary.bytes, max(total, summary.bytes))
@@ -180,13 +191,15 @@ async def _copy_chunk(meta: RedisMeta, chunks: ChunkStore, loader: BlockLoader, 
                 return  # written over, or copied by someone else, meanwhile
             new_id = await ids.next()
             try:
-                if await rewrite_chunk(meta, chunks, loader, workers, f.ino, index, slices, new_id, on_block):
-                    return
+                new = await rewrite_chunk(meta, chunks, loader, workers, f.ino, index, slices, new_id, on_block)
             finally:
                 ids.settle(new_id)
+            if new is not None:
+                if len(slices) == 1:
+                    f.copied[index] = (slices[0], new)
+                return
         except SourceChanged as exc:
-            f.failed = (f"{exc.detail} since the import (its file reads EIO); 'fusecache import --update --copy' "
-                        "gives it the current version")
+            f.failed, f.changed = _changed(exc), True
         except FsError as exc:
             f.failed = f"copying chunk {index} failed: {exc.detail or exc}; run the copy again"
         except MetaError as exc:
@@ -212,3 +225,21 @@ async def _landed(meta: RedisMeta, workers: Workers, ino: int, index: int, new_i
         return any(s.id == new_id for s in await workers.meta(meta.read, ino, index))
     except MetaError:
         return False
+
+
+def _changed(exc: FsError) -> str:
+    return (f"{exc.detail} since the import (its file reads EIO); 'fusecache import --update --copy' "
+            "gives it the current version")
+
+
+async def _restore(meta: RedisMeta, workers: Workers, f: _File) -> None:
+    """A file whose object changed at its source while its chunks were being copied gets
+    its copied chunks' imported slices back: it then reads EIO throughout, as it did
+    before, and `--update` (which refreshes only untouched files) can give it the current
+    version. The copies go to the delayed-garbage queue like any replaced slice."""
+    for index, (original, new) in sorted(f.copied.items()):
+        try:
+            if not await workers.meta(meta.compact, f.ino, index, [new], original):
+                log.info("%s chunk %d changed meanwhile; its copy stays", f.path, index)
+        except MetaError as exc:
+            log.warning("%s chunk %d: cannot give back its imported slice (%s); its copy stays", f.path, index, exc)

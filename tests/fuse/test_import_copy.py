@@ -127,31 +127,37 @@ def test_copy_fails_a_file_changed_at_its_source_with_one_line(vol: Volume, s3_s
     env = {**source_env(s3_server), **vol.env}
     run_cli("import", vol.meta_url, url, "/train", env=env)
     changed = "sizes/s3145733"  # 3 MiB + 5: four blocks, none of which may mix versions
+    big = "sizes/over-a-chunk"  # two chunks: failed whole, neither copied
     client = s3_client(s3_server)
-    client.put_object(Bucket="dataset", Key="train/" + changed, Body=os.urandom(len(files[changed])))
+    for key in (changed, big):
+        client.put_object(Bucket="dataset", Key="train/" + key, Body=os.urandom(len(files[key])))
     client.close()
 
     result = run_cli("import", vol.meta_url, url, "/train", "--copy", env=env, check=False)
     assert result.returncode == 1, result
     lines = [line for line in result.stderr.splitlines() if line.startswith("fusecache")]  # not progress
-    assert len(lines) == 1, result.stderr
-    assert f"/train/{changed}" in lines[0] and "changed at its source" in lines[0], lines
+    assert len(lines) == 2, result.stderr  # one line per file
+    for key, line in zip((big, changed), lines, strict=True):
+        assert f"/train/{key}: " in line and "changed at its source" in line, lines
     assert "Traceback" not in result.stderr
-    assert "1 failed" in result.stdout and f"copied {sum(1 for d in files.values() if d) - 1} files" in result.stdout
+    assert "2 failed" in result.stdout and f"copied {sum(1 for d in files.values() if d) - 2} files" in result.stdout
 
     m = vol.mount("--cache", f"ssd:{tmp_path / 'cold'}:512MiB")
-    drop_pages(m.path / "train" / changed)
-    with pytest.raises(OSError) as info:
-        (m.path / "train" / changed).read_bytes()
-    assert info.value.errno == errno.EIO
-    assert_hashes(m.path / "train", {k: d for k, d in files.items() if k != changed})
+    for key in (changed, big):
+        drop_pages(m.path / "train" / key)
+        with pytest.raises(OSError) as info:
+            (m.path / "train" / key).read_bytes()
+        assert info.value.errno == errno.EIO
+    assert_hashes(m.path / "train", {k: d for k, d in files.items() if k not in (changed, big)})
     m.umount()
 
-    # --update gives the file the current version and --copy copies it; a copied file is then
-    # the volume's own, kept by a later --update whatever its source does.
+    # --update gives the files the current version (neither was part copied) and --copy
+    # copies them; a copied file is then the volume's own, kept by a later --update.
     fixed = run_cli("import", vol.meta_url, url, "/train", "--update", "--copy", env=env)
-    assert "1 refreshed" in fixed.stdout and "copied 1 files" in fixed.stdout and "0 failed" in fixed.stdout
-    current = s3_client(s3_server).get_object(Bucket="dataset", Key="train/" + changed)["Body"].read()
+    assert "2 refreshed" in fixed.stdout and "copied 2 files" in fixed.stdout and "0 failed" in fixed.stdout
+    client = s3_client(s3_server)
+    current = {k: client.get_object(Bucket="dataset", Key="train/" + k)["Body"].read() for k in (changed, big)}
+    client.close()
     other = "sizes/s1048576"
     client = s3_client(s3_server)
     client.put_object(Bucket="dataset", Key="train/" + other, Body=os.urandom(MiB))
@@ -160,7 +166,7 @@ def test_copy_fails_a_file_changed_at_its_source_with_one_line(vol: Volume, s3_s
     assert "0 refreshed" in kept and "changed in the volume and kept" in kept, kept
     delete_source(s3_server)
     m = vol.mount("--cache", f"ssd:{tmp_path / 'cold2'}:512MiB")
-    assert_hashes(m.path / "train", {**files, changed: current})
+    assert_hashes(m.path / "train", {**files, **current})
 
 
 def test_a_write_made_before_the_copy_survives_it(vol: Volume, s3_server: S3Server, source: Source,
