@@ -1,5 +1,6 @@
 """`fusecache import META_URL SOURCE DEST_DIR`: objects that already live in a bucket (or
-files in a local directory) appear as files under DEST_DIR, without copying any data.
+files in a local directory) appear as files under DEST_DIR, without copying any data
+(unless --copy asks for it).
 
 Each object becomes a file whose chunks are external slices naming one version (ETag) of
 the object; reads fetch ranges of it from the source and cache them like any block.
@@ -25,13 +26,18 @@ without copying any data: reads fetch from SOURCE and are cached like any other 
 warmup fills the cache ahead of a job. Prefixes become directories; sizes and mtimes come
 from the listing. Files can be written, truncated, renamed and deleted like any other:
 nothing is ever written to or deleted from SOURCE. If an object changes at SOURCE, its file
-reads fail with EIO (never a mix of old and new bytes) until it is imported again.
+reads fail with EIO (never a mix of old and new bytes) until --update refreshes it.
+
+--update lists SOURCE again and refreshes what changed there; --lazy lists each directory
+only when a mount first looks into it; --copy also writes the data into the volume's own
+store, so that the files no longer depend on SOURCE.
 
 SOURCE is an S3 bucket URL with an optional prefix, http(s)://host:port/bucket/prefix, with
 its credentials in env SOURCE_ACCESS_KEY and SOURCE_SECRET_KEY (kept in the volume's
 metadata, masked everywhere), or a local directory. DEST_DIR is a directory of the volume,
 from its root (made if missing).
 """
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("import", help="show a bucket's objects as files, copying nothing", description=DESCRIPTION,
