@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import urllib.request
 from pathlib import Path
 
 from tests.fuse.helpers import Volume, run_cli, sha256_file
 from tests.fuse.test_cli import assert_clean_failure
 from tests.fuse.test_import import s3_client, source, source_env, vol  # noqa: F401 (fixtures)
-from tests.servers import S3Server
+from tests.servers import S3Server, free_port
 
 
 def walk(root: Path) -> dict[str, int]:
@@ -70,7 +72,8 @@ def test_warmup_of_a_lazy_import_lists_warms_and_checks_it(
 
     url, objects = source
     run_cli("import", vol.meta_url, url, "/w", "--lazy", env=source_env(s3_server))
-    m = vol.mount("--cache", f"ssd:{tmp_path / 'cache'}:512MiB")
+    port = free_port()
+    m = vol.mount("--cache", f"ssd:{tmp_path / 'cache'}:512MiB", "--metrics", f"127.0.0.1:{port}")
     out = run_cli("warmup", str(m.path / "w")).stdout  # the first look into any of it
     assert f"warmed up {len(objects)} files" in out, out
     check = run_cli("warmup", "--check", str(m.path / "w")).stdout
@@ -79,6 +82,13 @@ def test_warmup_of_a_lazy_import_lists_warms_and_checks_it(
     for key, data in objects.items():
         assert sha256_file(m.path / "w" / key) == hashlib.sha256(data).hexdigest(), key
     assert client_stats(m.path)["store"]["gets"] == gets  # every read from the cache
+    # The metrics count imported data like any other: its GETs, and the SSD tier holding it.
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    got = re.search(r'^fusecache_store_get_requests_total\{volume="testvol"\} (\S+)$', body, re.MULTILINE)
+    assert got and float(got.group(1)) == gets, body
+    used = re.search(r'^fusecache_cache_used_bytes\{medium="ssd",tier="0",volume="testvol"\} (\S+)$', body,
+                     re.MULTILINE)
+    assert used and float(used.group(1)) >= sum(len(d) for d in objects.values()), body
     run_cli("warmup", "--evict", str(m.path / "w"))
     check = run_cli("warmup", "--check", str(m.path / "w")).stdout
     assert "0.0% cached" in check, check
