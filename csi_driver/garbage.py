@@ -34,7 +34,7 @@ def collect(meta: Meta, settings: VolumeSettings, access_key: str = "", secret_k
         while time.monotonic() < deadline:
             items = meta.take_garbage(BATCH)
             if not items:
-                if getattr(meta, "garbage_expanded", 0):
+                if items.more:
                     continue  # deleted files released slices that clones still hold
                 break
             for slice_id, size in items:

@@ -29,6 +29,21 @@ MAX_XATTR_NAME = 255
 MAX_XATTR_VALUE = 65536
 
 
+class GarbageBatch(list[tuple[int, int]]):
+    """What `take_garbage` hands out: (slice_id, slice_size) items, and `released`, the
+    chunks of deleted files the same call let go without freeing any slice (clones still
+    hold them). A collector goes on while either is non-zero."""
+
+    def __init__(self, items: list[tuple[int, int]] = (), released: int = 0) -> None:  # type: ignore[assignment]
+        super().__init__(items)
+        self.released = released
+
+    @property
+    def more(self) -> bool:
+        """Whether a collector should ask again."""
+        return bool(self) or self.released > 0
+
+
 class Meta(ABC):
     """A volume's namespace and the chunk → slice maps of its files."""
 
@@ -186,7 +201,7 @@ class Meta(ABC):
 
     # -- garbage: objects no slice references any more ------------------------------------
     @abstractmethod
-    def take_garbage(self, limit: int) -> list[tuple[int, int]]:
+    def take_garbage(self, limit: int) -> GarbageBatch:
         """Up to `limit` (slice_id, slice_size) whose objects must be deleted: slices
         dropped at least the volume's garbage delay ago. Taken items are hidden from other
         callers for a while and stay queued until `ack_garbage`, so a crash between the two

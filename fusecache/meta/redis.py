@@ -105,7 +105,16 @@ from ..types import (
 )
 from . import lua, lua_import, lua_tree
 from .aio import DirectAddress, FallBack, MetaRequest
-from .base import MAX_NAME, MAX_XATTR_NAME, RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE, Meta
+from .base import (
+    MAX_NAME,
+    MAX_XATTR_NAME,
+    RENAME_EXCHANGE,
+    RENAME_NOREPLACE,
+    XATTR_CREATE,
+    XATTR_REPLACE,
+    GarbageBatch,
+    Meta,
+)
 from .codec import (
     entry_ino,
     pack_attr,
@@ -206,9 +215,6 @@ class RedisMeta(Meta):
         self.trash_days = 0
         self.garbage_delay = VolumeSettings.garbage_delay
         self.garbage_lease = GARBAGE_LEASE
-        # Chunks of deleted files the last take_garbage released. Not zero: more may wait,
-        # even if that call found nothing to delete (clones still held those slices).
-        self.garbage_expanded = 0
         # Open files of this session. Each inode this session holds open is noted in Redis
         # ({P}o<ino>) so that an unlink by any client keeps it; the note is dropped a little
         # after the last local close (RELEASE, batched by flush_releases), so a file opened
@@ -977,13 +983,12 @@ class RedisMeta(Meta):
         return bool(res[1])
 
     # -- garbage --------------------------------------------------------------------------
-    def take_garbage(self, limit: int) -> list[tuple[int, int]]:
+    def take_garbage(self, limit: int) -> GarbageBatch:
         if limit <= 0:
-            return []
+            return GarbageBatch()
         res = self._run("TAKE_GARBAGE", [self._delayed],
                         [limit, GARBAGE_CHUNK_BUDGET, repr(self.garbage_delay), repr(self.garbage_lease)])
-        self.garbage_expanded = int(res[2]) if len(res) > 2 else 0
-        return [unpack_garbage(raw) for raw in res[1]]
+        return GarbageBatch([unpack_garbage(raw) for raw in res[1]], int(res[2]) if len(res) > 2 else 0)
 
     def ack_garbage(self, items: list[tuple[int, int]]) -> None:
         if items:

@@ -774,7 +774,7 @@ class Vfs:
         1 when none did but deleted files were released, so that the caller goes on)."""
         items = await self._meta(self.meta.take_garbage, batch)
         if not items:
-            return 1 if getattr(self.meta, "garbage_expanded", 0) else 0
+            return 1 if items.more else 0
 
         async def remove(slice_id: int, size: int) -> None:
             await self.workers.io(self.chunks.remove_slice, slice_id, size)

@@ -52,7 +52,7 @@ def drain_garbage(m: Meta) -> set[tuple[int, int]]:
     seen: set[tuple[int, int]] = set()
     for _ in range(10_000):
         items = m.take_garbage(100)
-        if not items and not getattr(m, "garbage_expanded", 0):
+        if not items.more:
             return seen
         seen.update(items)
         m.ack_garbage(items)
