@@ -41,6 +41,16 @@ class LocalStore(ObjectStore):
     def get(self, key: str, off: int = 0, limit: int = -1) -> bytes:
         if off < 0:
             raise ValueError(f"negative offset {off}")
+        return self._read(key, off, limit)
+
+    def get_version(self, key: str, off: int, limit: int, etag: str) -> bytes:
+        if limit <= 0:
+            return b""
+        return self._read(key, off, limit, etag)
+
+    def _read(self, key: str, off: int, limit: int, etag: str = "") -> bytes:
+        """Bytes [off, off + limit) of the object (to its end if limit < 0); with `etag`,
+        only of that version (ObjectChanged otherwise, also if it changes while read)."""
         path = self._path(key)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -52,6 +62,8 @@ class LocalStore(ObjectStore):
             st = os.fstat(fd)
             if stat.S_ISDIR(st.st_mode):  # a "directory key" is no object, as in S3
                 raise ObjectNotFound(key)
+            if etag and _etag(st) != etag:
+                raise ObjectChanged(f"{key!r} in {self.describe()} changed (expected version {etag})")
             end = st.st_size if limit < 0 else min(st.st_size, off + limit)
             if end <= off:
                 return b""
@@ -67,25 +79,7 @@ class LocalStore(ObjectStore):
                     parts.append(more)
                     pos += len(more)
                 data = b"".join(parts)
-            return data
-        except OSError as e:
-            raise self._error("get", key, e) from e
-        finally:
-            os.close(fd)
-
-    def get_version(self, key: str, off: int, limit: int, etag: str) -> bytes:
-        path = self._path(key)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except (FileNotFoundError, NotADirectoryError):
-            raise ObjectNotFound(key) from None
-        except OSError as e:
-            raise self._error("get", key, e) from e
-        try:
-            if _etag(os.fstat(fd)) != etag:
-                raise ObjectChanged(f"{key!r} in {self.describe()} changed (expected version {etag})")
-            data = os.pread(fd, limit, off)
-            if _etag(os.fstat(fd)) != etag:  # written in place while we read
+            if etag and _etag(os.fstat(fd)) != etag:  # written in place while we read
                 raise ObjectChanged(f"{key!r} in {self.describe()} changed while being read")
             return data
         except OSError as e:

@@ -271,21 +271,7 @@ class S3Store(ObjectStore):
             return data
 
         def attempt() -> bytes:
-            try:
-                resp = self._client.get_object(**params)
-            except bexc.ClientError as e:
-                if _code(e) == "InvalidRange":  # the range starts at or past the end
-                    return b""
-                raise
-            body = resp["Body"]
-            try:
-                # read() with no size pulls Content-Length bytes in one buffer and checks the count.
-                data: bytes = body.read()
-            finally:
-                body.close()
-            if ranged and "ContentRange" not in resp:  # a server that ignored Range sent it all
-                data = data[off : off + limit] if limit > 0 else data[off:]
-            return data
+            return self._get_object(params, off, limit)[0]
 
         return self._call("get", key, lean_attempt if self._lean is not None else attempt)
 
@@ -296,27 +282,34 @@ class S3Store(ObjectStore):
                                   "Range": f"bytes={off}-{off + limit - 1}"}
 
         def attempt() -> bytes:
-            try:
-                resp = self._client.get_object(**params)
-            except bexc.ClientError as e:
-                if _code(e) == "InvalidRange":
-                    return b""
-                raise
-            body = resp["Body"]
-            try:
-                data: bytes = body.read()
-            finally:
-                body.close()
-            if _etag(resp.get("ETag", "")) != etag:
+            data, resp = self._get_object(params, off, limit)
+            if resp is not None and _etag(resp.get("ETag", "")) != etag:
                 raise ObjectChanged(f"{key!r} in {self.describe()} changed (version {_etag(resp.get('ETag', ''))}, "
                                     f"expected {etag})")
-            if "ContentRange" not in resp:
-                data = data[off:off + limit]
             return data
 
         if limit <= 0:
             return b""
         return self._call("get", key, attempt)
+
+    def _get_object(self, params: dict[str, Any], off: int, limit: int) -> tuple[bytes, dict[str, Any] | None]:
+        """One boto3 GET: the bytes asked for and the reply (None: the range starts at or
+        past the end, so there are no bytes)."""
+        try:
+            resp = self._client.get_object(**params)
+        except bexc.ClientError as e:
+            if _code(e) == "InvalidRange":
+                return b"", None
+            raise
+        body = resp["Body"]
+        try:
+            # read() with no size pulls Content-Length bytes in one buffer and checks the count.
+            data: bytes = body.read()
+        finally:
+            body.close()
+        if "Range" in params and "ContentRange" not in resp:  # a server that ignored Range sent it all
+            data = data[off : off + limit] if limit > 0 else data[off:]
+        return data, resp
 
     @property
     def async_get(self) -> bool:
