@@ -24,6 +24,14 @@ class FsError(Exception):
         return f"{name}: {self.detail or os.strerror(self.errno)}"
 
 
+class UnfilledDir(FsError):
+    """ENOENT from a directory of a lazy import whose entries are not listed yet: a caller
+    that can list it (vfs) does so and looks again; any other caller sees plain ENOENT."""
+
+    def __init__(self) -> None:
+        super().__init__(errno.ENOENT, "a lazily imported directory not listed yet")
+
+
 class CliError(Exception):
     """A user-facing error: printed as one line on stderr, then exit(exit_code)."""
 

@@ -331,8 +331,10 @@ end
 LOOKUP = r"""
 local v = redis.call('HGET', KEYS[1], ARGV[3])
 if not v then
-  local _, err = get_dir(ARGV[2])
+  local pa, err = get_dir(ARGV[2])
   if err ~= 0 then return {err} end
+  -- A lazy import's directory not listed yet: the caller may list it and look again.
+  if bit.band(u32(pa, OFF_MODE), UNFILLED) ~= 0 then return {-3} end
   return {ENOENT}
 end
 local ino = string.sub(v, 2)

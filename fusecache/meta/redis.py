@@ -88,7 +88,7 @@ import redis
 from redis.cluster import RedisCluster
 from redis.commands.core import Script
 
-from ..errors import FsError, MetaError
+from ..errors import FsError, MetaError, UnfilledDir
 from ..layout import CHUNK_SIZE, MAX_FILE_SIZE
 from ..types import (
     ROOT_INO,
@@ -140,6 +140,7 @@ DIR_SIZE = 4096
 MAX_SYMLINK = 4096
 UNLIMITED_BYTES = 1 << 50  # what statfs reports as total when the volume has no capacity
 UNLIMITED_INODES = 1 << 30
+_UNFILLED_MISS = -3  # LOOKUP: no such name, in a lazy import's directory not listed yet
 GARBAGE_CHUNK_BUDGET = 256  # deleted-file chunks expanded per take_garbage call
 GARBAGE_LEASE = 60.0  # seconds a taken garbage item stays hidden from other collectors
 RELEASE_BATCH = 500  # closed inodes whose open notes one RELEASE call drops
@@ -482,6 +483,8 @@ class RedisMeta(Meta):
             return self._get_attr(TRASH_INO)
         _check_name(name)
         res = self._run("LOOKUP", [self._dk(parent)], [parent, name])
+        if res[0] == _UNFILLED_MISS:
+            raise UnfilledDir()
         return unpack_attr(int(res[1]), res[2])
 
     # -- the same calls for a non-blocking client (meta/aio.py) --------------------------
@@ -511,6 +514,8 @@ class RedisMeta(Meta):
 
         def decode(res: list[Any]) -> Attr:
             res = self._status(res)
+            if res[0] == _UNFILLED_MISS:
+                raise UnfilledDir()
             return unpack_attr(int(res[1]), res[2])
 
         script = self._scripts["LOOKUP"]

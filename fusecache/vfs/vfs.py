@@ -32,7 +32,7 @@ from ..chunk.compact import COMPACT_AT, compact_chunk
 from ..chunk.reader import BlockLoader, blocks_in_range, read_file_range
 from ..chunk.store import BlockMissing, ChunkStore
 from ..chunk.writer import FileWriter, SliceIds
-from ..errors import FsError, MetaError
+from ..errors import FsError, MetaError, UnfilledDir
 from ..meta.aio import FastCalls
 from ..meta.base import MAX_NAME, MAX_XATTR_NAME, MAX_XATTR_VALUE, Meta
 from ..types import Attr, DirEntry, SetAttr, Slice, StatFs, VolumeSettings
@@ -207,30 +207,29 @@ class Vfs:
         self.counters.lookups += 1
         try:
             return self._merge(await self.fast.lookup(parent, name))
-        except FsError as exc:
-            # A miss in a lazily imported directory not listed yet: list it, look again.
-            if exc.errno != errno.ENOENT or self.fill_dir is None or not await self._fill_if_unfilled(parent):
+        except UnfilledDir:
+            # A miss in a lazily imported directory not listed yet (the lookup said so, no
+            # extra round trip): list it, look again.
+            if self.fill_dir is None:
                 raise
+        await self._fill(parent)
         return self._merge(await self.fast.lookup(parent, name))
 
     async def _walk_listing(self, ino: int) -> list[DirEntry]:
         """A directory's entries for a tree walk (warmup), listing a lazy import's
         directory from its source first if it was never listed."""
-        if self.fill_dir is not None:
-            await self._fill_if_unfilled(ino)
+        if self.fill_dir is not None and (await self.fast.getattr(ino)).unfilled:
+            await self._fill(ino)
         return await self._meta(self.meta.readdir, ino)
 
-    async def _fill_if_unfilled(self, ino: int, attr: Attr | None = None) -> bool:
-        """List a lazily imported directory's entries from its source if that was not done
-        yet; whether it was needed. One fill per directory at a time in this client."""
-        if attr is None:
-            attr = await self.fast.getattr(ino)
-        if not attr.unfilled or self.fill_dir is None:
-            return False
+    async def _fill(self, ino: int) -> None:
+        """List a lazily imported directory's entries from its source. One fill per
+        directory at a time in this client; a second caller waits for the first."""
+        assert self.fill_dir is not None
         running = self._filling.get(ino)
         if running is not None:
             await running.wait()
-            return True
+            return
         done = self._filling[ino] = trio.Event()
         try:
             await trio.to_thread.run_sync(self.fill_dir, ino, limiter=self._fill_slots)
@@ -238,7 +237,6 @@ class Vfs:
             del self._filling[ino]
             done.set()
             self.fast.cache.reset()  # our own change: drop what it outdates before its notices come
-        return True
 
     async def getattr(self, ino: int) -> Attr:
         self.counters.getattrs += 1
@@ -310,7 +308,8 @@ class Vfs:
         attr = await self.fast.getattr(ino)
         if not attr.is_dir:
             raise FsError(errno.ENOTDIR)
-        if attr.unfilled and await self._fill_if_unfilled(ino, attr):
+        if attr.unfilled and self.fill_dir is not None:
+            await self._fill(ino)
             attr = await self.fast.getattr(ino)
         entries = await self.fast.readdir(ino)
         parent = await self.fast.getattr(attr.parent or ino) if attr.parent != ino else attr
