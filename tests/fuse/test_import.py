@@ -18,6 +18,7 @@ from botocore.config import Config
 
 from fusecache.units import format_size
 from tests.fuse.helpers import Volume, client_stats, format_volume, run_cli, sha256_file
+from tests.fuse.test_cache import drop_page_cache
 from tests.fuse.test_cli import assert_clean_failure
 from tests.servers import S3Server
 
@@ -86,15 +87,6 @@ def listing(s3: S3Server) -> dict[str, str]:
         client.close()
 
 
-def drop_pages(path: Path) -> None:
-    """Drop the kernel's cached pages of a file, so that the next read reaches the client."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
 def source_env(s3: S3Server) -> dict[str, str]:
     return {"SOURCE_ACCESS_KEY": s3.access_key, "SOURCE_SECRET_KEY": s3.secret_key}
 
@@ -145,7 +137,7 @@ def test_import_reads_by_hash_copies_nothing_and_never_touches_the_source(
     client.put_object(Bucket="dataset", Key="train/" + changed, Body=replaced)
     client.close()
     run_cli("warmup", str(train / changed), "-q", "--evict")
-    drop_pages(train / changed)
+    drop_page_cache(train / changed)
     with pytest.raises(OSError) as info:
         (train / changed).read_bytes()
     assert info.value.errno == errno.EIO
@@ -182,7 +174,7 @@ def test_import_of_a_local_directory_and_a_rerun(vol: Volume, tmp_path: Path) ->
         assert (m.path / "local" / rel).read_bytes() == data
     (src / "a" / "one").write_bytes(os.urandom(10))  # changed in place at the source
     run_cli("warmup", str(m.path / "local"), "-q", "--evict")
-    drop_pages(m.path / "local" / "a" / "one")
+    drop_page_cache(m.path / "local" / "a" / "one")
     with pytest.raises(OSError) as info:
         (m.path / "local" / "a" / "one").read_bytes()
     assert info.value.errno == errno.EIO
@@ -261,7 +253,7 @@ def test_update_refreshes_adds_and_deletes_beside_a_mount_and_keeps_local_change
     assert (train / truncated).stat().st_size == 10
     for key in kept:
         run_cli("warmup", str(train / key), "-q", "--evict")
-        drop_pages(train / key)
+        drop_page_cache(train / key)
         with pytest.raises(OSError) as info:
             (train / key).read_bytes()
         assert info.value.errno == errno.EIO

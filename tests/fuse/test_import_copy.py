@@ -21,7 +21,8 @@ import redis
 
 from tests.fuse import test_import
 from tests.fuse.helpers import CLI, Volume, run_cli, sha256_file
-from tests.fuse.test_import import MiB, drop_pages, s3_client, source_env
+from tests.fuse.test_cache import drop_page_cache
+from tests.fuse.test_import import MiB, s3_client, source_env
 from tests.servers import S3Server
 
 # The dataset bucket and the volume of test_import.py, as fixtures of this module too.
@@ -144,7 +145,7 @@ def test_copy_fails_a_file_changed_at_its_source_with_one_line(vol: Volume, s3_s
 
     m = vol.mount("--cache", f"ssd:{tmp_path / 'cold'}:512MiB")
     for key in (changed, big):
-        drop_pages(m.path / "train" / key)
+        drop_page_cache(m.path / "train" / key)
         with pytest.raises(OSError) as info:
             (m.path / "train" / key).read_bytes()
         assert info.value.errno == errno.EIO

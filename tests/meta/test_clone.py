@@ -8,28 +8,17 @@ from __future__ import annotations
 import errno
 import stat
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from fusecache.check.fsck import Fsck
 from fusecache.layout import CHUNK_SIZE
 from fusecache.meta import clone as clone_mod
-from fusecache.meta import open_meta
 from fusecache.meta.clone import clone, detached, remove_tree
 from fusecache.meta.redis import RedisMeta
 from fusecache.meta.scan import RedisScan
 from fusecache.types import SetAttr, Slice
-from tests.meta.conformance import ROOT, SETTINGS, assert_consistent, drain_garbage, mkfile, raises, write
-
-
-@pytest.fixture
-def meta(meta_url: str) -> Iterator[RedisMeta]:
-    m = open_meta(meta_url)
-    assert isinstance(m, RedisMeta)
-    m.format(SETTINGS)
-    yield m
-    m.shutdown()
+from tests.meta.conformance import ROOT, assert_consistent, drain_garbage, mkfile, raises, write
 
 
 def build_tree(m: RedisMeta) -> tuple[int, set[int]]:

@@ -5,15 +5,10 @@ lists: no data is read here."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
 from fusecache import importer
-from fusecache.meta import open_meta
 from fusecache.meta.redis import RedisMeta
 from fusecache.object.base import ObjectInfo, ObjectStore
-from tests.meta.conformance import ROOT, SETTINGS, assert_consistent
+from tests.meta.conformance import ROOT, assert_consistent
 
 
 class Listing(ObjectStore):
@@ -39,15 +34,6 @@ class Listing(ObjectStore):
 
     def describe(self) -> str:
         return "listing"
-
-
-@pytest.fixture
-def meta(meta_url: str) -> Iterator[RedisMeta]:
-    m = open_meta(meta_url)
-    assert isinstance(m, RedisMeta)
-    m.format(SETTINGS)
-    yield m
-    m.shutdown()
 
 
 def test_unusable_keys_are_skipped_and_counted(meta: RedisMeta) -> None:
