@@ -9,6 +9,7 @@ import errno
 import hashlib
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -294,3 +295,42 @@ def test_delete_needs_update_and_keeps_files_made_in_the_volume(
     out = run_cli("import", vol.meta_url, url, "/train", "--update", "--delete", "-q", env=env).stdout
     assert "7 files whose object is gone deleted, 0 emptied directories" in out, out
     assert os.listdir(m.path / "train" / "sizes") == ["_SUCCESS"]
+
+
+def test_an_import_survives_a_redis_sigkill_before_and_during_it(
+        s3_server: S3Server, source: tuple[str, dict[str, bytes]], bucket_url: str, tmp_path: Path) -> None:
+    from tests.fuse.test_redis_faults import _kill_and_restart
+    from tests.servers import start_redis
+
+    url, objects = source
+    env = source_env(s3_server)
+    server = start_redis(aof=True)
+    try:
+        v = format_volume(server.url(1), tmp_path, "s3", s3_server, bucket_url, "--block-size", "1M",
+                          "--trash-days", "0")
+        try:
+            # Killed while it runs: one clean line; after the restart a rerun finishes it.
+            run = subprocess.Popen([sys.executable, "-m", "fusecache.cli.main", "import", v.meta_url, url, "/train"],
+                                   env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True)
+            assert run.stderr is not None
+            first = run.stderr.readline()  # the first progress line: files are being made
+            assert "listing and importing objects" in first, first
+            server = _kill_and_restart(server)
+            _out, err = run.communicate(timeout=120)
+            # Its calls retry across the restart, or it stops with one line.
+            errors = [line for line in err.splitlines() if line.startswith("fusecache:")]
+            assert "Traceback" not in err and (run.returncode == 0 or len(errors) == 1), err
+            run_cli("import", v.meta_url, url, "/train", "-q", env=env)
+            # Killed after it: every file is there, reads by hash, fsck is clean.
+            server = _kill_and_restart(server)
+            m = v.mount()
+            for key, data in objects.items():
+                assert sha256_file(m.path / "train" / key) == hashlib.sha256(data).hexdigest(), key
+            again = run_cli("import", v.meta_url, url, "/train", "--update", "-q", env=env).stdout
+            assert "imported 0 objects" in again and f"{len(objects)} unchanged" in again, again
+            assert run_cli("fsck", v.meta_url).returncode == 0
+        finally:
+            v.cleanup()
+    finally:
+        server.stop()
