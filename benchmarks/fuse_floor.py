@@ -7,7 +7,10 @@ options and cache timeouts fusecache uses, so `create`/`stat`/`unlink` measured 
 what the Python FUSE stack itself (kernel ↔ libfuse ↔ pyfuse3 ↔ trio) allows on this
 machine, with no metadata engine behind it. bench_core prints them beside fusecache and
 juicefs: a metadata row of fusecache close to its floor row is bound by the FUSE binding,
-not by fusecache's own work. Data is not kept (writes are accepted and dropped).
+not by fusecache's own work. Small files keep their bytes in memory (up to KEEP_FILE each,
+KEEP_TOTAL in all), so a reader of a tree of small files checks them by hash, and its rate
+is what the FUSE stack allows for that pattern; bigger files keep only their size and read
+as zeros.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ TIMEOUT = 1.0  # fusecache's default attr/entry timeouts
 
 
 ZEROS = memoryview(bytes(1 << 20))
+KEEP_FILE = 1 << 20  # bytes a file may have and still keep them
+KEEP_TOTAL = 1 << 30  # bytes kept over all files
 
 
 class FloorFs(pyfuse3.Operations):
@@ -38,6 +43,8 @@ class FloorFs(pyfuse3.Operations):
         self.attrs: dict[int, pyfuse3.EntryAttributes] = {ROOT: self._attr(ROOT, stat.S_IFDIR | 0o755, now)}
         self.children: dict[int, dict[bytes, int]] = {ROOT: {}}
         self.next_ino = ROOT + 1
+        self.data: dict[int, bytearray] = {}  # the bytes of small files (see KEEP_FILE)
+        self.kept = 0
 
     @staticmethod
     def _attr(ino: int, mode: int, now: int) -> pyfuse3.EntryAttributes:
@@ -83,12 +90,28 @@ class FloorFs(pyfuse3.Operations):
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         attr = self.attrs[fh]
-        attr.st_size = max(attr.st_size, off + len(buf))  # the bytes themselves are not kept
+        end = off + len(buf)
+        kept = self.data.get(fh)
+        if kept is None and attr.st_size == 0 and end <= KEEP_FILE and self.kept + end <= KEEP_TOTAL:
+            kept = self.data[fh] = bytearray()
+        if kept is not None:
+            if end > KEEP_FILE or self.kept + max(0, end - len(kept)) > KEEP_TOTAL:
+                self.kept -= len(self.data.pop(fh))  # too big to keep: its bytes read as zeros
+            else:
+                grow = max(0, end - len(kept))
+                kept.extend(bytes(grow))
+                self.kept += grow
+                kept[off:end] = buf
+        attr.st_size = max(attr.st_size, end)
         return len(buf)
 
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
-        """Zeros from one shared buffer: a read that costs nothing but the FUSE round trip."""
+        """A small file's bytes, else zeros from one shared buffer: a read that costs nothing
+        but the FUSE round trip."""
         end = min(off + size, self.attrs[fh].st_size)
+        kept = self.data.get(fh)
+        if kept is not None:
+            return memoryview(kept)[off:end]
         return ZEROS[: max(0, end - off)]
 
     async def flush(self, fh: int) -> None:
@@ -102,6 +125,7 @@ class FloorFs(pyfuse3.Operations):
         if ino is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         self.attrs.pop(ino, None)
+        self.kept -= len(self.data.pop(ino, b""))
 
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         ino = self.children.get(parent_inode, {}).get(name)

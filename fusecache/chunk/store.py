@@ -320,18 +320,31 @@ class ChunkStore:
         be staged, it is uploaded synchronously as in write-through. `durable` forces
         write-through: data rewritten from existing slices (compaction) must never live on
         one node's disk only."""
+        digest, uncached = self.store_block(slice_id, index, data, durable=durable)
+        if uncached:
+            self.keep_written(slice_id, index, data)
+        return digest
+
+    def store_block(self, slice_id: int, index: int, data: bytes, *, durable: bool = False) -> tuple[int, bool]:
+        """`upload_block` without its last step: returns the checksum and whether the block
+        still needs `keep_written` (a write-through block: its clean copy is not cached
+        yet), so that a writer's commit need not wait for the cache."""
         digest = block_hash(data)
         key = block_key(self.volume, slice_id, index, len(data))
         if not durable and self.writeback and self.uploader is not None and self._cache_call("stage", key, data):
             self.uploader.submit(key, len(data))
-            return digest
+            return digest, False
         try:
             self._put_object(key, data)
         except ObjectStoreError as exc:
             log.error("cannot upload block %s: %s", key, exc)
             raise FsError(errno.EIO, str(exc)) from None
-        self._cache_call("put", key, bytes(data))
-        return digest
+        return digest, self.cache is not None
+
+    def keep_written(self, slice_id: int, index: int, data: bytes) -> None:
+        """Cache the clean copy of a block `store_block` stored: the bytes the store has,
+        under a key no other block has, so when it lands does not matter."""
+        self._cache_call("put", block_key(self.volume, slice_id, index, len(data)), data)
 
     def _put_object(self, key: str, data: bytes) -> None:
         try:

@@ -166,16 +166,21 @@ class FileWriter:
         self.nursery.start_soon(self._upload_task, s, index, block, token)
 
     async def _upload_task(self, s: _OpenSlice, index: int, block: bytes, token: object) -> None:
+        uncached = False
         try:
-            s.hashes[index] = await self.workers.io(self.chunks.upload_block, s.id, index, block)
-        except Exception as exc:
-            log.error("upload of slice %d block %d failed: %s", s.id, index, exc)
-            s.error = exc
+            try:
+                s.hashes[index], uncached = await self.workers.io(self.chunks.store_block, s.id, index, block)
+            except Exception as exc:
+                log.error("upload of slice %d block %d failed: %s", s.id, index, exc)
+                s.error = exc
+            finally:
+                s.uploads -= 1
+                if s.uploads == 0:
+                    s.uploaded.set()  # the commit (and so the close) goes on meanwhile
+            if uncached:
+                await self.workers.io(self.chunks.keep_written, s.id, index, block)
         finally:
-            self.upload_slots.release_on_behalf_of(token)
-            s.uploads -= 1
-            if s.uploads == 0:
-                s.uploaded.set()
+            self.upload_slots.release_on_behalf_of(token)  # the block's memory is free now
 
     async def _finish(self, s: _OpenSlice) -> None:
         """Upload the tail, then commit in the background (in start order)."""

@@ -343,8 +343,8 @@ class ChangeFeed:
 
 class FastCalls:
     """The hottest metadata calls over `AsyncRedis` when the engine supports it, else in a
-    thread: lookup, getattr, slice lists, open, and the creates and unlinks of regular
-    files.
+    thread: lookup, getattr, slice lists, open, the commit of a written slice, and the
+    creates and unlinks of regular files.
 
     `blocking(fn, *args)` is the caller's way to run an engine method in a worker thread
     (with its error translation)."""
@@ -464,6 +464,14 @@ class FastCalls:
             return await self._run(request, self.meta.create_held, parent, name, mode, uid, gid)
         finally:
             self.cache.reset()  # our own change: drop what it may outdate before its notice comes
+
+    async def write(self, ino: int, chunk_index: int, piece: Any, mtime_ns: int) -> Any:
+        """Commit a written slice; the file's attributes after it."""
+        request = self._request(self.meta.write_request, ino, chunk_index, piece, mtime_ns)
+        try:
+            return await self._run(request, self.meta.write, ino, chunk_index, piece, mtime_ns)
+        finally:
+            self.cache.reset()  # our own change (see create)
 
     async def unlink(self, parent: int, name: bytes) -> None:
         try:

@@ -973,12 +973,22 @@ class RedisMeta(Meta):
         return end - count + 1
 
     def write(self, ino: int, chunk_index: int, piece: Slice, mtime_ns: int) -> Attr:
+        res = self._run("WRITE", [self._ck(ino, chunk_index)], self._write_args(ino, chunk_index, piece, mtime_ns))
+        return unpack_attr(ino, res[1])
+
+    def write_request(self, ino: int, chunk_index: int, piece: Slice, mtime_ns: int) -> MetaRequest:
+        """`write` as one request for the non-blocking client. WRITE is safe to repeat (a
+        slice already in the list, or already garbage, is not added again)."""
+        args = self._write_args(ino, chunk_index, piece, mtime_ns)
+        return self._script_request("WRITE", [self._ck(ino, chunk_index)], args,
+                                    lambda res: unpack_attr(ino, self._status(res)[1]))
+
+    @staticmethod
+    def _write_args(ino: int, chunk_index: int, piece: Slice, mtime_ns: int) -> list[Any]:
         if piece.end > CHUNK_SIZE or piece.pos < 0 or piece.length <= 0 or chunk_index < 0:
             raise FsError(errno.EINVAL, "slice outside its chunk")
         end = chunk_index * CHUNK_SIZE + piece.end
-        res = self._run("WRITE", [self._ck(ino, chunk_index)],
-                        [ino, chunk_index, pack_slice(piece), pack_time(mtime_ns), end])
-        return unpack_attr(ino, res[1])
+        return [ino, chunk_index, pack_slice(piece), pack_time(mtime_ns), end]
 
     def compact(self, ino: int, chunk_index: int, old: list[Slice], new: Slice) -> bool:
         if not old:

@@ -543,7 +543,7 @@ class Vfs:
 
     async def _commit(self, ino: int, index: int, piece: Slice) -> None:
         self._slice_changes += 1
-        attr = await self._meta(self.meta.write, ino, index, piece, time.time_ns())
+        attr = await self.fast.write(ino, index, piece, time.time_ns())
         self._slice_changes += 1
         state = self.files.get(ino)
         if state is not None:

@@ -191,6 +191,41 @@ def test_fast_create_and_unlink_match_engine(meta_url: str) -> None:
         meta.shutdown()
 
 
+def test_fast_slice_commit_matches_engine(meta_url: str) -> None:
+    """A written slice committed on the non-blocking path: one round trip without a thread,
+    the same attributes, list and errnos as the blocking engine, and a repeated commit
+    (what a retry after a lost reply sends) is not counted twice."""
+    meta = open_meta(meta_url)
+    try:
+        meta.format(settings())
+        f = meta.mknod(ROOT_INO, b"f", 0o100644, 0, 0)
+        d = meta.mkdir(ROOT_INO, b"d", 0o755, 0, 0)
+        meta.write(f.ino, 0, Slice(0, meta.reserve_slice_ids(1), 1, 0, 1, (1,)), time.time_ns())  # loads WRITE
+        fast = FastCalls.for_engine(meta, _blocking)
+        assert fast.client is not None
+
+        async def main() -> None:
+            piece = Slice(10, meta.reserve_slice_ids(1), 20, 0, 20, (7,))
+            before = fast.direct
+            attr = await fast.write(f.ino, 0, piece, time.time_ns())
+            assert fast.direct == before + 1, "the commit took a thread"
+            assert attr.size == 30 and meta.getattr(f.ino) == attr
+            assert (await fast.write(f.ino, 0, piece, time.time_ns())).size == 30
+            assert meta.read(f.ino, 0)[1:] == [piece], "a repeated commit added the slice twice"
+            for ino, err in [(d.ino, errno.EISDIR), (999_999, errno.ENOENT)]:
+                with pytest.raises(FsError) as info:
+                    await fast.write(ino, 0, Slice(0, meta.reserve_slice_ids(1), 1, 0, 1, (1,)), time.time_ns())
+                assert info.value.errno == err
+            with pytest.raises(FsError) as info:  # refused before it is sent
+                await fast.write(f.ino, 0, Slice(-1, 5, 1, 0, 1, (1,)), time.time_ns())
+            assert info.value.errno == errno.EINVAL
+            await fast.client.aclose()  # type: ignore[union-attr]
+
+        trio.run(main)
+    finally:
+        meta.shutdown()
+
+
 def test_fast_create_respects_the_inode_limit(meta_url: str) -> None:
     meta = open_meta(meta_url)
     try:

@@ -178,9 +178,14 @@ def test_lost_replies_on_the_non_blocking_path(lossy: tuple[RedisMeta, LossyProx
         attr = await fast.create(ROOT_INO, b"new", FILE, 0, 0)
         assert proxy.lost == 1
         assert direct.lookup(ROOT_INO, b"new") == attr
+        piece = Slice(0, direct.reserve_slice_ids(1), 5, 0, 5, (3,))
+        _lose(meta, proxy, "WRITE")
+        assert (await fast.write(attr.ino, 0, piece, time.time_ns())).size == 5
+        assert proxy.lost == 2
+        assert direct.read(attr.ino, 0) == [piece], "the retried commit counted twice"
         _lose(meta, proxy, "UNLINK")
         await fast.unlink(ROOT_INO, b"new")
-        assert proxy.lost == 2
+        assert proxy.lost == 3
         await fast.client.aclose()  # type: ignore[union-attr]
 
     trio.run(main)
