@@ -110,6 +110,16 @@ class KernelCache:
             if held.lookups <= 0:
                 self._drop(ino)
 
+    def own_dir_change(self, change: Any) -> None:
+        """This client changed a directory's entries (a create in it): the kernel dropped
+        the directory's attributes itself, and the names leading to it did not move. If
+        what the kernel holds is the state just before the change, the state just after it
+        is what the kernel is consistent with: the change's own notice then finds nothing
+        to take back. Any other change, before or after, still differs and is checked."""
+        held = self._held.get(change.after.ino)
+        if held is not None and held.attr is not None and held.attr == change.before:
+            held.attr = change.after
+
     def name_gone(self, parent: int, name: bytes) -> None:
         """Our own unlink or rmdir took (parent, name) away in the kernel too."""
         ino = self._by_name.pop((parent, name), None)

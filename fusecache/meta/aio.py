@@ -24,7 +24,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from time import perf_counter
-from typing import Any
+from typing import Any, NamedTuple
 
 import hiredis
 import trio
@@ -341,6 +341,13 @@ class ChangeFeed:
                 self.cache.changed_dir(int(key[len(self._dir_prefix):]))
 
 
+class DirChange(NamedTuple):
+    """A directory's attributes just before and just after one change in it (a create)."""
+
+    before: Any
+    after: Any
+
+
 class FastCalls:
     """The hottest metadata calls over `AsyncRedis` when the engine supports it, else in a
     thread: lookup, getattr, slice lists, open, the commit of a written slice, and the
@@ -354,6 +361,8 @@ class FastCalls:
         self.blocking = blocking
         self.client = client
         self.direct = 0  # calls answered without a thread (for stats and tests)
+        # Told of a directory's attributes before and after a change this client made in it.
+        self.on_dir_change: Callable[[DirChange], None] | None = None
         self.latency = Histograms()  # metadata call seconds: "direct" here, "thread" by the vfs
         self.cache = MetaCache()  # live only while `feed` runs (tracking.py)
         # dir → (kept listing, its entries' kept attrs, the entries built of them): a listing
@@ -461,9 +470,14 @@ class FastCalls:
         """A regular file that this session holds open from the start (FUSE create)."""
         request = self._request(self.meta.create_file_request, parent, name, mode, uid, gid, True)
         try:
-            return await self._run(request, self.meta.create_held, parent, name, mode, uid, gid)
+            result = await self._run(request, self.meta.create_held, parent, name, mode, uid, gid)
         finally:
             self.cache.reset()  # our own change: drop what it may outdate before its notice comes
+        if isinstance(result, tuple):  # the non-blocking path also says how the parent changed
+            result, change = result
+            if self.on_dir_change is not None:
+                self.on_dir_change(change)
+        return result
 
     async def write(self, ino: int, chunk_index: int, piece: Any, mtime_ns: int) -> Any:
         """Commit a written slice; the file's attributes after it."""

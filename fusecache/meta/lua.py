@@ -364,13 +364,16 @@ local a = ARGV[5]
 redis.call('SET', P .. 'i' .. ARGV[4], a)
 redis.call('HSET', KEYS[1], ARGV[3], ARGV[6])
 if ARGV[8] ~= '' then redis.call('SET', P .. 's' .. ARGV[4], ARGV[8]) end
+local before = pa
 pa = touch(pa, ARGV[7])
 if isdir(a) then pa = add_nlink(pa, 1) end
 redis.call('SET', ik(ARGV[2]), pa)
 redis.call('HINCRBY', CK, 'usedinodes', 1)
 quota_add(chain, 0, 1)
 if ftype(a) == S_IFREG then hold(ARGV[4], ARGV[9]) end
-return done({0})
+-- The parent's attributes before and after this change: a client that knew the former
+-- knows the directory changed by this create alone (fuse/kernel_cache.py).
+return done({0, before, pa})
 """
 
 # KEYS: dir(parent), op token  ARGV: P, parent, name, now, trash hour ('': trash off)

@@ -104,7 +104,7 @@ from ..types import (
     VolumeSettings,
 )
 from . import lua, lua_import, lua_tree
-from .aio import DirectAddress, FallBack, MetaRequest
+from .aio import DirChange, DirectAddress, FallBack, MetaRequest
 from .base import (
     MAX_NAME,
     MAX_XATTR_NAME,
@@ -582,12 +582,14 @@ class RedisMeta(Meta):
             return None
         attr, args = self._create_args(ino, parent, name, mode, uid, gid, sid=sid)
 
-        def decode(res: list[Any]) -> Attr:
+        def decode(res: list[Any]) -> Attr | tuple[Attr, DirChange]:
             if res[0] == _INODE_TAKEN:  # nothing happened: create afresh, with a new number
                 self._drop_inode_batch()
                 raise FallBack("inode number taken")
             self._status(res)
-            return attr
+            if len(res) < 3:
+                return attr
+            return attr, DirChange(unpack_attr(parent, res[1]), unpack_attr(parent, res[2]))
 
         return self._script_request("CREATE", [self._dk(parent), self._op_key()], args, decode,
                                     fresh=lambda: self.create_held(parent, name, mode, uid, gid))

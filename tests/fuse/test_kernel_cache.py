@@ -85,6 +85,27 @@ def test_names_created_in_a_directory_stay_cached_while_it_changes(file_volume: 
     assert asked < 750, f"{asked} of 1500 new names were not cached any more"
 
 
+def test_own_creates_cost_no_take_backs_and_others_changes_still_do(file_volume: Volume) -> None:
+    """A create reports how it changed its directory, so its own notice takes nothing back
+    from the kernel (which dropped the directory's attributes itself); a rename of that
+    directory by another mount, between the creates, is still taken back at once."""
+    a, b = file_volume.mount(), file_volume.mount()
+    _live(a)
+    _live(b)
+    (a.path / "d").mkdir()
+    os.stat(a.path / "d")
+    invalidated = client_stats(a.path)["kernel_cache"]["invalidated_inodes"]
+    for i in range(200):
+        os.close(os.open(a.path / "d" / f"e{i:03d}", os.O_CREAT | os.O_WRONLY, 0o644))
+    time.sleep(0.5)  # the creates' notices are in
+    taken = client_stats(a.path)["kernel_cache"]["invalidated_inodes"] - invalidated
+    assert taken < 50, f"{taken} take-backs for 200 creates of this mount"
+    os.rename(b.path / "d", b.path / "d2")
+    wait_for(lambda: not os.path.exists(a.path / "d"), timeout=SOON, what="renamed directory gone")
+    os.close(os.open(a.path / "d2" / "late", os.O_CREAT | os.O_WRONLY, 0o644))
+    assert len(os.listdir(a.path / "d2")) == 201 and len(os.listdir(b.path / "d2")) == 201
+
+
 def test_another_mounts_changes_reach_the_kernel_at_once(file_volume: Volume) -> None:
     a, b = file_volume.mount(), file_volume.mount()
     for name in ("f", "g", "h", "k"):

@@ -7,7 +7,9 @@ from typing import Any
 
 import trio
 
+from fusecache.fuse import kernel_cache
 from fusecache.fuse.kernel_cache import KernelCache
+from fusecache.meta.aio import DirChange
 from fusecache.types import Attr
 
 
@@ -80,3 +82,42 @@ def test_a_changed_file_is_taken_back_and_an_unchanged_one_is_kept() -> None:
     trio.run(main)
     assert told == [(6, [(1, b"chmodded")])]
     assert cache.holder(1, b"same") == 5 and cache.holder(1, b"chmodded") is None
+
+
+def test_own_creates_in_a_directory_leave_nothing_to_take_back() -> None:
+    """A create by this client reports the directory's attributes before and after. When
+    the kernel held exactly the former, the create's own notice finds nothing to take back;
+    when anything else changed the directory, before or after, it is still taken back."""
+    now: dict[int, Attr] = {}
+
+    async def current(inos: list[int]) -> list[Any]:
+        return [now.get(ino) for ino in inos]
+
+    async def entry(parent: int, name: bytes) -> int | None:
+        return 9 if (parent, name) == (1, b"d") else None
+
+    cache = KernelCache(lambda: 1, current, entry, lambda ino: ino, 60.0, 100)
+    told: list[Any] = []
+    kernel_cache._tell_kernel, real = told.extend, kernel_cache._tell_kernel  # type: ignore[assignment]
+
+    def state(mtime: int) -> Attr:
+        return Attr(9, 0o040755, mtime_ns=mtime)
+
+    async def main() -> None:
+        assert cache.keep(cache.begin(), state(1), (1, b"d"))
+        for before, after, other_change, expect in [
+            (1, 2, None, 0),  # only our create: nothing to take back
+            (2, 3, 4, 1),  # another client changed it after our create
+            (5, 6, None, 1),  # the kernel held 4, not 5: a change before ours
+        ]:
+            cache.own_dir_change(DirChange(state(before), state(after)))
+            now[9] = state(other_change or after)
+            cache.changed({9})
+            told.clear()
+            await cache._take_back()
+            assert len(told) == expect, (before, after, told)
+
+    try:
+        trio.run(main)
+    finally:
+        kernel_cache._tell_kernel = real  # type: ignore[assignment]
