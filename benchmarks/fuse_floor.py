@@ -92,13 +92,13 @@ class FloorFs(pyfuse3.Operations):
         attr = self.attrs[fh]
         end = off + len(buf)
         kept = self.data.get(fh)
-        if kept is None and attr.st_size == 0 and end <= KEEP_FILE and self.kept + end <= KEEP_TOTAL:
+        if kept is None and attr.st_size == 0:  # a new file: keep its bytes while it is small
             kept = self.data[fh] = bytearray()
         if kept is not None:
-            if end > KEEP_FILE or self.kept + max(0, end - len(kept)) > KEEP_TOTAL:
+            grow = max(0, end - len(kept))
+            if end > KEEP_FILE or self.kept + grow > KEEP_TOTAL:
                 self.kept -= len(self.data.pop(fh))  # too big to keep: its bytes read as zeros
             else:
-                grow = max(0, end - len(kept))
                 kept.extend(bytes(grow))
                 self.kept += grow
                 kept[off:end] = buf
