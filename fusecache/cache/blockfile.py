@@ -8,7 +8,7 @@ block bytes:
     4       2     format version (2), little-endian
     6       2     key length K in bytes (UTF-8)
     8       8     data length N
-    16      4     page size P (64 KiB)
+    16      4     page size P (16 KiB; files with any power of two from 4 KiB to 1 MiB are read)
     20      4     0 (reserved)
     24      8     xxh3_64 of bytes 0-23, the key and the page table
     32      K     the object key
@@ -46,7 +46,11 @@ MAGIC = b"FCB2"
 VERSION = 2
 HEADER = struct.Struct("<4sHHQII")  # then the header checksum (Q)
 HEAD_SIZE = HEADER.size + 8
-PAGE = 64 << 10
+# A random 4 KiB read preads and hashes a whole page: 16 KiB costs a third of what 64 KiB
+# did (measured: 3 against 10 us of pread on pages in the page cache), and a 4 MiB block's
+# table is still only 2 KiB. Files written with another page size (64 KiB before) still read.
+PAGE = 16 << 10
+READ_PAGES = frozenset(1 << n for n in range(12, 21))
 V1_MAGIC, V1_HEADER = b"FCB1", struct.Struct("<4sHHQQ")
 _HASH = struct.Struct("<Q")
 MAX_NAME = 240  # stay below NAME_MAX (255) with room for the ".tmp" suffix
@@ -62,8 +66,8 @@ def checksum(data: Buffer) -> int:
     return xxhash.xxh3_64_intdigest(data)
 
 
-def pages(data_len: int) -> int:
-    return -(-data_len // PAGE)
+def pages(data_len: int, page: int = PAGE) -> int:
+    return -(-data_len // page)
 
 
 def file_size(key: str, data_len: int) -> int:
@@ -161,10 +165,10 @@ def _header(key_b: bytes, data: Buffer) -> bytes:
 class _Layout:
     """What the head of a format-2 file says: where the data is, and its page checksums."""
 
-    __slots__ = ("data_len", "data_off", "table")
+    __slots__ = ("data_len", "data_off", "page", "table")
 
-    def __init__(self, data_len: int, data_off: int, table: bytes) -> None:
-        self.data_len, self.data_off, self.table = data_len, data_off, table
+    def __init__(self, data_len: int, data_off: int, table: bytes, page: int = PAGE) -> None:
+        self.data_len, self.data_off, self.table, self.page = data_len, data_off, table, page
 
     def page_hash(self, page: int) -> int:
         return int(_HASH.unpack_from(self.table, 8 * page)[0])
@@ -172,18 +176,18 @@ class _Layout:
 
 def _read_layout(fd: int, key_b: bytes, size: int) -> _Layout | None:
     """Parse and check a file's head; None if it is a format-1 file."""
-    guess = HEAD_SIZE + len(key_b) + 8 * 64  # the table of a block up to 4 MiB: one pread
+    guess = HEAD_SIZE + len(key_b) + 8 * ((4 << 20) // PAGE)  # a table of up to 4 MiB: one pread
     head = os.pread(fd, guess, 0)
     if head[:4] == V1_MAGIC:
         return None
     if len(head) < HEAD_SIZE:
         raise CorruptBlock(f"short header ({len(head)} bytes)")
     magic, version, key_len, data_len, page, _ = HEADER.unpack_from(head)
-    if magic != MAGIC or version != VERSION or page != PAGE:
+    if magic != MAGIC or version != VERSION or page not in READ_PAGES:
         raise CorruptBlock("bad magic, version or page size")
     if key_len != len(key_b):
         raise CorruptBlock("key mismatch")
-    table_len = 8 * pages(data_len)
+    table_len = 8 * pages(data_len, page)
     data_off = HEAD_SIZE + key_len + table_len
     if size != data_off + data_len:
         raise CorruptBlock(f"file is {size} bytes, header says {data_off + data_len}")
@@ -197,7 +201,7 @@ def _read_layout(fd: int, key_b: bytes, size: int) -> _Layout | None:
         raise CorruptBlock("key mismatch")
     if _HASH.unpack_from(head, HEADER.size)[0] != checksum(fixed + key_b + table):
         raise CorruptBlock("header checksum mismatch")
-    return _Layout(data_len, data_off, table)
+    return _Layout(data_len, data_off, table, page)
 
 
 class OpenBlock:
@@ -261,9 +265,10 @@ def read_pages(block: OpenBlock, offset: int, length: int, *, verify: bool, nowa
     end = layout.data_len if length < 0 else min(layout.data_len, offset + length)
     if offset >= end:
         return b""
-    first, last = offset // PAGE, (end - 1) // PAGE
-    start = first * PAGE
-    span = min(layout.data_len, (last + 1) * PAGE) - start
+    page_size = layout.page
+    first, last = offset // page_size, (end - 1) // page_size
+    start = first * page_size
+    span = min(layout.data_len, (last + 1) * page_size) - start
     if nowait:
         buf = bytearray(span)
         if os.preadv(block.fd, [buf], layout.data_off + start, os.RWF_NOWAIT) != span:
@@ -276,8 +281,8 @@ def read_pages(block: OpenBlock, offset: int, length: int, *, verify: bool, nowa
     if verify:
         view = memoryview(data)
         for page in range(first, last + 1):
-            at = (page - first) * PAGE
-            if checksum(view[at : at + PAGE]) != layout.page_hash(page):
+            at = (page - first) * page_size
+            if checksum(view[at : at + page_size]) != layout.page_hash(page):
                 raise CorruptBlock(f"checksum mismatch in page {page}")
     if offset == start and end - start == span:
         return data

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import trio
 
 from ..errors import FsError
-from ..layout import chunk_span
+from ..layout import CHUNK_SIZE, chunk_span
 from ..types import Slice
 from ..workers import Workers
 from .slices import segments
@@ -105,16 +105,19 @@ class BlockLoader:
         held in memory, else a ranged read of the cache (only the pages needed), else the
         whole block from the store (then remembered like `load`)."""
         data = self._recent.get(block)
-        if data is None and (block in self._inflight or not self.chunks.is_cached(*block.where)):
+        if data is not None:
+            self._recent.move_to_end(block)
+            self.recent_hits += 1
+            return memoryview(data)[offset : offset + length]
+        loading = block in self._inflight
+        if not loading and length <= ON_LOOP_MAX:
+            part = self.chunks.try_range(*block.where, offset, length)
+            if part is not None:
+                return part  # from memory or the page cache: no thread hop
+        if loading or not self.chunks.is_cached(*block.where):
             # A miss fetches the whole block once, however many readers want parts of it.
             data = await self._load_once(block, True, wait_missing)
-        if data is not None:
-            if block in self._recent:
-                self._recent.move_to_end(block)
-                self.recent_hits += 1
             return memoryview(data)[offset : offset + length]
-        if length <= ON_LOOP_MAX and (part := self.chunks.try_range(*block.where, offset, length)) is not None:
-            return part  # from memory or the page cache: no thread hop
         self.fetches += 1
         async with self._slots:
             part, whole = await self.workers.io(self.chunks.load_range, *block, offset, length, wait_missing)
@@ -193,11 +196,26 @@ async def read_file_range(
     `ranged`: a random reader: blocks not in memory are read only as far as the range
     needs (BlockLoader.load_range) instead of whole."""
     block_size = loader.chunks.block_size
+    first: list[Slice] | None = None  # the pieces of a range inside one chunk
+    index, pos = divmod(offset, CHUNK_SIZE)
+    if pos + size <= CHUNK_SIZE:
+        first = segments(await slices_of(index), pos, size)
+        if len(first) == 1 and first[0].id != 0:
+            # One piece of one slice: most reads. Straight to its block, without a plan.
+            seg = first[0]
+            bidx, boff = divmod(seg.off, block_size)
+            if boff + size <= block_size:
+                block = BlockId(seg.id, seg.size, bidx, seg.block_hash(bidx))
+                if ranged and not loader.is_ready(block):
+                    part = await loader.load_range(block, boff, size, wait_missing=wait_missing)
+                else:
+                    part = memoryview(await loader.load(block, wait_missing=wait_missing))[boff : boff + size]
+                return part if view else bytes(part)
     # Plan every piece first, then load all blocks concurrently.
     plan: list[tuple[int, int, BlockId | None, int]] = []  # (out pos, length, block, off in block)
     out_pos = 0
     for index, pos, n in chunk_span(offset, size):
-        for seg in segments(await slices_of(index), pos, n):
+        for seg in first if first is not None else segments(await slices_of(index), pos, n):
             if seg.id == 0:
                 plan.append((out_pos, seg.length, None, 0))
                 out_pos += seg.length

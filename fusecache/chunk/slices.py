@@ -7,7 +7,16 @@ a read range out of them, with holes (id 0) where nothing was ever written.
 
 from __future__ import annotations
 
+from bisect import bisect_right
+
 from ..types import Slice
+
+# visible() of the slice lists read most recently. A slice list is a value: once read it is
+# never changed (a new state of the chunk is a new list), so a list's flattening can be kept
+# as long as the list itself is, and a random reader that cuts many small ranges out of one
+# chunk flattens it once. Entries hold their list, so an id is never reused while kept.
+FLATTENED_LISTS = 1024
+_flattened: dict[int, tuple[list[Slice], int, list[Slice], list[int]]] = {}
 
 
 def visible(slices: list[Slice]) -> list[Slice]:
@@ -32,12 +41,32 @@ def visible(slices: list[Slice]) -> list[Slice]:
     return pieces
 
 
+def flattened(slices: list[Slice]) -> tuple[list[Slice], list[int]]:
+    """visible(slices) and each piece's start position (for a bisect), remembered."""
+    kept = _flattened.get(id(slices))
+    if kept is not None and kept[0] is slices and kept[1] == len(slices):
+        return kept[2], kept[3]
+    pieces = visible(slices)
+    starts = [p.pos for p in pieces]
+    if len(_flattened) >= FLATTENED_LISTS:
+        _flattened.clear()
+    _flattened[id(slices)] = (slices, len(slices), pieces, starts)
+    return pieces, starts
+
+
 def segments(slices: list[Slice], pos: int, length: int) -> list[Slice]:
     """The pieces covering [pos, pos+length) of a chunk, gaps filled with holes (id 0)."""
-    out: list[Slice] = []
+    pieces, starts = flattened(slices)
     end = pos + length
+    first = max(0, bisect_right(starts, pos) - 1)  # the last piece starting at or before pos
+    if length > 0 and first < len(pieces):
+        piece = pieces[first]
+        if piece.pos <= pos and piece.end >= end:  # one piece covers it all: a small read's case
+            return [Slice(pos, piece.id, piece.size, piece.off + pos - piece.pos, length, piece.hashes)]
+    out: list[Slice] = []
     cursor = pos
-    for piece in visible(slices):
+    for i in range(first, len(pieces)):
+        piece = pieces[i]
         if piece.end <= cursor:
             continue
         if piece.pos >= end:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from fusecache.cache import TieredCache
-from fusecache.cache.blockfile import PAGE, V1_HEADER, V1_MAGIC, checksum, file_name
+from fusecache.cache.blockfile import HEADER, MAGIC, PAGE, V1_HEADER, V1_MAGIC, VERSION, checksum, file_name
 from tests.cache.helpers import block_of, files_under, key_of, mem, ssd
 
 BLOCK = 4 << 20
@@ -104,6 +104,29 @@ def test_format_1_files_of_an_earlier_version_are_still_read(tmp_path: Path) -> 
     assert cache.get(key) == data
     _flip(old.parent / name, 1)
     assert cache.get(key) is None, "the whole-block checksum of format 1 still guards it"
+
+
+def test_files_with_the_earlier_64_KiB_pages_are_still_read_and_checked(tmp_path: Path) -> None:
+    """Pages are 16 KiB now; a cache filled with 64 KiB pages stays warm, page by page."""
+    old_page = 64 << 10
+    assert old_page != PAGE
+    key, data = key_of(7, BLOCK), block_of(7, BLOCK)
+    cache = TieredCache([ssd(64 << 20, tmp_path)], "v")
+    cache.put(key, data)
+    cache.close()
+    (path,) = files_under(tmp_path)
+    key_b = key.encode()
+    table = b"".join(struct.pack("<Q", checksum(data[i : i + old_page])) for i in range(0, len(data), old_page))
+    fixed = HEADER.pack(MAGIC, VERSION, len(key_b), len(data), old_page, 0)
+    path.write_bytes(fixed + struct.pack("<Q", checksum(fixed + key_b + table)) + key_b + table + data)
+    cache = TieredCache([ssd(64 << 20, tmp_path)], "v")
+    for off, n in ((0, 4096), (old_page - 3, 10), (BLOCK - 5000, 5000), (0, BLOCK)):
+        got = cache.get_range(key, off, n)
+        assert got is not None and bytes(got) == data[off : off + n], (off, n)
+    assert cache.get(key) == data
+    _flip(path, 10)  # the last 64 KiB page
+    assert cache.get_range(key, BLOCK - old_page, 1) is None, "its page checksum still guards it"
+    assert cache.stats().tiers[0].corrupt == 1
 
 
 def _open_cache_files(root: Path) -> list[str]:
