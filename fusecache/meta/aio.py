@@ -35,6 +35,7 @@ from .connect import SOCKET_TIMEOUT
 from .tracking import MetaCache
 
 BUILT_LISTINGS = 256  # directories whose built entry lists are kept (FastCalls.readdir)
+ATTR_BATCH = 2000  # attributes one MGET of a listing asks for
 
 log = logging.getLogger(__name__)
 
@@ -437,11 +438,13 @@ class FastCalls:
         pairs = self.cache.listing(ino)
         if pairs is None:
             token = self.cache.begin()
-            entries: list[DirEntry] = await self.blocking(self.meta.readdir, ino)
-            self.cache.fill_listing(token, ino, [(e.name, e.attr.ino) for e in entries])
-            for e in entries:
-                self.cache.fill_attr(token, e.attr)
-            return entries
+            if token is None:  # nothing is kept: names and attributes in one go
+                entries: list[DirEntry] = await self.blocking(self.meta.readdir, ino)
+                return entries
+            # The names only: the attributes this client keeps (a `stat` of each entry, say)
+            # need not cross the network again; those it lacks come in one MGET below.
+            pairs = await self.blocking(self.meta.dir_names, ino)
+            self.cache.fill_listing(token, ino, pairs)
         attrs = [self.cache.attr(child) for _, child in pairs]
         built = self._built_listings.get(ino)
         if built is not None and built[0] is pairs and all(map(operator.is_, built[1], attrs)):
@@ -449,7 +452,10 @@ class FastCalls:
         missing = [child for (_, child), attr in zip(pairs, attrs, strict=True) if attr is None]
         if missing:
             token = self.cache.begin()
-            fetched = {child: attr for child, attr in zip(missing, await self.current_attrs(missing), strict=True)}
+            fetched: dict[int, Any] = {}
+            for start in range(0, len(missing), ATTR_BATCH):  # a big directory: bounded replies
+                part = missing[start:start + ATTR_BATCH]
+                fetched.update(zip(part, await self.current_attrs(part), strict=True))
             for attr in fetched.values():
                 if attr is not None:
                     self.cache.fill_attr(token, attr)

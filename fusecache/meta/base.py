@@ -139,6 +139,11 @@ class Meta(ABC):
     def readdir(self, ino: int) -> list[DirEntry]:
         """All entries of a directory, without "." and "..", with their attributes."""
 
+    @abstractmethod
+    def dir_names(self, ino: int) -> list[tuple[bytes, int]]:
+        """All (name, inode) pairs of a directory, without "." and "..", in readdir's order:
+        a listing without attributes, for a caller that holds most of them already."""
+
     # -- open files -----------------------------------------------------------------------
     @abstractmethod
     def open(self, ino: int, known: Attr | None = None) -> Attr:

@@ -794,7 +794,8 @@ class RedisMeta(Meta):
                 out[3 + 2 * slot], out[4 + 2 * slot] = (attr.size if attr.is_file else 0), 1
         return out
 
-    def readdir(self, ino: int) -> list[DirEntry]:
+    def _dir_entries(self, ino: int) -> dict[bytes, bytes]:
+        """A directory's hash: name → packed entry (ENOENT, ENOTDIR as readdir)."""
         key = self._dk(ino)
 
         def first(pipe: Any) -> None:
@@ -809,6 +810,13 @@ class RedisMeta(Meta):
         while cursor:
             cursor, more = self._call(self._r.hscan, key, cursor, count=10000)
             entries.update(more)
+        return entries  # type: ignore[no-any-return]
+
+    def dir_names(self, ino: int) -> list[tuple[bytes, int]]:
+        return [(bytes(n), entry_ino(raw)) for n, raw in self._dir_entries(ino).items()]
+
+    def readdir(self, ino: int) -> list[DirEntry]:
+        entries = self._dir_entries(ino)
         names = list(entries)
         inos = [entry_ino(entries[n]) for n in names]
         raws: list[bytes | None] = []

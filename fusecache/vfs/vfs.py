@@ -78,7 +78,7 @@ class VfsOptions:
 # Engine calls after which nothing the metadata cache holds is outdated (they read, or touch
 # only open-file notes and garbage; an inode freed at a release is announced by Redis, and
 # its name went at the unlink). Every other call drops the cache when it ends.
-CACHE_SAFE_CALLS = frozenset({"lookup", "getattr", "read", "readdir", "readlink", "statfs", "getxattr",
+CACHE_SAFE_CALLS = frozenset({"lookup", "getattr", "read", "readdir", "dir_names", "readlink", "statfs", "getxattr",
                               "listxattr", "take_garbage", "ack_garbage", "release", "flush_releases",
                               "current_attrs"})
 
@@ -99,6 +99,7 @@ class Counters:
     cache_commands: int = 0  # warmup / cached / evict requests of the control channel
     slice_rereads: int = 0  # reads that found a block gone and read the slice list again
     ranged_reads: int = 0  # reads of a random reader, served by reading only the pages needed
+    reused_listings: int = 0  # opendirs of an unchanged directory that reused its last listing
 
 
 class Vfs:
@@ -132,7 +133,8 @@ class Vfs:
         self.files: dict[int, OpenInode] = {}
         self.handles: dict[int, FileHandle] = {}
         self.dirs: dict[int, DirHandle] = {}
-        self._built_listings: dict[int, list[DirEntry]] = {}  # dir → its last opendir listing
+        # dir → (entries, its attributes, its parent's, the listing built of them) at its last opendir
+        self._built_listings: dict[int, tuple[list[DirEntry], Attr, Attr, list[DirEntry]]] = {}
         self._fh = itertools.count(1)
         self._nursery: trio.Nursery | None = None
         # Sections that layers above add to `stats()` (the FUSE adapter's kernel cache).
@@ -314,13 +316,14 @@ class Vfs:
         entries = await self.fast.readdir(ino)
         parent = await self.fast.getattr(attr.parent or ino) if attr.parent != ino else attr
         built = self._built_listings.get(ino)
-        if built is not None and built[0] is entries and built[1].attr is attr and built[2].attr is parent:
-            listing = built  # unchanged: the same list, so the FUSE layer reuses its replies
+        if built is not None and built[0] is entries and built[1] is attr and built[2] is parent:
+            listing = built[3]  # unchanged: the same list, so the FUSE layer reuses its replies
+            self.counters.reused_listings += 1
         else:
             listing = [DirEntry(b".", attr), DirEntry(b"..", parent), *entries]
             if len(self._built_listings) >= BUILT_LISTINGS:
                 self._built_listings.clear()
-            self._built_listings[ino] = listing
+            self._built_listings[ino] = (entries, attr, parent, listing)
         fh = next(self._fh)
         self.dirs[fh] = DirHandle(fh, ino, listing)
         return fh
@@ -736,7 +739,7 @@ class Vfs:
                 "opens": c.opens, "keep_cache_opens": c.keep_cache_opens, "reads": c.reads,
                 "read_bytes": c.read_bytes, "readahead_blocks": c.readahead_blocks,
                 "recent_block_hits": self.loader.recent_hits, "slice_rereads": c.slice_rereads,
-                "ranged_reads": c.ranged_reads,
+                "ranged_reads": c.ranged_reads, "reused_listings": c.reused_listings,
             },
             "warmup": {"blocks": c.warmup_blocks, "bytes": c.warmup_bytes, "requests": c.cache_commands},
             **{name: source() for name, source in self.stat_sources.items()},

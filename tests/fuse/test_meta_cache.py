@@ -74,9 +74,12 @@ def test_listings_of_an_unchanged_directory_do_not_scan_it_again(file_volume: Vo
     wait_for(lambda: client_stats(a.path)["meta_cache"]["live"], what="change feed live")
     wait_for(lambda: sorted(os.listdir(a.path / "d")) == expected, what="a's listing")
     scans = _hscans(file_volume.meta_url)
+    reused = client_stats(a.path)["fuse"]["reused_listings"]
     for _ in range(5):
         assert sorted(os.listdir(a.path / "d")) == expected
     assert _hscans(file_volume.meta_url) == scans, "an unchanged directory is listed from the cache"
+    # ... and from the listing built for the kernel last time, so its replies are reused too
+    assert client_stats(a.path)["fuse"]["reused_listings"] - reused >= 4
 
     # another mount's changes reach the listing (its notice comes within a round trip) ...
     (b.path / "d" / "new").write_bytes(b"y")
@@ -101,3 +104,37 @@ def test_listings_of_an_unchanged_directory_do_not_scan_it_again(file_volume: Vo
     assert "mine" in os.listdir(a.path / "d")
     os.unlink(a.path / "d" / "mine")
     assert "mine" not in os.listdir(a.path / "d")
+
+
+def _calls(meta_url: str, command: str) -> int:
+    raw = redis.Redis.from_url(meta_url)
+    try:
+        return int(raw.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
+    finally:
+        raw.close()
+
+
+def test_a_first_listing_reads_only_the_attributes_this_client_lacks(file_volume: Volume) -> None:
+    a, b = file_volume.mount("--coherent-timeout", "0"), file_volume.mount()
+    (b.path / "d").mkdir()
+    for i in range(200):
+        (b.path / "d" / f"f{i:03d}").write_bytes(b"x" * i)
+    wait_for(lambda: client_stats(a.path)["meta_cache"]["live"], what="change feed live")
+    sizes = {f"f{i:03d}": i for i in range(200)}
+    for name in sizes:  # every entry's attributes reach a's cache (the kernel keeps none long)
+        os.stat(a.path / "d" / name)
+    mgets = _calls(file_volume.meta_url, "mget")
+    with os.scandir(a.path / "d") as it:
+        assert {e.name: e.stat().st_size for e in it} == sizes
+    assert _calls(file_volume.meta_url, "mget") == mgets, "the names came from Redis, the attributes from the cache"
+    # an entry whose attributes changed elsewhere is read again, not served stale
+    with open(b.path / "d" / "f007", "ab") as out:
+        out.write(b"more")
+    wait_for(lambda: (a.path / "d" / "f007").stat().st_size == 11, timeout=5, what="b's append seen by a")
+    os.unlink(b.path / "d" / "f008")
+    del sizes["f008"]
+    sizes["f007"] = 11
+    def listed() -> dict[str, int]:
+        with os.scandir(a.path / "d") as it:
+            return {e.name: e.stat().st_size for e in it}
+    wait_for(lambda: listed() == sizes, timeout=5, what="b's changes in a's listing")

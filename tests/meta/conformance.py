@@ -272,6 +272,11 @@ def check_readdir_large(m: Meta) -> None:
     by_name = {e.name: e.attr for e in entries}
     assert by_name[b"sub"].ino == sub.ino and by_name[b"sub"].is_dir
     assert all(by_name[n].ino == ino and by_name[n].is_file for n, ino in made.items())
+    # the names-only listing: the same entries, in the same order, without attributes
+    assert m.dir_names(d.ino) == [(e.name, e.attr.ino) for e in m.readdir(d.ino)]
+    assert m.dir_names(sub.ino) == []
+    raises(errno.ENOTDIR, m.dir_names, made[b"entry-00000"])
+    raises(errno.ENOENT, m.dir_names, 999_999)
     assert_consistent(m)
 
 
