@@ -31,10 +31,12 @@ remove a newer copy of the same key.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import io
 import os
 import struct
+import sys
 import threading
 import time
 from pathlib import Path
@@ -64,6 +66,37 @@ class CorruptBlock(Exception):
 
 def checksum(data: Buffer) -> int:
     return xxhash.xxh3_64_intdigest(data)
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+_SYS_OPENAT2 = 437  # the same number on every Linux architecture (added in 5.6)
+_RESOLVE_CACHED = 0x20  # Linux 5.12: fail with EAGAIN instead of reading the disk for the path
+_AT_FDCWD = -100
+_libc = ctypes.CDLL(None, use_errno=True)
+_cached_open_works = sys.platform == "linux"
+
+
+def open_cached(path: Path) -> int:
+    """Open a file for reading only if its path is in the kernel's lookup caches (openat2
+    with RESOLVE_CACHED), so that an event loop may call it: BlockingIOError if the open
+    would wait for the disk, or where the kernel cannot promise that (then for good)."""
+    global _cached_open_works
+    if not _cached_open_works:
+        raise BlockingIOError(errno.EAGAIN, "no cached open on this kernel")
+    how = _OpenHow(os.O_RDONLY | os.O_CLOEXEC, 0, _RESOLVE_CACHED)
+    fd = _libc.syscall(_SYS_OPENAT2, _AT_FDCWD, os.fsencode(path), ctypes.byref(how), ctypes.sizeof(how))
+    if fd >= 0:
+        return int(fd)
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EPERM):  # an old kernel, or a filter refusing it
+        _cached_open_works = False
+        err = errno.EAGAIN
+    if err == errno.EAGAIN:
+        raise BlockingIOError(err, "path not in the lookup cache")
+    raise OSError(err, os.strerror(err), str(path))
 
 
 def pages(data_len: int, page: int = PAGE) -> int:
@@ -174,10 +207,20 @@ class _Layout:
         return int(_HASH.unpack_from(self.table, 8 * page)[0])
 
 
-def _read_layout(fd: int, key_b: bytes, size: int) -> _Layout | None:
+def _pread_nowait(fd: int, length: int, offset: int, size: int) -> bytes:
+    """pread from the page cache only: BlockingIOError unless every byte asked for (up to
+    the file's `size`) is there."""
+    want = max(0, min(length, size - offset))
+    buf = bytearray(want)
+    if want and os.preadv(fd, [buf], offset, os.RWF_NOWAIT) != want:
+        raise BlockingIOError(errno.EAGAIN, "not all in the page cache")
+    return bytes(buf)
+
+
+def _read_layout(fd: int, key_b: bytes, size: int, nowait: bool = False) -> _Layout | None:
     """Parse and check a file's head; None if it is a format-1 file."""
     guess = HEAD_SIZE + len(key_b) + 8 * ((4 << 20) // PAGE)  # a table of up to 4 MiB: one pread
-    head = os.pread(fd, guess, 0)
+    head = _pread_nowait(fd, guess, 0, size) if nowait else os.pread(fd, guess, 0)
     if head[:4] == V1_MAGIC:
         return None
     if len(head) < HEAD_SIZE:
@@ -192,7 +235,8 @@ def _read_layout(fd: int, key_b: bytes, size: int) -> _Layout | None:
     if size != data_off + data_len:
         raise CorruptBlock(f"file is {size} bytes, header says {data_off + data_len}")
     if len(head) < data_off:
-        head += os.pread(fd, data_off - len(head), len(head))
+        more = data_off - len(head)
+        head += _pread_nowait(fd, more, len(head), size) if nowait else os.pread(fd, more, len(head))
         if len(head) < data_off:
             raise CorruptBlock("short page table")
     fixed, key_got = head[: HEADER.size], head[HEAD_SIZE : HEAD_SIZE + key_len]
@@ -222,11 +266,13 @@ class OpenBlock:
         self.close()
 
 
-def open_block(path: Path, key: str) -> OpenBlock:
-    """Open a cache file and check its head; CorruptBlock if it is not a copy of `key`."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+def open_block(path: Path, key: str, *, nowait: bool = False) -> OpenBlock:
+    """Open a cache file and check its head; CorruptBlock if it is not a copy of `key`.
+    `nowait`: only if neither the path nor the head needs the disk (see open_cached,
+    RWF_NOWAIT); BlockingIOError otherwise, so the caller can do it on a thread."""
+    fd = open_cached(path) if nowait else os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        return OpenBlock(fd, _read_layout(fd, key.encode(), os.fstat(fd).st_size))
+        return OpenBlock(fd, _read_layout(fd, key.encode(), os.fstat(fd).st_size, nowait))
     except BaseException:
         os.close(fd)
         raise

@@ -306,14 +306,17 @@ class DiskTier:
             if held is not None and held.entry is entry:
                 held.users += 1
                 self._open.move_to_end(key)
-            elif nowait:
-                return None  # opening the file could wait for the disk
             else:
                 held = None
             path = entry.path
         if held is None:
-            held = self._open_file(key, entry, path)
-            if held is None:  # moved, gone, corrupt or format 1: the general path sorts it out
+            try:
+                held = self._open_file(key, entry, path, nowait=nowait)
+            except BlockingIOError:
+                return None  # opening it would wait for the disk: on a thread, then
+            if held is None:
+                if nowait:
+                    return None  # moved, gone, corrupt or format 1: on a thread, the general path
                 data = self._read(key, record=False, span=(offset, length))
                 if data is not None:
                     with self._lock:
@@ -343,10 +346,15 @@ class DiskTier:
             self._evictable.touch(key)
         return data
 
-    def _open_file(self, key: str, entry: _Entry, path: Path) -> _Open | None:
-        """Open a format-2 cache file and keep it in the open-file cache (used once)."""
+    def _open_file(self, key: str, entry: _Entry, path: Path, nowait: bool = False) -> _Open | None:
+        """Open a format-2 cache file and keep it in the open-file cache (used once).
+        `nowait`: BlockingIOError if opening it would wait for the disk."""
         try:
-            block = blockfile.open_block(path, key)
+            block = blockfile.open_block(path, key, nowait=nowait)
+        except BlockingIOError:
+            if nowait:
+                raise
+            return None
         except (OSError, CorruptBlock):
             return None
         if block.layout is None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fusecache.cache import TieredCache
+from fusecache.cache import TieredCache, blockfile
 from fusecache.cache.blockfile import HEADER, MAGIC, PAGE, V1_HEADER, V1_MAGIC, VERSION, checksum, file_name
 from tests.cache.helpers import block_of, files_under, key_of, mem, ssd
 
@@ -139,14 +139,20 @@ def _open_cache_files(root: Path) -> list[str]:
     return [p for p in out if p.startswith(str(root)) and ("/clean/" in p or "/staged/" in p)]
 
 
-def test_reads_without_a_disk_wait_use_files_held_open_and_evicted_files_are_let_go(tmp_path: Path) -> None:
-    """get_range_nowait (safe on the event loop) serves only a file a ranged read opened
-    before, from the page cache; when the block leaves the cache its file is closed, so
-    its disk space is freed, and a damaged page is still never served."""
+def test_reads_without_a_disk_wait_use_files_held_open_and_evicted_files_are_let_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """get_range_nowait (safe on the event loop) serves only what needs no disk wait: a
+    file held open, or one whose path and head are in the kernel's caches, from the page
+    cache; when the block leaves the cache its file is closed, so its disk space is freed,
+    and a damaged page is still never served."""
     cache = TieredCache([ssd(64 << 20, tmp_path)], "v")
     key, data = key_of(8, BLOCK), block_of(8, BLOCK)
     cache.put(key, data)
-    assert cache.get_range_nowait(key, 0, 4096) is None, "not open yet: opening could wait"
+    with monkeypatch.context() as patch:
+        patch.setattr(blockfile, "_cached_open_works", False)  # a kernel without RESOLVE_CACHED
+        assert cache.get_range_nowait(key, 0, 4096) is None, "not open yet: opening could wait"
+        assert _open_cache_files(tmp_path) == []
     assert bytes(cache.get_range(key, 0, 4096) or b"") == data[:4096]
     assert len(_open_cache_files(tmp_path)) == 1
     for off in (0, PAGE * 7 + 11, BLOCK - 4096):
@@ -164,3 +170,30 @@ def test_reads_without_a_disk_wait_use_files_held_open_and_evicted_files_are_let
     cache.evict([key])
     assert _open_cache_files(tmp_path) == [], "an evicted file is closed: its space is freed"
     cache.close()
+
+
+def test_a_file_not_held_open_is_opened_on_the_loop_when_its_path_is_cached(tmp_path: Path) -> None:
+    """A block another process (or an earlier mount) wrote: its path and pages are in the
+    kernel's caches, so get_range_nowait opens it without a thread and serves the range,
+    checked; a path that is not there at all is a miss, not an error."""
+    writer = TieredCache([ssd(64 << 20, tmp_path)], "v")
+    key, data = key_of(11, 110 << 10), block_of(11, 110 << 10)
+    writer.put(key, data)
+    writer.close()
+    reader = TieredCache([ssd(64 << 20, tmp_path)], "v")  # a fresh index: nothing held open
+    got = reader.get_range_nowait(key, 0, len(data))
+    assert got is not None and bytes(got) == data
+    assert len(_open_cache_files(tmp_path)) == 1, "kept open for the next ranged read"
+    try:
+        blockfile.open_cached(tmp_path / "no-such-file")
+    except BlockingIOError:
+        pass  # a name the kernel has never looked up may need the disk: refused, no error
+    except FileNotFoundError:
+        pass  # or known missing: the general path sorts it out
+    else:
+        raise AssertionError("opened a file that does not exist")
+    _flip(_only_file(tmp_path), 10)
+    reader.close()
+    fresh = TieredCache([ssd(64 << 20, tmp_path)], "v")
+    assert fresh.get_range_nowait(key, len(data) - 100, 100) is None, "a damaged page is never served"
+    fresh.close()
