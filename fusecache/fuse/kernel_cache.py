@@ -110,12 +110,15 @@ class KernelCache:
             if held.lookups <= 0:
                 self._drop(ino)
 
-    def own_dir_change(self, change: Any) -> None:
-        """This client changed a directory's entries (a create in it): the kernel dropped
-        the directory's attributes itself, and the names leading to it did not move. If
-        what the kernel holds is the state just before the change, the state just after it
-        is what the kernel is consistent with: the change's own notice then finds nothing
-        to take back. Any other change, before or after, still differs and is checked."""
+    def own_change(self, change: Any) -> None:
+        """This client changed an inode through the kernel: a create in a directory, or the
+        commit of data the kernel wrote to a file. The kernel dropped what the change makes
+        stale itself (a directory's attributes after a create; a file's size and times
+        after a write), and no name leading to the inode moved. If what the kernel holds is
+        the state just before the change, the state just after it is what the kernel is
+        consistent with: the change's own notice then finds nothing to take back. Any other
+        change, before or after, still differs and is checked. (A file whose reply carried
+        the size of unflushed writes does not match the stored "before", so it is checked.)"""
         held = self._held.get(change.after.ino)
         if held is not None and held.attr is not None and held.attr == change.before:
             held.attr = change.after

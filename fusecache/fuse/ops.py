@@ -82,7 +82,7 @@ class FuseOps(pyfuse3.Operations):
         self.kernel = KernelCache(vfs.fast.cache.notice_token, vfs.fast.current_attrs, self._entry_ino,
                                   self._kernel, long)
         vfs.fast.cache.listener = self.kernel.changed
-        vfs.fast.on_dir_change = self.kernel.own_dir_change
+        vfs.fast.on_own_change = self.kernel.own_change
         vfs.stat_sources["kernel_cache"] = self.kernel.snapshot
         self.op_latency = Histograms()  # FUSE request → seconds, by op (see fs_errors)
         vfs.stat_sources["fuse_ops"] = self.op_latency.snapshot

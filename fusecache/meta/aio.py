@@ -342,8 +342,9 @@ class ChangeFeed:
                 self.cache.changed_dir(int(key[len(self._dir_prefix):]))
 
 
-class DirChange(NamedTuple):
-    """A directory's attributes just before and just after one change in it (a create)."""
+class OwnChange(NamedTuple):
+    """An inode's attributes just before and just after one change this client made in one
+    script: a create in a directory (the directory's), a write commit (the file's)."""
 
     before: Any
     after: Any
@@ -363,7 +364,7 @@ class FastCalls:
         self.client = client
         self.direct = 0  # calls answered without a thread (for stats and tests)
         # Told of a directory's attributes before and after a change this client made in it.
-        self.on_dir_change: Callable[[DirChange], None] | None = None
+        self.on_own_change: Callable[[OwnChange], None] | None = None
         self.latency = Histograms()  # metadata call seconds: "direct" here, "thread" by the vfs
         self.cache = MetaCache()  # live only while `feed` runs (tracking.py)
         # dir → (kept listing, its entries' kept attrs, the entries built of them): a listing
@@ -481,17 +482,22 @@ class FastCalls:
             self.cache.reset()  # our own change: drop what it may outdate before its notice comes
         if isinstance(result, tuple):  # the non-blocking path also says how the parent changed
             result, change = result
-            if self.on_dir_change is not None:
-                self.on_dir_change(change)
+            if self.on_own_change is not None:
+                self.on_own_change(change)
         return result
 
     async def write(self, ino: int, chunk_index: int, piece: Any, mtime_ns: int) -> Any:
         """Commit a written slice; the file's attributes after it."""
         request = self._request(self.meta.write_request, ino, chunk_index, piece, mtime_ns)
         try:
-            return await self._run(request, self.meta.write, ino, chunk_index, piece, mtime_ns)
+            result = await self._run(request, self.meta.write, ino, chunk_index, piece, mtime_ns)
         finally:
             self.cache.reset()  # our own change (see create)
+        if isinstance(result, tuple):  # the non-blocking path also says how the file changed
+            result, change = result
+            if self.on_own_change is not None:
+                self.on_own_change(change)
+        return result
 
     async def unlink(self, parent: int, name: bytes) -> None:
         try:

@@ -625,11 +625,12 @@ return done({0, a})
 # KEYS: chunk(ino, idx)  ARGV: P, ino, idx, packed slice, mtime, file end covered by the slice
 # The same slice record already in the chunk, or its slice already dropped from it, was
 # committed by an earlier attempt of this same call (its reply was lost): nothing changes,
-# and that is success.
+# and that is success. Replies {0, attributes after, repeated?, attributes before (if not)}.
 WRITE = r"""
 local ino = ARGV[2]
 local a = redis.call('GET', ik(ino))
 if not a then return {ENOENT} end
+local before = a
 local t = ftype(a)
 if t == S_IFDIR then return {EISDIR} end
 if t ~= S_IFREG then return {EINVAL} end
@@ -651,7 +652,7 @@ redis.call('RPUSH', KEYS[1], ARGV[4])
 redis.call('SADD', kk(ino), ARGV[3])
 a = put(put(a, OFF_MTIME, ARGV[5]), OFF_CTIME, ARGV[5])
 redis.call('SET', ik(ino), a)
-return {0, a, 0}
+return {0, a, 0, before}
 """
 
 # KEYS: chunk(ino, idx)  ARGV: P, count of old slices, new slice, old slices...

@@ -104,7 +104,7 @@ from ..types import (
     VolumeSettings,
 )
 from . import lua, lua_import, lua_tree
-from .aio import DirChange, DirectAddress, FallBack, MetaRequest
+from .aio import DirectAddress, FallBack, MetaRequest, OwnChange
 from .base import (
     MAX_NAME,
     MAX_XATTR_NAME,
@@ -582,14 +582,14 @@ class RedisMeta(Meta):
             return None
         attr, args = self._create_args(ino, parent, name, mode, uid, gid, sid=sid)
 
-        def decode(res: list[Any]) -> Attr | tuple[Attr, DirChange]:
+        def decode(res: list[Any]) -> Attr | tuple[Attr, OwnChange]:
             if res[0] == _INODE_TAKEN:  # nothing happened: create afresh, with a new number
                 self._drop_inode_batch()
                 raise FallBack("inode number taken")
             self._status(res)
             if len(res) < 3:
                 return attr
-            return attr, DirChange(unpack_attr(parent, res[1]), unpack_attr(parent, res[2]))
+            return attr, OwnChange(unpack_attr(parent, res[1]), unpack_attr(parent, res[2]))
 
         return self._script_request("CREATE", [self._dk(parent), self._op_key()], args, decode,
                                     fresh=lambda: self.create_held(parent, name, mode, uid, gid))
@@ -990,8 +990,14 @@ class RedisMeta(Meta):
         """`write` as one request for the non-blocking client. WRITE is safe to repeat (a
         slice already in the list, or already garbage, is not added again)."""
         args = self._write_args(ino, chunk_index, piece, mtime_ns)
-        return self._script_request("WRITE", [self._ck(ino, chunk_index)], args,
-                                    lambda res: unpack_attr(ino, self._status(res)[1]))
+
+        def decode(res: list[Any]) -> Attr | tuple[Attr, OwnChange]:
+            after = unpack_attr(ino, self._status(res)[1])
+            if len(res) < 4:  # an earlier attempt committed it: no "before" to tell
+                return after
+            return after, OwnChange(unpack_attr(ino, res[3]), after)
+
+        return self._script_request("WRITE", [self._ck(ino, chunk_index)], args, decode)
 
     @staticmethod
     def _write_args(ino: int, chunk_index: int, piece: Slice, mtime_ns: int) -> list[Any]:

@@ -106,6 +106,37 @@ def test_own_creates_cost_no_take_backs_and_others_changes_still_do(file_volume:
     assert len(os.listdir(a.path / "d2")) == 201 and len(os.listdir(b.path / "d2")) == 201
 
 
+def test_own_writes_cost_no_take_backs_and_others_changes_still_do(file_volume: Volume) -> None:
+    """A write commit reports the file's attributes before and after it, so its own notice
+    takes nothing back from the kernel (which dropped the size and times itself when it
+    wrote): the names stay cached. Another mount's change to those files, and a rename of
+    one of them, still reach this kernel at once, and sizes and times are never stale."""
+    a, b = file_volume.mount(), file_volume.mount()
+    _live(a)
+    _live(b)
+    (a.path / "w").mkdir()
+    os.stat(a.path / "w")
+    invalidated = client_stats(a.path)["kernel_cache"]["invalidated_inodes"]
+    files = [a.path / "w" / f"f{i:03d}" for i in range(100)]
+    for i, path in enumerate(files):
+        path.write_bytes(b"x" * (1000 + i))
+    time.sleep(0.5)  # the commits' notices are in
+    taken = client_stats(a.path)["kernel_cache"]["invalidated_inodes"] - invalidated
+    assert taken < 25, f"{taken} take-backs for 100 writes of this mount"
+    for i, path in enumerate(files):  # what this mount wrote, as Redis has it
+        st, other = path.stat(), (b.path / "w" / path.name).stat()
+        assert (st.st_size, st.st_mtime_ns) == (1000 + i, other.st_mtime_ns)
+    with open(b.path / "w" / "f007", "ab") as out:
+        out.write(b"more")
+    os.chmod(b.path / "w" / "f008", 0o600)
+    os.rename(b.path / "w" / "f009", b.path / "w" / "g009")
+    wait_for(lambda: (a.path / "w" / "f007").stat().st_size == 1011, timeout=SOON, what="b's append")
+    wait_for(lambda: (a.path / "w" / "f008").stat().st_mode & 0o777 == 0o600, timeout=SOON, what="b's chmod")
+    wait_for(lambda: not (a.path / "w" / "f009").exists(), timeout=SOON, what="b's rename")
+    assert (a.path / "w" / "g009").read_bytes() == b"x" * 1009
+    assert (a.path / "w" / "f007").read_bytes() == b"x" * 1007 + b"more"
+
+
 def test_another_mounts_changes_reach_the_kernel_at_once(file_volume: Volume) -> None:
     a, b = file_volume.mount(), file_volume.mount()
     for name in ("f", "g", "h", "k"):

@@ -9,7 +9,7 @@ import trio
 
 from fusecache.fuse import kernel_cache
 from fusecache.fuse.kernel_cache import KernelCache
-from fusecache.meta.aio import DirChange
+from fusecache.meta.aio import OwnChange
 from fusecache.types import Attr
 
 
@@ -110,7 +110,7 @@ def test_own_creates_in_a_directory_leave_nothing_to_take_back() -> None:
             (2, 3, 4, 1),  # another client changed it after our create
             (5, 6, None, 1),  # the kernel held 4, not 5: a change before ours
         ]:
-            cache.own_dir_change(DirChange(state(before), state(after)))
+            cache.own_change(OwnChange(state(before), state(after)))
             now[9] = state(other_change or after)
             cache.changed({9})
             told.clear()
