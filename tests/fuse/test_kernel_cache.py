@@ -85,20 +85,30 @@ def test_names_created_in_a_directory_stay_cached_while_it_changes(file_volume: 
     assert asked < 750, f"{asked} of 1500 new names were not cached any more"
 
 
+def _two_mounts_with_a_dir(volume: Volume, name: str) -> tuple[Mount, Mount, int]:
+    """Two live mounts, a directory made and stat'ed through the first, and the first's
+    take-back count so far."""
+    a, b = volume.mount(), volume.mount()
+    _live(a)
+    _live(b)
+    (a.path / name).mkdir()
+    os.stat(a.path / name)
+    return a, b, client_stats(a.path)["kernel_cache"]["invalidated_inodes"]
+
+
+def _take_backs_since(m: Mount, before: int) -> int:
+    time.sleep(0.5)  # the notices of what was just done are in
+    return int(client_stats(m.path)["kernel_cache"]["invalidated_inodes"]) - before
+
+
 def test_own_creates_cost_no_take_backs_and_others_changes_still_do(file_volume: Volume) -> None:
     """A create reports how it changed its directory, so its own notice takes nothing back
     from the kernel (which dropped the directory's attributes itself); a rename of that
     directory by another mount, between the creates, is still taken back at once."""
-    a, b = file_volume.mount(), file_volume.mount()
-    _live(a)
-    _live(b)
-    (a.path / "d").mkdir()
-    os.stat(a.path / "d")
-    invalidated = client_stats(a.path)["kernel_cache"]["invalidated_inodes"]
+    a, b, invalidated = _two_mounts_with_a_dir(file_volume, "d")
     for i in range(200):
         os.close(os.open(a.path / "d" / f"e{i:03d}", os.O_CREAT | os.O_WRONLY, 0o644))
-    time.sleep(0.5)  # the creates' notices are in
-    taken = client_stats(a.path)["kernel_cache"]["invalidated_inodes"] - invalidated
+    taken = _take_backs_since(a, invalidated)
     assert taken < 50, f"{taken} take-backs for 200 creates of this mount"
     os.rename(b.path / "d", b.path / "d2")
     wait_for(lambda: not os.path.exists(a.path / "d"), timeout=SOON, what="renamed directory gone")
@@ -111,17 +121,11 @@ def test_own_writes_cost_no_take_backs_and_others_changes_still_do(file_volume: 
     takes nothing back from the kernel (which dropped the size and times itself when it
     wrote): the names stay cached. Another mount's change to those files, and a rename of
     one of them, still reach this kernel at once, and sizes and times are never stale."""
-    a, b = file_volume.mount(), file_volume.mount()
-    _live(a)
-    _live(b)
-    (a.path / "w").mkdir()
-    os.stat(a.path / "w")
-    invalidated = client_stats(a.path)["kernel_cache"]["invalidated_inodes"]
+    a, b, invalidated = _two_mounts_with_a_dir(file_volume, "w")
     files = [a.path / "w" / f"f{i:03d}" for i in range(100)]
     for i, path in enumerate(files):
         path.write_bytes(b"x" * (1000 + i))
-    time.sleep(0.5)  # the commits' notices are in
-    taken = client_stats(a.path)["kernel_cache"]["invalidated_inodes"] - invalidated
+    taken = _take_backs_since(a, invalidated)
     assert taken < 25, f"{taken} take-backs for 100 writes of this mount"
     for i, path in enumerate(files):  # what this mount wrote, as Redis has it
         st, other = path.stat(), (b.path / "w" / path.name).stat()
