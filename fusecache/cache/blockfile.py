@@ -76,6 +76,7 @@ _SYS_OPENAT2 = 437  # the same number on every Linux architecture (added in 5.6)
 _RESOLVE_CACHED = 0x20  # Linux 5.12: fail with EAGAIN instead of reading the disk for the path
 _AT_FDCWD = -100
 _libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
 _cached_open_works = sys.platform == "linux"
 
 
@@ -87,7 +88,10 @@ def open_cached(path: Path) -> int:
     if not _cached_open_works:
         raise BlockingIOError(errno.EAGAIN, "no cached open on this kernel")
     how = _OpenHow(os.O_RDONLY | os.O_CLOEXEC, 0, _RESOLVE_CACHED)
-    fd = _libc.syscall(_SYS_OPENAT2, _AT_FDCWD, os.fsencode(path), ctypes.byref(how), ctypes.sizeof(how))
+    # syscall() is variadic: every argument gets its full C width, or a register's upper
+    # half could carry garbage into the kernel's size_t.
+    fd = _libc.syscall(ctypes.c_long(_SYS_OPENAT2), ctypes.c_long(_AT_FDCWD), ctypes.c_char_p(os.fsencode(path)),
+                       ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
     if fd >= 0:
         return int(fd)
     err = ctypes.get_errno()
