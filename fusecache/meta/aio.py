@@ -480,10 +480,16 @@ class FastCalls:
             result = await self._run(request, self.meta.create_held, parent, name, mode, uid, gid)
         finally:
             self.cache.reset()  # our own change: drop what it may outdate before its notice comes
-        if isinstance(result, tuple):  # the non-blocking path also says how the parent changed
-            result, change = result
-            if self.on_own_change is not None:
-                self.on_own_change(change)
+        return self._told_own_change(result)  # the parent's change, on the non-blocking path
+
+    def _told_own_change(self, result: Any) -> Any:
+        """A script's result; the non-blocking path also says how it changed the inode
+        (result, OwnChange), which goes to `on_own_change`."""
+        if not isinstance(result, tuple):
+            return result
+        result, change = result
+        if self.on_own_change is not None:
+            self.on_own_change(change)
         return result
 
     async def write(self, ino: int, chunk_index: int, piece: Any, mtime_ns: int) -> Any:
@@ -493,11 +499,7 @@ class FastCalls:
             result = await self._run(request, self.meta.write, ino, chunk_index, piece, mtime_ns)
         finally:
             self.cache.reset()  # our own change (see create)
-        if isinstance(result, tuple):  # the non-blocking path also says how the file changed
-            result, change = result
-            if self.on_own_change is not None:
-                self.on_own_change(change)
-        return result
+        return self._told_own_change(result)  # the file's change, on the non-blocking path
 
     async def unlink(self, parent: int, name: bytes) -> None:
         try:

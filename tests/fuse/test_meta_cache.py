@@ -138,3 +138,18 @@ def test_a_first_listing_reads_only_the_attributes_this_client_lacks(file_volume
         with os.scandir(a.path / "d") as it:
             return {e.name: e.stat().st_size for e in it}
     wait_for(lambda: listed() == sizes, timeout=5, what="b's changes in a's listing")
+
+
+def test_a_big_first_listing_reads_missing_attributes_in_bounded_batches(file_volume: Volume) -> None:
+    """2,500 entries that this client never saw: their attributes come in two MGETs of at
+    most 2,000 (bounded replies on the event loop), and every entry is listed right."""
+    a, b = file_volume.mount("--coherent-timeout", "0"), file_volume.mount()
+    (b.path / "big").mkdir()
+    sizes = {f"e{i:04d}": i % 7 for i in range(2500)}
+    for name, size in sizes.items():
+        (b.path / "big" / name).write_bytes(b"z" * size)
+    wait_for(lambda: client_stats(a.path)["meta_cache"]["live"], what="change feed live")
+    mgets = _calls(file_volume.meta_url, "mget")
+    with os.scandir(a.path / "big") as it:
+        assert {e.name: e.stat().st_size for e in it} == sizes
+    assert _calls(file_volume.meta_url, "mget") - mgets == 2
