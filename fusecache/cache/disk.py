@@ -323,8 +323,10 @@ class DiskTier:
                         self._hits += 1
                         self._evictable.touch(key)
                 return data
+        hit = False
         try:
             data = blockfile.read_pages(held.block, offset, length, verify=self._verify, nowait=nowait)
+            hit = True
         except BlockingIOError:
             return None
         except CorruptBlock as exc:
@@ -340,10 +342,7 @@ class DiskTier:
                 self._drop(key, entry)
             return None
         finally:
-            self._let_go(held)
-        with self._lock:
-            self._hits += 1
-            self._evictable.touch(key)
+            self._let_go(held, key if hit else None)
         return data
 
     def _open_file(self, key: str, entry: _Entry, path: Path, nowait: bool = False) -> _Open | None:
@@ -376,10 +375,15 @@ class DiskTier:
             old.block.close()
         return held
 
-    def _let_go(self, held: _Open) -> None:
+    def _let_go(self, held: _Open, hit: str | None = None) -> None:
+        """A read is done with the file; `hit`: it was served, so count it (one lock for
+        both, on every random read's path)."""
         with self._lock:
             held.users -= 1
             close = held.doomed and held.users == 0
+            if hit is not None:
+                self._hits += 1
+                self._evictable.touch(hit)
         if close:
             held.block.close()
 

@@ -16,7 +16,7 @@ from ..errors import FsError
 from ..layout import CHUNK_SIZE, chunk_span
 from ..types import Slice
 from ..workers import Workers
-from .slices import segments
+from .slices import piece_at, segments
 from .store import BlockMissing, Buffer, ChunkStore
 
 # Reads up to this size that the cache can serve without a disk wait are done on the event
@@ -196,16 +196,16 @@ async def read_file_range(
     `ranged`: a random reader: blocks not in memory are read only as far as the range
     needs (BlockLoader.load_range) instead of whole."""
     block_size = loader.chunks.block_size
-    first: list[Slice] | None = None  # the pieces of a range inside one chunk
+    slices: list[Slice] | None = None  # the slice list of a range inside one chunk
     index, pos = divmod(offset, CHUNK_SIZE)
     if pos + size <= CHUNK_SIZE:
-        first = segments(await slices_of(index), pos, size)
-        if len(first) == 1 and first[0].id != 0:
+        slices = await slices_of(index)
+        piece = piece_at(slices, pos, size)
+        if piece is not None and piece.id != 0:
             # One piece of one slice: most reads. Straight to its block, without a plan.
-            seg = first[0]
-            bidx, boff = divmod(seg.off, block_size)
+            bidx, boff = divmod(piece.off + pos - piece.pos, block_size)
             if boff + size <= block_size:
-                block = BlockId(seg.id, seg.size, bidx, seg.block_hash(bidx))
+                block = BlockId(piece.id, piece.size, bidx, piece.block_hash(bidx))
                 if ranged and not loader.is_ready(block):
                     part = await loader.load_range(block, boff, size, wait_missing=wait_missing)
                 else:
@@ -215,7 +215,7 @@ async def read_file_range(
     plan: list[tuple[int, int, BlockId | None, int]] = []  # (out pos, length, block, off in block)
     out_pos = 0
     for index, pos, n in chunk_span(offset, size):
-        for seg in first if first is not None else segments(await slices_of(index), pos, n):
+        for seg in segments(slices if slices is not None else await slices_of(index), pos, n):
             if seg.id == 0:
                 plan.append((out_pos, seg.length, None, 0))
                 out_pos += seg.length

@@ -54,6 +54,17 @@ def flattened(slices: list[Slice]) -> tuple[list[Slice], list[int]]:
     return pieces, starts
 
 
+def piece_at(slices: list[Slice], pos: int, length: int) -> Slice | None:
+    """The one piece that covers all of [pos, pos+length), if one does (a small read's
+    case: no segment is built for it); None if the range spans pieces or holes."""
+    pieces, starts = flattened(slices)
+    first = bisect_right(starts, pos) - 1  # the last piece starting at or before pos
+    if first < 0 or length <= 0:
+        return None
+    piece = pieces[first]
+    return piece if piece.pos + piece.length >= pos + length else None
+
+
 def segments(slices: list[Slice], pos: int, length: int) -> list[Slice]:
     """The pieces covering [pos, pos+length) of a chunk, gaps filled with holes (id 0)."""
     pieces, starts = flattened(slices)

@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 # A block committed by a writeback client on another node may not be uploaded yet: a missing
 # object is retried for this long before the read fails with EIO.
 MISSING_WAIT = 10.0
+KEYS_KEPT = 8192  # block keys remembered (ChunkStore.key)
 
 
 class BlockMissing(FsError):
@@ -152,13 +153,22 @@ class ChunkStore:
         # any; without it such blocks are EIO.
         self.external: ExternalReader | None = None
         self._external_limiter = trio.CapacityLimiter(32)
+        # Keys of recently named blocks: a random reader names the same few blocks again
+        # and again, and formatting a key costs more than finding it.
+        self._keys: dict[tuple[int, int, int], str] = {}
 
     # ----------------------------------------------------------------- keys
 
     def key(self, slice_id: int, slice_size: int, index: int) -> str:
-        if is_external(slice_id):
-            return external_block_key(self.volume, slice_id, index, block_len(slice_size, self.block_size, index))
-        return block_key(self.volume, slice_id, index, block_len(slice_size, self.block_size, index))
+        where = (slice_id, slice_size, index)
+        key = self._keys.get(where)
+        if key is None:
+            length = block_len(slice_size, self.block_size, index)
+            key = (external_block_key if is_external(slice_id) else block_key)(self.volume, slice_id, index, length)
+            if len(self._keys) >= KEYS_KEPT:
+                self._keys.clear()
+            self._keys[where] = key
+        return key
 
     def blocks_of(self, slice_size: int) -> int:
         return block_count(slice_size, self.block_size)

@@ -14,6 +14,7 @@ the next open drop it.
 from __future__ import annotations
 
 import errno
+import functools
 import itertools
 import json
 import logging
@@ -452,12 +453,17 @@ class Vfs:
         if end <= offset:
             return b""
 
-        async def slices_of(index: int) -> list[Slice]:
-            return await self._slices(state, index)
-
-        if self._sequential(handle, offset, end) and self.options.readahead_blocks:
+        slices_of = state.slices_of
+        if slices_of is None:
+            slices_of = state.slices_of = functools.partial(self._slices, state)
+        due = self._sequential(handle, offset, end)
+        if due and self.options.readahead_blocks:
             self._readahead(handle, state, end)
-        ranged = handle.sequential == 0  # a jump: read only the pages asked for
+        # Not yet a sequential reader (a jump, or one read that happens to land next to the
+        # last): read only the pages asked for. A random reader lands within the slack of
+        # its previous read now and then; loading the whole block for that costs more
+        # than all its other reads.
+        ranged = not due
         self.counters.ranged_reads += ranged
         try:
             data = await read_file_range(self.loader, slices_of, offset, end - offset, view=True,
