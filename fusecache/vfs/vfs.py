@@ -612,6 +612,7 @@ class Vfs:
         finally:
             if state.opens == 0:
                 del self.files[handle.ino]
+                state.slices_of = None  # it refers to the state: freed now, not by a GC pass
             await self._release_meta(handle.ino)
 
     async def _release_meta(self, ino: int) -> None:

@@ -5,7 +5,9 @@ trusted, and another client's change is always seen by the next open."""
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
+import weakref
 from pathlib import Path
 
 import trio
@@ -75,3 +77,35 @@ def test_open_then_read_is_one_round_trip_and_sees_other_clients(meta_url: str, 
     finally:
         for v in (reader, writer):
             v.workers.close()
+
+
+def test_a_closed_file_is_freed_at_once_without_a_gc_pass(meta_url: str, tmp_path: Path) -> None:
+    """A read leaves a slice source on the open file that refers back to it; the last
+    release must break that cycle, or every closed file (its slice lists, its writer) would
+    wait for the cycle collector."""
+    setup = open_meta(meta_url)
+    setup.format(KEEPING)
+    setup.shutdown()
+    vfs = _vfs(meta_url, tmp_path, KEEPING)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            vfs.start(nursery)
+            fh, attr = await vfs.create(ROOT_INO, b"f", 0o644, os.O_RDWR | os.O_CREAT, CTX)
+            await vfs.write(fh, 0, b"some bytes")
+            await vfs.release(fh)
+            fh = await vfs.open(attr.ino, os.O_RDONLY)
+            assert bytes(await vfs.read(fh, 0, 100)) == b"some bytes"
+            state = weakref.ref(vfs.files[attr.ino])
+            gc.disable()
+            try:
+                await vfs.release(fh)
+                assert state() is None, "freed by reference counting alone"
+            finally:
+                gc.enable()
+            nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(main)
+    finally:
+        vfs.workers.close()
