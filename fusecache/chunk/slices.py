@@ -67,13 +67,12 @@ def piece_at(slices: list[Slice], pos: int, length: int) -> Slice | None:
 
 def segments(slices: list[Slice], pos: int, length: int) -> list[Slice]:
     """The pieces covering [pos, pos+length) of a chunk, gaps filled with holes (id 0)."""
+    piece = piece_at(slices, pos, length)
+    if piece is not None:  # one piece covers it all: a small read's case
+        return [Slice(pos, piece.id, piece.size, piece.off + pos - piece.pos, length, piece.hashes)]
     pieces, starts = flattened(slices)
     end = pos + length
     first = max(0, bisect_right(starts, pos) - 1)  # the last piece starting at or before pos
-    if length > 0 and first < len(pieces):
-        piece = pieces[first]
-        if piece.pos <= pos and piece.end >= end:  # one piece covers it all: a small read's case
-            return [Slice(pos, piece.id, piece.size, piece.off + pos - piece.pos, length, piece.hashes)]
     out: list[Slice] = []
     cursor = pos
     for i in range(first, len(pieces)):

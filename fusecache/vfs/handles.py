@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from ..chunk.writer import FileWriter
@@ -54,8 +53,6 @@ class OpenInode:
     # answering from memory while the file is open saves a metadata round trip per write.
     capability: bytes | None = None
     capability_known: bool = False
-    # Vfs's slice source for this file (chunk index → slices), made once: reads are hot.
-    slices_of: Callable[[int], Awaitable[list[Slice]]] | None = None
 
     @property
     def size(self) -> int:

@@ -14,7 +14,6 @@ the next open drop it.
 from __future__ import annotations
 
 import errno
-import functools
 import itertools
 import json
 import logging
@@ -30,7 +29,7 @@ from typing import Any, TypeVar
 import trio
 
 from ..chunk.compact import COMPACT_AT, compact_chunk
-from ..chunk.reader import BlockLoader, blocks_in_range, read_file_range
+from ..chunk.reader import BlockLoader, SliceSource, blocks_in_range, read_file_range
 from ..chunk.store import BlockMissing, ChunkStore
 from ..chunk.writer import FileWriter, SliceIds
 from ..errors import FsError, MetaError, UnfilledDir
@@ -444,6 +443,12 @@ class Vfs:
                 self._schedule_compaction(state.ino, index)
         return cached
 
+    def _slice_source(self, state: OpenInode) -> SliceSource:
+        """The open file's slice lists by chunk index, as the chunk reader asks for them."""
+        async def slices_of(index: int) -> list[Slice]:
+            return await self._slices(state, index)
+        return slices_of
+
     async def read(self, fh: int, offset: int, size: int) -> bytes | memoryview:
         handle, state = self._handle(fh)
         if state.writer is not None and state.writer.dirty:
@@ -453,9 +458,7 @@ class Vfs:
         if end <= offset:
             return b""
 
-        slices_of = state.slices_of
-        if slices_of is None:
-            slices_of = state.slices_of = functools.partial(self._slices, state)
+        slices_of = self._slice_source(state)
         due = self._sequential(handle, offset, end)
         if due and self.options.readahead_blocks:
             self._readahead(handle, state, end)
@@ -516,9 +519,7 @@ class Vfs:
         self.nursery.start_soon(self._prefetch, state, start, stop - start)
 
     async def _prefetch(self, state: OpenInode, offset: int, size: int) -> None:
-        async def slices_of(index: int) -> list[Slice]:
-            return await self._slices(state, index)
-
+        slices_of = self._slice_source(state)
         try:
             blocks = await blocks_in_range(slices_of, self.chunks.block_size, offset, size)
             async with trio.open_nursery() as nursery:
@@ -612,7 +613,6 @@ class Vfs:
         finally:
             if state.opens == 0:
                 del self.files[handle.ino]
-                state.slices_of = None  # it refers to the state: freed now, not by a GC pass
             await self._release_meta(handle.ino)
 
     async def _release_meta(self, ino: int) -> None:

@@ -80,9 +80,9 @@ def test_open_then_read_is_one_round_trip_and_sees_other_clients(meta_url: str, 
 
 
 def test_a_closed_file_is_freed_at_once_without_a_gc_pass(meta_url: str, tmp_path: Path) -> None:
-    """A read leaves a slice source on the open file that refers back to it; the last
-    release must break that cycle, or every closed file (its slice lists, its writer) would
-    wait for the cycle collector."""
+    """Nothing the read path keeps may refer back to an open file (a slice source cached
+    on it did, once): a closed file, with its slice lists and writer, is freed at its last
+    release, not by the cycle collector."""
     setup = open_meta(meta_url)
     setup.format(KEEPING)
     setup.shutdown()
